@@ -1,0 +1,136 @@
+"""Kafka topics of DESIGN.md: names, keys, configs, and their creation.
+
+Every other module takes topic names from here (through `Settings.topic`), so
+a prefix change reaches everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from streamrec.settings import Settings
+
+EVENTS = "events"
+EVENTS_DLQ = "events.dlq"
+SCORE_REQUESTS = "score-requests"
+RECOMMENDATIONS = "recommendations"
+CATALOG = "catalog"
+MODEL_VERSIONS = "model-versions"
+
+# Headers of a dead-letter record; its value is the original bytes, untouched.
+DLQ_REASON = "streamrec.reason"
+DLQ_DETAIL = "streamrec.detail"
+DLQ_TOPIC = "streamrec.topic"
+DLQ_PARTITION = "streamrec.partition"
+DLQ_OFFSET = "streamrec.offset"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    value: str
+    compacted: bool = False
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def kafka_configs(self) -> dict[str, str]:
+        base = {"cleanup.policy": "compact"} if self.compacted else {}
+        return {**base, **self.configs}
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(EVENTS, "user_id", "event JSON (input from apps)"),
+    TopicSpec(EVENTS_DLQ, "original key", "original bytes; headers: reason, topic, partition, offset",
+              configs={"retention.ms": str(14 * 24 * 3600 * 1000)}),
+    TopicSpec(SCORE_REQUESTS, "user_id", "score request JSON (internal)"),
+    TopicSpec(RECOMMENDATIONS, "user_id", "recommendation JSON (output to apps)"),
+    TopicSpec(CATALOG, "item_id", "item metadata JSON, tombstone = removed", compacted=True),
+    TopicSpec(MODEL_VERSIONS, "model name", "name, version, uri, sha256, metrics", compacted=True,
+              configs={"partitions": "1"}),
+)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **kafka_security(settings)})
+
+
+def kafka_security(settings: Settings) -> dict[str, str]:
+    """Client options shared by every producer, consumer and admin client."""
+    return {}
+
+
+def _partitions(spec: TopicSpec, settings: Settings) -> int:
+    # model-versions is read whole by every scorer; one partition keeps its order total.
+    return int(spec.configs.get("partitions", settings.topic_partitions))
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
+    """Create every topic that is missing; returns {topic: 'created' | 'exists'}.
+
+    Idempotent: topics that already exist are left as they are.
+    """
+    admin = admin_client(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    result: dict[str, str] = {}
+    new = []
+    for spec in TOPICS:
+        name = settings.topic(spec.name)
+        if name in existing:
+            result[name] = "exists"
+            continue
+        configs = {k: v for k, v in spec.kafka_configs().items() if k != "partitions"}
+        new.append(NewTopic(name, num_partitions=_partitions(spec, settings),
+                            replication_factor=settings.topic_replication, config=configs))
+    if new:
+        for name, fut in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                fut.result(timeout)
+                result[name] = "created"
+            except KafkaException as exc:
+                if exc.args[0].name() == "TOPIC_ALREADY_EXISTS":  # raced with another creator
+                    result[name] = "exists"
+                else:
+                    raise
+    return result
+
+
+def delete_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete this prefix's topics (used by tests to clean up after themselves)."""
+    admin = admin_client(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    names = [settings.topic(s.name) for s in TOPICS if settings.topic(s.name) in existing]
+    if names:
+        for fut in admin.delete_topics(names, operation_timeout=timeout).values():
+            fut.result(timeout)
+    return names
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    replication: int
+    configs: dict[str, str]
+
+
+def describe_topics(settings: Settings, timeout: float = 30.0) -> list[TopicInfo]:
+    """This prefix's topics as they are on the broker, with their non-default configs."""
+    admin = admin_client(settings)
+    metadata = admin.list_topics(timeout=timeout).topics
+    names = [settings.topic(s.name) for s in TOPICS if settings.topic(s.name) in metadata]
+    if not names:
+        return []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    configs = {}
+    for res, fut in admin.describe_configs(resources, request_timeout=timeout).items():
+        entries = fut.result(timeout)
+        configs[res.name] = {k: e.value for k, e in entries.items() if not e.is_default and e.value is not None}
+    infos = []
+    for n in names:
+        parts = metadata[n].partitions
+        replication = len(next(iter(parts.values())).replicas) if parts else 0
+        infos.append(TopicInfo(n, len(parts), replication, configs.get(n, {})))
+    return infos

@@ -1,0 +1,128 @@
+"""One settings object for every part of streamrec.
+
+Every field is read from an environment variable named ``STREAMREC_`` plus the
+field name in upper case (``kafka_bootstrap`` -> ``STREAMREC_KAFKA_BOOTSTRAP``).
+Defaults point at the local stack on 127.0.0.1, so nothing needs setting for
+``make demo``. The object is built once, at the edge (CLI, test fixture), and
+passed in; nothing deeper reads the environment.
+
+>>> s = Settings.from_env({"STREAMREC_TOPIC_PREFIX": "shop1.", "STREAMREC_WORKER_PORT": "9201"})
+>>> s.topic_prefix, s.worker_port
+('shop1.', 9201)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+import msgspec
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Configuration shared by the CLI, the services and the tests."""
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of the Kafka brokers."""
+    topic_prefix: str = ""
+    """Prepended to every topic name, so several tenants can share a cluster."""
+    topic_partitions: int = 3
+    """Partitions for topics created by `streamrec topics create`."""
+    topic_replication: int = 1
+    """Replication factor for topics created by `streamrec topics create`."""
+
+    # --- Redis -------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis (or Redis Cluster entry point) URL; `rediss://` for TLS."""
+    redis_prefix: str = "sr:"
+    """Prepended to every Redis key."""
+
+    # --- service HTTP ports (health, readiness, metrics) --------------------
+    http_host: str = "127.0.0.1"
+    """Interface the services' HTTP endpoints bind to."""
+    worker_port: int = 9101
+    scorer_port: int = 9102
+    learner_port: int = 9103
+
+    # --- local stack (streamrec up) ------------------------------------------
+    home: str = ".local"
+    """Folder for the local stack's binaries, data and logs (ignored by git)."""
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    redis_port: int = 6379
+    prometheus_port: int = 9090
+    kafka_heap: str = "512m"
+    """Java heap of the local Kafka broker."""
+
+    # --- models ----------------------------------------------------------------
+    registry_uri: str = ".local/registry"
+    """Model registry root: a local path or an fsspec URL (s3://, gs://...)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Where the scorer runs its models: auto picks CUDA when present."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read every ``STREAMREC_*`` variable; unknown ones are an error (typos)."""
+        environ = os.environ if environ is None else environ
+        known = set(cls.__struct_fields__)
+        values: dict[str, object] = {}
+        for name, raw in environ.items():
+            if not name.startswith(ENV_PREFIX):
+                continue
+            field = name[len(ENV_PREFIX):].lower()
+            if field not in known:
+                raise SettingsError(
+                    f"{name} is not a streamrec setting; known: "
+                    + ", ".join(env_name(f) for f in sorted(known))
+                )
+            values[field] = raw
+        values.update(overrides)
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some fields changed (validated like the environment)."""
+        return msgspec.convert({**msgspec.structs.asdict(self), **changes}, type(self), strict=False)
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a logical topic (see `streamrec.stream.topics`)."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).resolve()
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes."""
+        return {env_name(k): str(v) for k, v in msgspec.structs.asdict(self).items()}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def field_docs() -> dict[str, str]:
+    """Each setting's environment variable and its default, for `streamrec config`."""
+    return {env_name(f): repr(d) for f, d in zip(Settings.__struct_fields__, Settings.__struct_defaults__)}
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.redis_port`"; name the variable instead.
+    msg = str(exc)
+    if " - at `$." in msg:
+        text, _, path = msg.partition(" - at `$.")
+        field = path.rstrip("`").split(".")[0].split("[")[0]
+        return f"{env_name(field)}: {text}; fix the variable or unset it to use the default"
+    return msg
