@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the event JSON Schema (as shipped for non-Python producers)")
     p.set_defaults(func=cmd_schema)
 
+    bench = sub.add_parser("bench", help="benchmarks against the real services; JSON and a PNG")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for module in SUBCOMMAND_MODULES:
         try:
             mod = importlib.import_module(module)
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # optional dependency (torch, faust) missing in this install
         mod.register(sub)
+        if hasattr(mod, "register_bench"):
+            mod.register_bench(bench_sub)
     return parser
 
 
