@@ -1,0 +1,36 @@
+# The two commands of the quickstart: `make demo` and `make test`.
+# Each installs what is missing (venv, Python packages, Kafka jars, Debian
+# packages) and starts what it needs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install demo test test-unit stack down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,trainer,serving,worker]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+stack: install
+	$(BIN)/streamrec up --with-prometheus
+
+demo: stack
+	$(BIN)/streamrec demo
+
+test: stack
+	$(BIN)/pytest -q
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
+down:
+	-$(BIN)/streamrec down
+
+clean: down
+	rm -rf .local
