@@ -23,7 +23,7 @@ stack: install
 demo: stack
 	$(BIN)/streamrec demo
 
-test: stack
+test: install
 	$(BIN)/pytest -q
 
 test-unit: install

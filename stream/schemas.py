@@ -250,6 +250,41 @@ class ScoreRequest(msgspec.Struct, kw_only=True, array_like=False):
     """Redis write sequence of the feature update that included this event."""
 
 
+class CatalogItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """Item metadata on the compacted `catalog` topic (key item_id; a null value removes it)."""
+
+    item_id: Id
+    category: Annotated[str, Meta(max_length=128)] = ""
+    tags: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
+    title: Annotated[str, Meta(max_length=512)] = ""
+    description: Annotated[str, Meta(max_length=8192)] = ""
+    price: Union[float, None] = None
+    created_ts: Union[int, None] = None
+
+    def redis_fields(self) -> dict[str, str]:
+        fields = {"category": self.category, "tags": "|".join(self.tags), "title": self.title,
+                  "description": self.description}
+        if self.price is not None:
+            fields["price"] = repr(self.price)
+        if self.created_ts is not None:
+            fields["created_ts"] = str(self.created_ts)
+        return fields
+
+
+def decode_catalog(data: bytes) -> CatalogItem:
+    """Decode a catalog record, or raise `EventError` naming the field."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventError(f"catalog record is {len(data)} bytes; the limit is {MAX_EVENT_BYTES}",
+                         reason="too_large")
+    try:
+        return _catalog_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _explain(str(exc), data) from None
+    except msgspec.DecodeError as exc:
+        raise EventError(f"catalog record is not valid JSON: {exc}", reason="bad_json") from None
+
+
+_catalog_decoder = msgspec.json.Decoder(CatalogItem)
 recommendation_decoder = msgspec.json.Decoder(Recommendation)
 score_request_decoder = msgspec.json.Decoder(ScoreRequest)
 

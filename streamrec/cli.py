@@ -118,6 +118,12 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from streamrec.deploy.prometheus_config import compose_config_text
+    print(compose_config_text(), end="")
+    return 0
+
+
 # --------------------------------------------------------------------------- #
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the event JSON Schema (as shipped for non-Python producers)")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("deploy", help="generate deployment files from the code")
+    p.add_argument("what", choices=["prometheus-config"],
+                   help="prometheus-config: the docker-compose scrape config (deploy/prometheus/prometheus.yml)")
+    p.set_defaults(func=cmd_deploy)
 
     bench = sub.add_parser("bench", help="benchmarks against the real services; JSON and a PNG")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)

@@ -45,6 +45,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_prefix: str = "sr:"
     """Prepended to every Redis key."""
 
+    # --- stream worker ------------------------------------------------------------
+    worker_batch_max: int = 2000
+    """Most events the worker applies in one batch (one Redis round trip per phase)."""
+    worker_batch_wait_ms: int = 20
+    """Longest the worker waits to fill a batch."""
+    session_gap_s: int = 1800
+    """Inactivity (event time) that ends a derived session."""
+    lateness_s: int = 6 * 3600
+    """Events older than the user's newest by more than this go to the DLQ as too_late."""
+    dedup_ttl_s: int = 6 * 3600
+    """How long event ids are remembered to drop duplicates (about 100 bytes each in Redis)."""
+
     # --- service HTTP ports (health, readiness, metrics) --------------------
     http_host: str = "127.0.0.1"
     """Interface the services' HTTP endpoints bind to."""

@@ -48,8 +48,12 @@ def services() -> Settings:
         return
     from streamrec.deploy.localstack import LocalStack
 
-    LocalStack(base).up(log=lambda m: None)
+    stack = LocalStack(base)
+    was_running = stack.running("kafka") and stack.running("redis")
+    stack.up(log=lambda m: None)
     yield base
+    if not was_running:  # leave the machine as we found it
+        stack.down()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,9 @@ simple baselines:
   picks by taste and popularity;
 - the user is shown slates (``impression`` events) and clicks with a
   position-biased probability that depends on how well the item fits their
-  taste.
+  taste, and on whether the user likes mainstream or niche items (a
+  user x item-popularity interaction that a linear model on dense features
+  cannot express).
 
 >>> data = synthesize(SynthConfig(users=5, items=30, sessions_per_user=2, seed=1))
 >>> sorted({e["type"] for e in data.events}) == ["click", "impression", "view"]
@@ -85,6 +87,7 @@ def synthesize(cfg: SynthConfig) -> SynthData:
     popularity = 1.0 / np.arange(1, n + 1) ** cfg.zipf
     popularity = popularity[rng.permutation(n)]
     popularity /= popularity.sum()
+    pop_z = (np.log(popularity) - np.log(popularity).mean()) / np.log(popularity).std()
     # Each item's successor: another item of the same category (a planted
     # sequential pattern that the order of a session reveals).
     successor = np.empty(n, dtype=np.int64)
@@ -106,6 +109,7 @@ def synthesize(cfg: SynthConfig) -> SynthData:
     for u in range(cfg.users):
         user = f"u{u}"
         favourites = rng.choice(c, size=min(3, c), replace=False)
+        mainstream = rng.choice([-1.0, 1.0])  # clicks popular items more, or less, than their fit says
         taste = cat_vec[favourites].mean(axis=0) + 0.3 * rng.normal(size=cfg.dim)
         ts = START_MS + int(rng.integers(0, 7 * 86_400_000))
         for s in range(cfg.sessions_per_user):
@@ -130,7 +134,9 @@ def synthesize(cfg: SynthConfig) -> SynthData:
                     rec_id = f"r{seq}"
                     ts += 500
                     emit("impression", user, ts, session, rec_id=rec_id, items=[item_ids[j] for j in cand])
-                    fit = 1.0 / (1.0 + np.exp(-(2.0 * (affinity[cand] - affinity.mean()) / affinity.std() - 1.0)))
+                    logit = (2.0 * (affinity[cand] - affinity.mean()) / affinity.std()
+                             + 1.5 * mainstream * pop_z[cand] - 1.5)
+                    fit = 1.0 / (1.0 + np.exp(-logit))
                     clicks = rng.random(cfg.slate_size) < bias * fit
                     for pos in np.flatnonzero(clicks):
                         ts += int(rng.integers(2_000, 15_000))

@@ -1,0 +1,93 @@
+"""Subcommands of the stream package: worker, forget, dlq, publish; bench features."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def cmd_worker(args) -> int:
+    from streamrec.health import PortInUse
+    from streamrec.stream.worker import run_processes
+
+    logging.basicConfig(level=args.settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_processes(args.settings, args.processes)
+    except PortInUse as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+def cmd_forget(args) -> int:
+    from streamrec.stream.feature_store import RedisFeatureStore
+
+    store = RedisFeatureStore(args.settings)
+    deleted = store.forget(args.user_id, int(time.time() * 1000))
+    console.print(f"forgot user {args.user_id!r}: {deleted} key(s) deleted; their older events will be dropped")
+    return 0
+
+
+def cmd_dlq(args) -> int:
+    """Print the newest dead letters with their reasons."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streamrec.stream import topics
+
+    s = args.settings
+    topic = s.topic(topics.EVENTS_DLQ)
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "streamrec-dlq-reader",
+                         "enable.auto.commit": False, **topics.kafka_security(s)})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    assignment = []
+    for p in parts:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        assignment.append(TopicPartition(topic, p, max(low, high - args.last)))
+    consumer.assign(assignment)
+    shown = 0
+    while msgs := consumer.consume(1000, timeout=2):
+        for m in msgs:
+            if m.error():
+                continue
+            headers = {k: v.decode(errors="replace") for k, v in (m.headers() or [])}
+            print(json.dumps({"reason": headers.get(topics.DLQ_REASON), "detail": headers.get(topics.DLQ_DETAIL),
+                              "source": f"{headers.get(topics.DLQ_TOPIC)}/{headers.get(topics.DLQ_PARTITION)}"
+                                        f"@{headers.get(topics.DLQ_OFFSET)}",
+                              "value": (m.value() or b"")[:200].decode(errors="replace")}))
+            shown += 1
+    consumer.close()
+    console.print(f"{shown} dead letter(s)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("worker", help="run the stream worker (events -> Redis features -> score requests)",
+                       description="Consume `events` and `catalog` with faust, apply features to Redis "
+                                   "exactly once, announce each applied event on `score-requests`, "
+                                   "dead-letter bad ones. Health/metrics on STREAMREC_WORKER_PORT.")
+    p.add_argument("--processes", type=int, default=1,
+                   help="worker processes in one consumer group (ports WORKER_PORT, +1, ...); default 1")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("forget", help="delete every feature of a user and drop their older events",
+                       description="Privacy: deletes all of USER_ID's keys (user, sessions, markers), "
+                                   "records the request so the worker drops the user's older late events, "
+                                   "and appends an audit entry holding only a hash of the id.")
+    p.add_argument("user_id")
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("dlq", help="print the newest dead letters with their reasons")
+    p.add_argument("--last", type=int, default=20, help="records per partition (default 20)")
+    p.set_defaults(func=cmd_dlq)
+
+
+def register_bench(bench) -> None:
+    from streamrec.stream.bench import add_arguments
+
+    p = bench.add_parser("features", help="worker throughput and event-to-feature latency through real Kafka/Redis")
+    add_arguments(p)

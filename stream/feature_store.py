@@ -1,0 +1,207 @@
+"""The online feature store: applies planned batches to Redis, and reads features back.
+
+An interface with a Redis implementation (as Feast does), so the feature logic
+in `streamrec.stream.features` never touches a client. Writes go in pipelined
+round trips: one for the user phase of a whole batch, one for the item and
+trending phase. Redis being away is retried with backoff, never skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from importlib import resources
+from typing import Callable
+
+import redis
+
+from streamrec.settings import Settings
+from streamrec.stream import features
+from streamrec.stream.features import DecodedEvent, Outcome
+from streamrec.stream.keys import FeatureConfig, Keys
+
+log = logging.getLogger(__name__)
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def _script(name: str) -> str:
+    lua = resources.files("streamrec.stream").joinpath("lua")
+    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+
+
+class Stopping(Exception):
+    """Raised out of a retry loop when the service is asked to stop."""
+
+
+class RedisFeatureStore:
+    """Redis implementation of the feature store (one client, lazily connected)."""
+
+    SCRIPTS = ("apply_user", "apply_item", "apply_trending")
+
+    def __init__(self, settings: Settings, config: FeatureConfig | None = None,
+                 on_health: Callable[[bool], None] | None = None):
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.config = config or FeatureConfig()
+        self._cfg = features.script_config(self.config)
+        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self._scripts = {name: _script(name) for name in self.SCRIPTS}
+        self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
+        self._on_health = on_health or (lambda ok: None)
+        self.stop_event = threading.Event()
+        self._categories: dict[str, tuple[float, str]] = {}
+        self.category_ttl_s = 60.0
+
+    # ------------------------------------------------------------------ writes
+    def apply(self, batch: list[DecodedEvent]) -> list[Outcome]:
+        """Apply a batch (both phases); returns the user-phase outcome of each event."""
+        if not batch:
+            return []
+        self._fill_categories(batch)
+        calls = features.user_calls(batch, self.keys, self._cfg)
+        results = self._run("apply_user", [(key, arg) for key, arg, _ in calls])
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        for (_, _, idx), raw in zip(calls, results):
+            for i, outcome in zip(idx, features.parse_user_result(raw)):
+                outcomes[i] = outcome
+        item_calls = features.item_calls(batch, outcomes, self.keys, self._cfg)
+        trending = [c for c in item_calls if c[0] == self.keys.trending_base]
+        items = [c for c in item_calls if c[0] != self.keys.trending_base]
+        self._run_many([("apply_item", items), ("apply_trending", trending)])
+        return outcomes  # type: ignore[return-value]
+
+    def _run(self, script: str, calls: list[tuple[str, str]]) -> list:
+        return self._run_many([(script, calls)])
+
+    def _run_many(self, groups: list[tuple[str, list[tuple[str, str]]]]) -> list:
+        """EVALSHA every call in one pipelined round trip; retry the whole round on failure.
+
+        Retrying is safe: every script is idempotent (event markers, offset guards).
+        """
+        delay = 0.05
+        while True:
+            if self.stop_event.is_set():
+                raise Stopping()
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for script, calls in groups:
+                    for key, arg in calls:
+                        pipe.evalsha(self._sha[script], 1, key, arg)
+                results = pipe.execute(raise_on_error=False)
+                if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                    self._load_scripts()  # Redis restarted or flushed its script cache
+                    continue
+                errors = [r for r in results if isinstance(r, Exception)]
+                if errors:  # retryable ones are caught below; a script error is a bug: fail loudly
+                    raise errors[0]
+                self._on_health(True)
+                return results
+            except RETRYABLE as exc:
+                self._on_health(False)
+                log.warning("Redis unavailable (%s); retrying in %.2f s", exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _load_scripts(self) -> None:
+        for name, src in self._scripts.items():
+            self._sha[name] = self.client.script_load(src)
+
+    # -------------------------------------------------------------- catalog
+    def _fill_categories(self, batch: list[DecodedEvent]) -> None:
+        """Look up the category of each event's item (cached briefly; it rarely changes)."""
+        now = time.monotonic()
+        missing = set()
+        for d in batch:
+            if d.event.type != "impression":
+                cached = self._categories.get(d.event.item_id)
+                if cached is None or cached[0] < now:
+                    missing.add(d.event.item_id)
+        if missing:
+            names = sorted(missing)
+            values = self._with_retry(lambda: self._hget_many(names))
+            for name, value in zip(names, values):
+                self._categories[name] = (now + self.category_ttl_s, (value or b"").decode())
+            if len(self._categories) > 200_000:
+                self._categories.clear()
+        for d in batch:
+            if d.event.type != "impression":
+                d.category = self._categories.get(d.event.item_id, (0, ""))[1]
+
+    def _hget_many(self, items: list[str]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.hget(self.keys.item_meta(item), "category")
+        return pipe.execute()
+
+    def _with_retry(self, fn):
+        delay = 0.05
+        while True:
+            if self.stop_event.is_set():
+                raise Stopping()
+            try:
+                result = fn()
+                self._on_health(True)
+                return result
+            except RETRYABLE as exc:
+                self._on_health(False)
+                log.warning("Redis unavailable (%s); retrying in %.2f s", exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def put_item_meta(self, item_id: str, meta: dict[str, str]) -> None:
+        """Store catalog metadata of an item (and un-remove it)."""
+        def write():
+            pipe = self.client.pipeline(transaction=False)
+            key = self.keys.item_meta(item_id)
+            pipe.delete(key)
+            pipe.hset(key, mapping=meta)
+            pipe.expire(key, self.config.catalog_ttl_s)
+            pipe.srem(self.keys.removed, item_id)
+            pipe.execute()
+        self._with_retry(write)
+        self._categories.pop(item_id, None)
+
+    def remove_item(self, item_id: str) -> None:
+        """A catalog tombstone: drop the metadata and remember the removal (idempotent)."""
+        def write():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.keys.item_meta(item_id))
+            pipe.sadd(self.keys.removed, item_id)
+            pipe.expire(self.keys.removed, self.config.catalog_ttl_s)
+            pipe.execute()
+        self._with_retry(write)
+        self._categories.pop(item_id, None)
+
+    # -------------------------------------------------------------- privacy
+    def forget(self, user_id: str, now_ms: int) -> int:
+        """Delete every key of a user (all in the user's slot) and refuse their older events.
+
+        Returns how many keys were deleted. The audit trail keeps only a hash of the id.
+        """
+        base = self.keys.user_base(user_id)
+        pattern = base.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*").replace("?", "\\?") + ":*"
+        deleted = 0
+        batch = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += self.client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += self.client.delete(*batch)
+        self.client.set(self.keys.forgotten(user_id), now_ms, ex=self.config.forgotten_ttl_s)
+        digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
+        self.client.rpush(self.keys.forget_audit, f"{now_ms} user-sha256:{digest} keys:{deleted}")
+        self.client.expire(self.keys.forget_audit, self.config.audit_ttl_s)
+        return deleted
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,212 @@
+"""The worker's batch step, independent of the consuming engine.
+
+`EventProcessor.process` takes a batch of Kafka records from `events`, and:
+decodes them (bad ones become dead letters with a reason), applies the good
+ones to Redis through the feature store, then produces one score request per
+newly applied event (or a dead letter for a refused one) and waits until the
+broker has them. Only when it returns may the engine commit the offsets.
+Replayed records whose output a previous owner already produced are skipped
+(`OutputLedger`), so each event is answered exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Producer
+
+from streamrec.settings import Settings
+from streamrec.stream import schemas, topics
+from streamrec.stream import worker_metrics as metrics
+from streamrec.stream.feature_store import RedisFeatureStore, Stopping
+from streamrec.stream.features import DecodedEvent, SourceEvent
+from streamrec.stream.keys import FeatureConfig
+from streamrec.stream.ledger import OutputLedger, source_headers
+from streamrec.stream.schemas import EventError, ScoreRequest
+
+log = logging.getLogger(__name__)
+
+
+def dead_letter_headers(src: SourceEvent, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    return [(topics.DLQ_REASON, reason.encode()), (topics.DLQ_DETAIL, detail[:1000].encode()),
+            (topics.DLQ_TOPIC, src.topic.encode()), (topics.DLQ_PARTITION, str(src.partition).encode()),
+            (topics.DLQ_OFFSET, str(src.offset).encode())]
+
+
+class EventProcessor:
+    """Decode, apply, answer: one call per batch, safe to repeat after a crash."""
+
+    def __init__(self, settings: Settings, store: RedisFeatureStore | None = None,
+                 config: FeatureConfig | None = None):
+        self.settings = settings
+        self.config = config or FeatureConfig.from_settings(settings)
+        self.store = store or RedisFeatureStore(settings, self.config, on_health=metrics.redis_up.set)
+        self.events_topic = settings.topic(topics.EVENTS)
+        self.score_topic = settings.topic(topics.SCORE_REQUESTS)
+        self.dlq_topic = settings.topic(topics.EVENTS_DLQ)
+        self.producer = Producer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            **topics.kafka_security(settings),
+        })
+        self.ledger = OutputLedger(settings)
+        self._next_offset: dict[int, int] = {}
+        self._answered: dict[int, set[int]] = {}
+        self.last_offsets: dict[int, int] = {}
+        self._failed: list = []
+
+    # ------------------------------------------------------------------ batch
+    def process(self, batch: list[SourceEvent]) -> None:
+        """Apply and answer a batch; returns only when the broker has every output."""
+        if not batch:
+            return
+        started = time.perf_counter()
+        self._check_replays(batch)
+        decoded: list[DecodedEvent] = []
+        outputs: list[tuple[str, bytes | None, bytes | None, int, list]] = []
+        now_ms = time.time() * 1000
+        for src in batch:
+            metrics.events_in.inc()
+            try:
+                ev = schemas.decode_event(src.value or b"")
+            except EventError as exc:
+                self._dead(outputs, src, exc.reason, str(exc))
+                continue
+            if ev.ts_ms > src.timestamp_ms + self.config.future_skew_ms:
+                self._dead(outputs, src, "future_ts",
+                           f"ts: {ev.ts_ms} is {(ev.ts_ms - src.timestamp_ms) / 1000:.0f} s after the "
+                           "broker received the event; send event time in epoch milliseconds")
+                continue
+            metrics.event_lag.observe(max(0.0, (now_ms - ev.ts_ms) / 1000))
+            decoded.append(DecodedEvent(src, ev))
+        write_started = time.perf_counter()
+        outcomes = self.store.apply(decoded)
+        metrics.redis_write.observe(time.perf_counter() - write_started)
+        for d, outcome in zip(decoded, outcomes):
+            ev, status = d.event, outcome.effective
+            if outcome.status == "dup":
+                metrics.deduplicated.labels(ev.type).inc()
+            elif status == "applied":
+                if outcome.status == "applied":
+                    metrics.applied.labels(ev.type).inc()
+                if not self._is_answered(d.source):
+                    req = ScoreRequest(event_id=ev.event_id, user_id=ev.user_id, session_id=outcome.session_id,
+                                       item_id=ev.item_id, type=ev.type, ts=ev.ts_ms,
+                                       feature_version=outcome.feature_version)
+                    outputs.append((self.score_topic, d.source.key, schemas.encode(req), d.source.partition,
+                                    source_headers(d.source.partition, d.source.offset)))
+            elif status == "too_late":
+                self._dead(outputs, d.source, "too_late",
+                           f"ts: {ev.ts_ms} is more than {self.config.lateness_ms // 1000} s older than "
+                           f"user {ev.user_id}'s newest event; send events sooner or raise STREAMREC_LATENESS_S")
+            elif status == "forgotten":
+                # The user asked to be forgotten: keep the record's place, not its content.
+                self._dead(outputs, d.source, "forgotten_user",
+                           "the user was forgotten; their older events are dropped", keep_value=False)
+        self._produce(outputs)
+        for src in batch:
+            self.last_offsets[src.partition] = src.offset
+        metrics.batch_size.observe(len(batch))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _dead(self, outputs: list, src: SourceEvent, reason: str, detail: str, keep_value: bool = True) -> None:
+        metrics.dead_lettered.labels(reason).inc()
+        if self._is_answered(src):
+            return
+        outputs.append((self.dlq_topic, src.key, src.value if keep_value else b"", src.partition,
+                        dead_letter_headers(src, reason, detail)))
+
+    # ------------------------------------------------------------ replays
+    def _check_replays(self, batch: list[SourceEvent]) -> None:
+        """When a partition starts (or restarts) at an offset we did not expect, learn what
+        a previous owner already answered from that offset on."""
+        firsts: dict[int, int] = {}
+        for src in batch:
+            firsts.setdefault(src.partition, src.offset)
+        for partition, offset in firsts.items():
+            if self._next_offset.get(partition) != offset:
+                self._answered[partition] = self.ledger.answered(partition, offset)
+            for src in batch:
+                if src.partition == partition:
+                    self._next_offset[partition] = src.offset + 1
+
+    def _is_answered(self, src: SourceEvent) -> bool:
+        answered = self._answered.get(src.partition)
+        return bool(answered) and src.offset in answered
+
+    # ------------------------------------------------------------- produce
+    def _produce(self, outputs: list) -> None:
+        """Send every output and wait for the broker; retry failures until they go through."""
+        pending = outputs
+        delay = 0.1
+        while pending:
+            self._failed = []
+            for topic, key, value, partition, headers in pending:
+                self._produce_one(topic, key, value, partition, headers)
+            self.producer.flush(30)
+            if not self._failed:
+                break
+            if self.store.stop_event.is_set():
+                raise Stopping()
+            log.warning("%d output(s) not acknowledged (%s); retrying", len(self._failed), self._failed[0][1])
+            pending = [o for o, _ in self._failed]
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        for topic, *_ in outputs:
+            if topic == self.score_topic:
+                metrics.score_requests.inc()
+
+    def _produce_one(self, topic, key, value, partition, headers) -> None:
+        record = (topic, key, value, partition, headers)
+
+        def on_delivery(err, msg, record=record):
+            if err is not None:
+                self._failed.append((record, str(err)))
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, partition=partition, headers=headers,
+                                      on_delivery=on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.ledger.close()
+        self.store.close()
+
+
+class CatalogProcessor:
+    """Applies `catalog` records: metadata into Redis, tombstones as removals."""
+
+    def __init__(self, settings: Settings, store: RedisFeatureStore, producer: Producer):
+        self.store = store
+        self.producer = producer
+        self.dlq_topic = settings.topic(topics.EVENTS_DLQ)
+
+    def process(self, batch: list[SourceEvent]) -> None:
+        for src in batch:
+            item_id = (src.key or b"").decode("utf-8", "replace")
+            if src.value is None:
+                if item_id:
+                    self.store.remove_item(item_id)
+                    metrics.catalog_updates.labels("removed").inc()
+                continue
+            try:
+                item = schemas.decode_catalog(src.value)
+            except EventError as exc:
+                self._dead(src, exc.reason, str(exc))
+                continue
+            self.store.put_item_meta(item.item_id, item.redis_fields())
+            metrics.catalog_updates.labels("upserted").inc()
+        self.producer.flush(30)
+
+    def _dead(self, src: SourceEvent, reason: str, detail: str) -> None:
+        metrics.dead_lettered.labels(reason).inc()
+        self.producer.produce(self.dlq_topic, value=src.value, key=src.key,
+                              headers=dead_letter_headers(src, reason, detail))

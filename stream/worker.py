@@ -1,0 +1,183 @@
+"""The stream worker: a faust-streaming app, the single writer of features.
+
+Two agents: one takes batches from `events` and hands them to
+`EventProcessor` (decode, Redis, score requests), one applies `catalog`
+records. Batches run in a worker thread so faust keeps fetching meanwhile;
+events are acknowledged (and so committed by faust) only after their batch
+has been applied and answered. SIGTERM finishes the batch in hand, commits,
+and exits 0.
+
+Within a process the events agent runs one instance: batches of a partition
+must be applied in offset order (the replay guard relies on it). Scale out
+with more processes (``--processes N`` or more replicas), which share the
+partitions through the consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from streamrec.health import HealthServer
+from streamrec.settings import Settings
+from streamrec.stream import topics
+from streamrec.stream import worker_metrics as metrics
+from streamrec.stream.feature_store import Stopping
+from streamrec.stream.features import SourceEvent
+from streamrec.stream.processor import CatalogProcessor, EventProcessor
+
+log = logging.getLogger(__name__)
+
+
+def check_partitions(settings: Settings) -> None:
+    """Outputs go to the partition number of their event: the counts must match."""
+    meta = topics.admin_client(settings).list_topics(timeout=15).topics
+    names = [settings.topic(t) for t in (topics.EVENTS, topics.SCORE_REQUESTS, topics.EVENTS_DLQ)]
+    missing = [n for n in names if n not in meta]
+    if missing:
+        raise SystemExit(f"topics missing: {', '.join(missing)}; run `streamrec topics create`")
+    counts = {n: len(meta[n].partitions) for n in names}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"partition counts differ {counts}; the worker answers each event on the "
+                         "partition of the same number, so give these topics equal partitions")
+
+
+class StreamWorker:
+    """Owns the faust app, the processors and the HTTP endpoints of one worker process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.processor = EventProcessor(settings)
+        self.catalog = CatalogProcessor(settings, self.processor.store, self.processor.producer)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        self.started = threading.Event()
+        self.http = HealthServer(settings.http_host, settings.worker_port, checks={
+            "redis": self.processor.store.ping,
+            "consuming": self.started.is_set,
+        }, port_setting="STREAMREC_WORKER_PORT")
+        self.app = self._build_app()
+
+    def _build_app(self):
+        import faust
+
+        s = self.settings
+        datadir = s.home_path / "worker-data"
+        datadir.mkdir(parents=True, exist_ok=True)
+        app = faust.App(
+            f"{s.topic_prefix}streamrec-worker",
+            broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
+            web_enabled=False,
+            datadir=str(datadir),
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=1.0,
+            topic_disable_leader=True,
+            stream_wait_empty=False,
+        )
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        events = app.topic(s.topic(topics.EVENTS), **raw)
+        catalog = app.topic(s.topic(topics.CATALOG), allow_empty=True, **raw)
+        batch_max, within = s.worker_batch_max, s.worker_batch_wait_ms / 1000
+
+        @app.agent(events, name="apply-events")
+        async def apply_events(stream):
+            self.started.set()
+            async for batch in stream.noack_take(batch_max, within=within):
+                await self._run_batch(self.processor.process, batch, stream)
+
+        @app.agent(catalog, name="apply-catalog")
+        async def apply_catalog(stream):
+            async for batch in stream.noack_take(500, within=0.1):
+                await self._run_batch(self.catalog.process, batch, stream)
+
+        @app.timer(interval=5.0)
+        async def report_lag():
+            await asyncio.get_running_loop().run_in_executor(None, self._report_lag)
+
+        return app
+
+    async def _run_batch(self, fn, batch, stream) -> None:
+        records = [SourceEvent(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
+                               ev.message.value, int((ev.message.timestamp or time.time()) * 1000))
+                   for ev in batch]
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn, records)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Stopping: let the batch in hand finish (or give up on Redis), then ack what finished.
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout=20)
+            except (Stopping, asyncio.TimeoutError, asyncio.CancelledError):
+                raise asyncio.CancelledError() from None
+            for ev in batch:
+                await stream.ack(ev)
+            raise
+        except Stopping:
+            raise asyncio.CancelledError() from None
+        for ev in batch:
+            await stream.ack(ev)
+
+    def _report_lag(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        topic = self.settings.topic(topics.EVENTS)
+        consumer = self.processor.ledger.consumer
+        for partition, offset in list(self.processor.last_offsets.items()):
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2, cached=False)
+                metrics.consumer_lag.labels(str(partition)).set(max(0, high - offset - 1))
+            except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
+                pass
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        import faust
+
+        check_partitions(self.settings)
+        metrics.redis_up.set(1 if self.processor.store.ping() else 0)
+        self.http.start()
+        log.info("worker: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
+        worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True,
+                              redirect_stdouts=False, override_logging=False)
+
+        def stopping(*_):
+            self.http.stopping = True
+            self.processor.store.stop_event.set()
+
+        worker.on_worker_shutdown = stopping  # type: ignore[method-assign]
+        worker.spinner = None  # a terminal spinner only garbles service logs
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            code = exc.code or 0
+        else:
+            code = 0
+        self.http.stop()
+        self.executor.shutdown(wait=True)
+        self.processor.close()
+        return int(code)
+
+
+def run_processes(settings: Settings, processes: int) -> int:
+    """Run N worker processes in one consumer group, each with its own HTTP port."""
+    if processes <= 1:
+        return StreamWorker(settings).run()
+    children = []
+    for i in range(processes):
+        env = {**os.environ, **settings.as_env(), "STREAMREC_WORKER_PORT": str(settings.worker_port + i)}
+        children.append(subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker"], env=env))
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)

@@ -1,0 +1,112 @@
+"""`streamrec bench train`: training throughput, export time, model sizes and quality on synthetic data.
+
+Writes ``bench-train.json`` and ``bench-train.png`` to ``--out`` and prints
+the JSON. Epochs are fixed (no early stopping) so throughput is comparable
+between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: str = "") -> dict:
+    """Train both models on a synthetic history and measure; returns the JSON report."""
+    import os
+
+    import torch
+
+    from streamrec.trainer.data import Interactions
+    from streamrec.trainer.export import export_dcn, export_sasrec
+    from streamrec.trainer.synth import SynthConfig, synthesize
+    from streamrec.trainer.train import TrainConfig, train_all
+
+    t0 = time.perf_counter()
+    data = synthesize(SynthConfig(users=users, items=items, seed=seed))
+    inter = Interactions.from_rows(data.events, {r["item_id"]: r["category"] for r in data.items}, source="synth")
+    synth_s = time.perf_counter() - t0
+    base = TrainConfig.tiny()
+    cfg = replace(base, seq={**base.seq, "dim": dim},
+                  seq_fit=replace(base.seq_fit, epochs=epochs, patience=epochs, progress=True),
+                  ranker_fit=replace(base.ranker_fit, epochs=epochs, patience=epochs, progress=True)).with_seed(seed)
+    t0 = time.perf_counter()
+    trained = train_all(inter, cfg)
+    total_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        seq = export_sasrec(trained.sasrec, f"{tmp}/seq", trained.catalog, trained.categories,
+                            trained.split.test_history)
+        dcn = export_dcn(trained.dcn, f"{tmp}/dcn")
+        sizes = {f"sasrec/{k}": p.stat().st_size for k, p in seq.files.items()}
+        sizes.update({f"ranker/{k}": p.stat().st_size for k, p in dcn.files.items()})
+    return {
+        "bench": "train", "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                                     f"torch {torch.__version__}, {torch.get_num_threads()} threads {device_note}",
+        "data": {"users": users, "items": items, "events": len(data.events), "seed": seed, "synth_s": synth_s,
+                 "ranker_samples": trained.ranker_fit.samples // max(len(trained.ranker_fit.train_loss), 1)},
+        "sasrec": {"sequences_per_s": trained.seq_fit.samples_per_s, "epochs": len(trained.seq_fit.train_loss),
+                   "params_bytes": trained.sasrec.size_bytes(), "export_s": seq.seconds,
+                   "parity_max_abs_diff": max(seq.max_abs_diff.values())},
+        "ranker": {"samples_per_s": trained.ranker_fit.samples_per_s, "epochs": len(trained.ranker_fit.train_loss),
+                   "params_bytes": trained.dcn.size_bytes(), "export_s": dcn.seconds,
+                   "parity_max_abs_diff": max(dcn.max_abs_diff.values())},
+        "file_bytes": sizes, "total_train_s": total_s,
+        "quality": {**trained.seq_metrics, **trained.ranker_metrics},
+    }
+
+
+def plot(report: dict, path: Path) -> None:
+    """Bar charts of NDCG@10 (sequence model vs baselines) and AUC (ranker vs LR)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q = report["quality"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    seq = [k for k in q if "NDCG@10" in q[k]]
+    a.bar(seq, [q[k]["NDCG@10"] for k in seq], color=["tab:blue", "tab:gray", "tab:gray"][:len(seq)])
+    a.set_title("NDCG@10 (leave-one-out)")
+    rk = [k for k in q if "AUC" in q[k]]
+    b.bar(rk, [q[k]["AUC"] for k in rk], color=["tab:orange", "tab:gray"][:len(rk)])
+    b.set_ylim(0.5, 1.0)
+    b.set_title("AUC (time split)")
+    fig.suptitle(f"synthetic {report['data']['users']} users x {report['data']['items']} items; "
+                 f"sasrec {report['sasrec']['sequences_per_s']:,.0f} seq/s, "
+                 f"dcn {report['ranker']['samples_per_s']:,.0f} samples/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_bench_train(args) -> int:
+    """Run the benchmark and write JSON and PNG."""
+    report = run(args.users, args.items, args.epochs, args.seed, args.dim)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-train.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "bench-train.png")
+    print(json.dumps(report, indent=2))
+    console.print(f"wrote {out / 'bench-train.json'} and {out / 'bench-train.png'}")
+    return 0
+
+
+def register(bench_sub) -> None:
+    """Add the `train` benchmark."""
+    import argparse
+    p = bench_sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                             help="training throughput, export time, model sizes, quality on synthetic data")
+    p.add_argument("--users", type=int, default=2000, help="synthetic users")
+    p.add_argument("--items", type=int, default=1000, help="synthetic items")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per model (fixed, no early stopping)")
+    p.add_argument("--dim", type=int, default=32, help="sequence model embedding size")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON and the PNG")
+    p.set_defaults(func=cmd_bench_train)

@@ -1,0 +1,313 @@
+"""`streamrec train | evaluate | data | models` (and `streamrec bench train`).
+
+Registered by `streamrec.cli` through `register(subparsers)`; each handler
+gets the Settings object as ``args.settings`` and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from streamrec.registry import Registry, RegistryError
+
+# Without torch (the serving image) these commands cannot run: raising
+# ImportError here makes `streamrec.cli` skip them quietly, without importing
+# torch on every CLI start.
+if importlib.util.find_spec("torch") is None:
+    raise ImportError("the trainer commands need torch: pip install 'streamrec[trainer]'", name="torch")
+
+console = Console(stderr=True)
+out = Console()
+
+
+# --------------------------------------------------------------------------- #
+# data loading shared by train and evaluate
+# --------------------------------------------------------------------------- #
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="PATH|kafka",
+                   help="interaction history: a file or folder (events.jsonl, MovieLens u.data/ratings.dat/"
+                        "ratings.csv, RecBole .inter, CSV, Parquet), or 'kafka' to replay the events topic")
+    g.add_argument("--format", default="auto", choices=["auto", "events", "movielens", "recbole", "csv", "parquet"],
+                   help="input format (default: from the file name)")
+    g.add_argument("--items", metavar="PATH", help="item file with categories (CSV item_id,category); MovieLens "
+                                                   "and RecBole item files next to the data are found by themselves")
+    g.add_argument("--rating-threshold", type=float, default=None, metavar="R",
+                   help="keep only ratings >= R as implicit interactions (default: keep all)")
+    g.add_argument("--user-col", default="user_id", help="CSV/Parquet: user column (default user_id)")
+    g.add_argument("--item-col", default="item_id", help="CSV/Parquet: item column (default item_id)")
+    g.add_argument("--ts-col", default="timestamp", help="CSV/Parquet: time column (default timestamp)")
+    g.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "iso"],
+                   help="CSV/Parquet: unit of the time column (default: guess)")
+    g.add_argument("--rating-col", default=None, help="CSV/Parquet: rating column, if any")
+    g.add_argument("--type-col", default=None, help="CSV/Parquet: event type column, if any")
+    g.add_argument("--session-col", default=None, help="CSV/Parquet: session column, if any")
+    g.add_argument("--since", help="kafka: first event time (ISO-8601 or epoch ms; default: the beginning)")
+    g.add_argument("--until", help="kafka: last event time (ISO-8601 or epoch ms; default: now)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=None, help="maximum epochs for each model (early stopping may end sooner)")
+    g.add_argument("--dim", type=int, default=64, help="sequence model embedding size (default 64)")
+    g.add_argument("--max-len", type=int, default=50, help="longest history the sequence model reads (default 50)")
+    g.add_argument("--item-buckets", type=int, default=50_000, help="hashed item table rows (default 50000)")
+    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same models")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
+    g.add_argument("--top10", metavar="CSV", help="write each test user's top-10 items (sequence model) to this CSV")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_data(args) -> "Interactions":  # noqa: F821 - imported lazily (torch-free CLI start)
+    """Read ``--data`` as the flags say and print the summary."""
+    from streamrec.trainer.importers import Columns, load
+
+    if args.data == "kafka":
+        from streamrec.trainer.replay import replay_events
+        inter = replay_events(args.settings, since=args.since, until=args.until)
+    else:
+        cols = Columns(user=args.user_col, item=args.item_col, ts=args.ts_col, rating=args.rating_col,
+                       type=args.type_col, session=args.session_col, ts_unit=args.ts_unit)
+        inter = load(args.data, args.format, items=args.items, rating_threshold=args.rating_threshold, columns=cols)
+    s = inter.summary()
+    console.print(f"[bold]{inter.source}[/]: {s.users:,} users, {s.items:,} items, {s.interactions:,} interactions, "
+                  f"{s.span()} UTC, {len(set(inter.categories.values())):,} categories")
+    return inter
+
+
+def _config(args):
+    from streamrec.trainer.train import TrainConfig
+
+    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, item_buckets=args.item_buckets),
+                      ranker=dict(item_buckets=args.item_buckets)).with_seed(args.seed)
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    seq_fit, ranker_fit = cfg.seq_fit, cfg.ranker_fit
+    if args.epochs:
+        seq_fit, ranker_fit = replace(seq_fit, epochs=args.epochs), replace(ranker_fit, epochs=args.epochs)
+    common = dict(progress=not args.no_progress, resume=args.resume)
+    return replace(cfg, seq_fit=replace(seq_fit, checkpoint=str(ckpt / "sasrec.pt") if ckpt else None, **common),
+                   ranker_fit=replace(ranker_fit, checkpoint=str(ckpt / "ranker.pt") if ckpt else None, **common))
+
+
+def metrics_table(trained) -> Table:
+    """One table: the sequence model and its baselines, then the ranker and its baseline."""
+    table = Table(title="offline evaluation (leave-one-out, full ranking; ranker on a time split)")
+    for col in ("model", "HR@10", "NDCG@10", "MRR@10", "AUC", "logloss"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in trained.seq_metrics.items():
+        table.add_row(name, *(f"{m[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")), "", "")
+    for name, m in trained.ranker_metrics.items():
+        table.add_row(name, "", "", "", f"{m['AUC']:.4f}", f"{m['logloss']:.4f}")
+    return table
+
+
+def write_top10(trained, path: str) -> None:
+    """user_id, rank, item_id, for every test user (the sequence model's list)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "rank", "item_id"])
+        for user, top in zip(trained.split.users, trained.top10):
+            for rank, j in enumerate(top, 1):
+                w.writerow([user, rank, trained.catalog[j]])
+
+
+def _train_and_report(args):
+    from streamrec.trainer.data import DataError
+    from streamrec.trainer.train import train_all
+
+    try:
+        inter = load_data(args)
+        trained = train_all(inter, _config(args))
+    except (DataError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return None
+    console.print(f"sasrec: {trained.seq_fit.samples_per_s:,.0f} sequences/s, best epoch {trained.seq_fit.best_epoch + 1}; "
+                  f"dcn-v2: {trained.ranker_fit.samples_per_s:,.0f} samples/s, best epoch {trained.ranker_fit.best_epoch + 1}")
+    out.print(metrics_table(trained))
+    if args.top10:
+        write_top10(trained, args.top10)
+        console.print(f"top-10 lists: {args.top10}")
+    return trained
+
+
+def cmd_train(args) -> int:
+    """Train both models, evaluate, export with parity checks, publish and announce."""
+    trained = _train_and_report(args)
+    if trained is None:
+        return 1
+    if args.no_publish:
+        return 0
+    from streamrec.trainer.export import ExportError
+    from streamrec.trainer.publish import publish_trained
+
+    try:
+        results = publish_trained(args.settings, trained, args.seq_name, args.ranker_name, send=not args.no_announce)
+    except (ExportError, RegistryError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - Kafka errors: the version is written, say how to re-announce
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    for meta, ann, exported in results:
+        console.print(f"published [bold]{meta.name}/{meta.version}[/] ({meta.kind}) at {ann.uri}; export "
+                      f"{exported.seconds:.2f} s, parity max |diff| {max(exported.max_abs_diff.values()):.1e}"
+                      + ("" if args.no_announce else ", announced"))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Train on the leave-one-out split and print the evaluation table (nothing is published)."""
+    return 0 if _train_and_report(args) is not None else 1
+
+
+# --------------------------------------------------------------------------- #
+def cmd_data_synth(args) -> int:
+    """Write a seeded synthetic history."""
+    from streamrec.trainer.synth import SynthConfig, synthesize, write_synth
+
+    cfg = SynthConfig(users=args.users, items=args.items, categories=args.categories,
+                      sessions_per_user=args.sessions, session_length=args.session_length, seed=args.seed)
+    data = synthesize(cfg)
+    paths = write_synth(data, args.out)
+    console.print(f"{len(data.events):,} events by {cfg.users:,} users on {cfg.items:,} items -> "
+                  f"{paths['events']} (+ {paths['items'].name})")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    """Read a history and print its summary (checks the input without training)."""
+    from streamrec.trainer.data import DataError
+
+    try:
+        load_data(args)
+    except DataError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+def cmd_models(args) -> int:
+    """list | show | promote | rollback."""
+    reg = Registry(args.settings.registry_uri)
+    try:
+        if args.action == "list":
+            return _models_list(reg, args.name)
+        if not args.name:
+            console.print(f"[red]error:[/] `models {args.action}` needs a model name")
+            return 2
+        if args.action == "show":
+            version = reg.resolve(args.name, args.version)
+            meta = reg.verify(args.name, version)
+            doc = msgspec.to_builtins(meta)
+            doc["current"] = reg.current(args.name) == version
+            doc["sha256"] = reg.digest(args.name, version)
+            print(json.dumps(doc, indent=2))
+            return 0
+        if args.action == "promote":
+            if not args.version:
+                console.print("[red]error:[/] `models promote NAME VERSION` needs a version")
+                return 2
+            old = reg.promote(args.name, args.version)
+            version = args.version
+            console.print(f"{args.name}: current {old} -> {version}")
+        else:
+            version = reg.rollback(args.name)
+            console.print(f"{args.name}: rolled back to {version}")
+    except RegistryError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    if not args.no_announce:
+        from streamrec.trainer.publish import announce, announcement
+        announce(args.settings, announcement(reg, args.name, version))
+        console.print("announced on model-versions")
+    return 0
+
+
+def _models_list(reg: Registry, only: str | None) -> int:
+    table = Table(title=f"models in {reg.uri}")
+    for col in ("model", "version", "kind", "created", "parent", "metrics", "state"):
+        table.add_column(col)
+    for name in [only] if only else reg.models():
+        current = reg.current(name)
+        for v in reg.versions(name):
+            try:
+                meta = reg.meta(name, v)
+            except RegistryError as exc:
+                table.add_row(name, v, "", "", "", "", f"[red]{exc}[/]")
+                continue
+            metrics = ", ".join(f"{k} {x:.4f}" for k, x in list(meta.metrics.items())[:3])
+            table.add_row(name, v, meta.kind, meta.created[:19], meta.parent or "", metrics,
+                          "[green]current[/]" if v == current else "")
+    out.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+def register(sub) -> None:
+    """Add train, evaluate, data and models to the `streamrec` command line."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("train", help="train the sequence model and the ranker, evaluate, export to ONNX, publish",
+                       description="Read an interaction history, train SASRec and DCN-V2 with early stopping, "
+                                   "print the evaluation against baselines, export both to ONNX (checked "
+                                   "against torch), publish them in the registry and announce them on "
+                                   "model-versions.")
+    _add_data_args(p)
+    _add_model_args(p)
+    g = p.add_argument_group("publishing")
+    g.add_argument("--seq-name", default="sasrec", help="registry name of the sequence model")
+    g.add_argument("--ranker-name", default="ranker", help="registry name of the ranker")
+    g.add_argument("--no-publish", action="store_true", help="train and evaluate only")
+    g.add_argument("--no-announce", action="store_true", help="publish without announcing on model-versions")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate both models against baselines on a history (no publishing)",
+                       description="Leave-one-out by time (HR/NDCG/MRR@10, full ranking, seen items excluded) "
+                                   "for the sequence model vs popularity and co-visitation; AUC and log loss "
+                                   "on a time split for the ranker vs logistic regression. One table.")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="synthetic data and input checks")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    s = dsub.add_parser("synth", formatter_class=fmt,
+                        help="write a seeded synthetic history (events.jsonl + items.csv)",
+                        description="Users with drifting tastes, Zipf item popularity, categories, sequential "
+                                    "patterns within sessions and position-biased clicks on slates.")
+    s.add_argument("--out", default="data/synth", help="output folder")
+    s.add_argument("--users", type=int, default=500, help="number of users")
+    s.add_argument("--items", type=int, default=300, help="number of items")
+    s.add_argument("--categories", type=int, default=12, help="number of item categories")
+    s.add_argument("--sessions", type=int, default=6, help="sessions per user")
+    s.add_argument("--session-length", type=float, default=8.0, help="mean views per session")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.set_defaults(func=cmd_data_synth)
+    s = dsub.add_parser("show", help="read a history and print its summary (users, items, time span)")
+    _add_data_args(s)
+    s.set_defaults(func=cmd_data_show)
+
+    p = sub.add_parser("models", help="list, show, promote or roll back model versions in the registry",
+                       description="Works on STREAMREC_REGISTRY_URI. promote and rollback verify the version "
+                                   "and announce it on model-versions.")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    p.add_argument("name", nargs="?", help="model name (e.g. sasrec, ranker)")
+    p.add_argument("version", nargs="?", help="version (show: default current; promote: required)")
+    p.add_argument("--no-announce", action="store_true", help="promote/rollback without announcing")
+    p.set_defaults(func=cmd_models)
+
+
+def register_bench(bench_sub) -> None:
+    """Add `streamrec bench train`."""
+    from streamrec.trainer.bench import register as register_train_bench
+    register_train_bench(bench_sub)

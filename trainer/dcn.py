@@ -1,0 +1,119 @@
+"""DCN-V2 ranker: cross network v2 and a deep MLP in parallel -> click probability.
+
+Exported graph ``model.onnx``: ``sparse`` (int64 ``[batch, 5]``: the user's two
+hashed buckets, the item's two, the item's hashed category) and ``dense``
+(float32 ``[batch, len(DENSE_FEATURES)]``, raw values: the graph standardises
+them with statistics learnt at training time) -> ``prob`` (float32 ``[batch]``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamrec.hashing import IdHasher
+from streamrec.registry import Signature, TensorSpec
+from streamrec.trainer.base import RecModel
+
+DENSE_FEATURES = (
+    "item_log_views",     # log1p of the item's positive interactions so far
+    "item_ctr",           # smoothed clicks / impressions of the item so far
+    "item_recency",       # log1p hours since anyone last interacted with the item
+    "session_length",     # log1p positive interactions in the session so far
+    "category_affinity",  # share of the user's history in the item's category (smoothed)
+    "seq_score",          # the sequence model's score of the item for the user
+)
+SPARSE_FIELDS = ("user_h1", "user_h2", "item_h1", "item_h2", "category")
+
+
+class CrossV2(nn.Module):
+    """One DCN-V2 cross layer: ``x0 * (W x + b) + x`` (full-rank W)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.lin.weight, gain=0.1)  # start near identity: x_{l+1} ~ x_l
+        nn.init.zeros_(self.lin.bias)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.lin(x) + x
+
+
+class DCNRanker(RecModel):
+    """Click-probability ranker over hashed ids and dense features."""
+
+    kind = "dcn"
+
+    def __init__(self, user_buckets: int = 100_000, item_buckets: int = 50_000, cat_buckets: int = 1_000,
+                 dim: int = 16, cross_layers: int = 2, hidden: tuple[int, ...] = (64, 32), dropout: float = 0.1,
+                 n_dense: int = len(DENSE_FEATURES)):
+        super().__init__()
+        self.config = dict(user_buckets=user_buckets, item_buckets=item_buckets, cat_buckets=cat_buckets, dim=dim,
+                           cross_layers=cross_layers, hidden=tuple(hidden), dropout=dropout, n_dense=n_dense)
+        self.user_hasher = IdHasher(user_buckets, "user")
+        self.item_hasher = IdHasher(item_buckets, "item")
+        self.cat_hasher = IdHasher(cat_buckets, "cat")
+        self.users = nn.Embedding(user_buckets, dim, padding_idx=0)
+        self.items = nn.Embedding(item_buckets, dim, padding_idx=0)
+        self.cats = nn.Embedding(cat_buckets, dim, padding_idx=0)
+        for emb in (self.users, self.items, self.cats):
+            nn.init.normal_(emb.weight, std=0.01)
+        width = 3 * dim + n_dense
+        self.cross = nn.ModuleList(CrossV2(width) for _ in range(cross_layers))
+        layers: list[nn.Module] = []
+        prev = width
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
+            prev = h
+        self.deep = nn.Sequential(*layers)
+        self.head = nn.Linear(width + prev, 1)
+        # Standardisation of the raw dense features, learnt from training data
+        # (buffers, so they travel in the checkpoint and the ONNX graph).
+        self.register_buffer("dense_mean", torch.zeros(n_dense))
+        self.register_buffer("dense_std", torch.ones(n_dense))
+
+    def set_dense_stats(self, dense: np.ndarray) -> None:
+        """Learn the standardisation of dense features from the training set."""
+        self.dense_mean = torch.from_numpy(dense.mean(0).astype(np.float32))
+        self.dense_std = torch.from_numpy(np.maximum(dense.std(0), 1e-6).astype(np.float32))
+
+    def logit(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Unnormalised click score ``[batch]``."""
+        u = self.users(sparse[:, 0]) + self.users(sparse[:, 1])
+        i = self.items(sparse[:, 2]) + self.items(sparse[:, 3])
+        c = self.cats(sparse[:, 4])
+        x0 = torch.cat([u, i, c, (dense - self.dense_mean) / self.dense_std], dim=-1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.head(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1)
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Click probability ``[batch]``."""
+        return torch.sigmoid(self.logit(sparse, dense))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Binary cross-entropy on click labels (optionally weighted, e.g. by inverse propensity)."""
+        logit = self.logit(batch["sparse"], batch["dense"])
+        weight = batch.get("weight")
+        return nn.functional.binary_cross_entropy_with_logits(logit, batch["label"], weight=weight)
+
+    def sparse_ids(self, users: list[str], items: list[str], categories: list[str]) -> np.ndarray:
+        """Hash users, items and categories into the ``sparse`` input ``[n, 5]``."""
+        return np.concatenate([self.user_hasher(users), self.item_hasher(items),
+                               self.cat_hasher.first(categories)[:, None]], axis=1)
+
+    def signature(self) -> Signature:
+        """``model.onnx``: sparse ids and raw dense features -> click probability."""
+        return Signature(inputs=[TensorSpec("sparse", "int64", [-1, len(SPARSE_FIELDS)]),
+                                 TensorSpec("dense", "float32", [-1, self.config["n_dense"]])],
+                         outputs=[TensorSpec("prob", "float32", [-1])])
+
+    def example_inputs(self, batch: int = 2, length: int = 0) -> tuple[torch.Tensor, ...]:
+        """Random sparse ids and dense features on the scale of real ones."""
+        g = torch.Generator().manual_seed(batch)
+        hi = min(self.users.num_embeddings, self.items.num_embeddings, self.cats.num_embeddings)
+        sparse = torch.randint(0, hi, (batch, len(SPARSE_FIELDS)), generator=g)
+        dense = torch.randn(batch, self.config["n_dense"], generator=g) * self.dense_std + self.dense_mean
+        return sparse, dense

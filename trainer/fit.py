@@ -1,0 +1,108 @@
+"""The offline training loop shared by every model: batches, early stopping, checkpoints, progress.
+
+Works on any `RecModel` and a dataset given as a dict of numpy arrays with a
+common first dimension. Validation loss decides early stopping; the best
+weights are restored at the end. With ``checkpoint`` set, the state after
+every epoch is saved, and ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from streamrec.trainer.base import RecModel, seed_everything
+
+
+@dataclass
+class FitConfig:
+    """Optimisation settings; the defaults suit both models on small data."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 3
+    """Epochs without validation improvement before stopping."""
+    seed: int = 0
+    checkpoint: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    """What happened: per-epoch losses, the best epoch, throughput."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val: float = float("inf")
+    samples: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def _rows(data: dict[str, np.ndarray]) -> int:
+    return len(next(iter(data.values())))
+
+
+def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray] | None,
+        cfg: FitConfig, label: str = "") -> FitResult:
+    """Train ``model`` in place; returns the history. Deterministic for a given ``cfg.seed``."""
+    seed_everything(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result, start_epoch, best_state = FitResult(), 0, None
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt and cfg.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        result, start_epoch, best_state = state["result"], state["epoch"] + 1, state["best_state"]
+        torch.set_rng_state(state["torch_rng"])
+    n = _rows(train)
+    cols = TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.0f} samples/s")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), *cols, TimeRemainingColumn(),
+                  disable=not cfg.progress, transient=True) as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            task = bar.add_task(f"{label} epoch {epoch + 1}/{cfg.epochs}", total=n, loss=float("nan"), rate=0.0)
+            # Per-epoch order from (seed, epoch): a resumed run sees the same batches.
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+            total, t0 = 0.0, time.perf_counter()
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                batch = {k: torch.from_numpy(v[idx]) for k, v in train.items()}
+                total += model.fit_batch(batch, opt) * len(idx)
+                done = min(start + cfg.batch_size, n)
+                bar.update(task, completed=done, loss=total / done,
+                           rate=done / max(time.perf_counter() - t0, 1e-9))
+            result.seconds += time.perf_counter() - t0
+            result.samples += n
+            result.train_loss.append(total / max(n, 1))
+            bar.remove_task(task)
+            val_loss = model.eval_loss(val) if val is not None and _rows(val) else result.train_loss[-1]
+            result.val_loss.append(val_loss)
+            if val_loss < result.best_val - 1e-6:
+                result.best_val, result.best_epoch = val_loss, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if ckpt:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "result": result,
+                            "epoch": epoch, "best_state": best_state, "config": model.config,
+                            "torch_rng": torch.get_rng_state()}, ckpt)
+            if epoch - result.best_epoch >= cfg.patience:
+                result.stopped_early = True
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result

@@ -1,0 +1,148 @@
+"""Offline training of both models on an interaction history, with evaluation against baselines.
+
+>>> from streamrec.trainer.synth import SynthConfig, synthesize
+>>> data = synthesize(SynthConfig(users=40, items=30, sessions_per_user=2, seed=3))
+>>> inter = Interactions.from_rows(data.events, {r["item_id"]: r["category"] for r in data.items})
+>>> cfg = TrainConfig.tiny(epochs=1)
+>>> out = train_all(inter, cfg)
+>>> sorted(out.seq_metrics), sorted(out.ranker_metrics)
+(['co-visitation', 'popularity', 'sasrec'], ['dcn-v2', 'logistic regression'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from streamrec.trainer.data import Interactions
+from streamrec.trainer.dcn import DCNRanker
+from streamrec.trainer.evaluate import (CoVisitation, LeaveOneOut, LogisticRegression, Popularity, auc,
+                                        evaluate_scorer, logloss)
+from streamrec.trainer.features import RankerSamples, add_seq_scores, build_samples
+from streamrec.trainer.fit import FitConfig, FitResult, fit
+from streamrec.trainer.sasrec import SASRec
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (model sizes, optimisation, sampling, seed)."""
+
+    seq: dict = field(default_factory=dict)
+    """Keyword arguments of `SASRec`."""
+    ranker: dict = field(default_factory=dict)
+    """Keyword arguments of `DCNRanker`."""
+    seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=64, lr=2e-3, patience=3))
+    ranker_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=15, batch_size=256, lr=2e-3,
+                                                                     patience=2))
+    negatives: int = 4
+    """Negatives per positive for the ranker when the history has no impressions."""
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, epochs: int = 1, **kw) -> "TrainConfig":
+        """Small tables and few epochs: for tests and demos on small data."""
+        return cls(seq=dict(item_buckets=4096, cat_buckets=256, dim=32, max_len=20),
+                   ranker=dict(user_buckets=4096, item_buckets=4096, cat_buckets=256, dim=8),
+                   seq_fit=FitConfig(epochs=epochs, batch_size=16, lr=3e-3, patience=5, progress=False),
+                   ranker_fit=FitConfig(epochs=epochs, batch_size=256, lr=3e-3, patience=2, progress=False), **kw)
+
+    def with_seed(self, seed: int) -> "TrainConfig":
+        """The same config with every seed set to ``seed``."""
+        return replace(self, seed=seed, seq_fit=replace(self.seq_fit, seed=seed),
+                       ranker_fit=replace(self.ranker_fit, seed=seed))
+
+
+@dataclass
+class Trained:
+    """Models, their training histories and the evaluation of both against baselines."""
+
+    sasrec: SASRec
+    dcn: DCNRanker
+    catalog: list[str]
+    categories: dict[str, str]
+    seq_fit: FitResult
+    ranker_fit: FitResult
+    seq_metrics: dict[str, dict[str, float]]
+    ranker_metrics: dict[str, dict[str, float]]
+    split: LeaveOneOut
+    top10: np.ndarray
+    """Each test user's top-10 catalog indices from the sequence model."""
+    window: dict
+    kafka_offsets: dict | None = None
+
+
+def train_sequence_model(inter: Interactions, cfg: TrainConfig) -> tuple[SASRec, LeaveOneOut, FitResult, list[str]]:
+    """Fit SASRec on all but each user's last two items; the second-last drives early stopping."""
+    torch.manual_seed(cfg.seed)
+    split = LeaveOneOut.split(inter.sequences())
+    if not split.users:
+        raise ValueError("no user has 3 or more positive interactions: nothing to train or evaluate on")
+    catalog = inter.catalog()
+    index = {item: j for j, item in enumerate(catalog)}
+    model = SASRec(**cfg.seq)
+    model.set_catalog(catalog, [inter.category(i) for i in catalog])
+    train = model.training_data([s for s in split.train if len(s) >= 2], inter.categories, index)
+    val = model.training_data([h + [t] for h, t in zip(split.val_history, split.val_target)], inter.categories, index)
+    val["target"][:, :-1] = -100  # validation scores only the held-out item
+    result = fit(model, train, val, cfg.seq_fit, label="sasrec")
+    return model, split, result, catalog
+
+
+def sasrec_scorer(model: SASRec, categories: dict[str, str]):
+    """A `ScoreFn` scoring the training catalog with the model."""
+    item_vecs = model.catalog_vectors().detach()
+
+    @torch.no_grad()
+    def score(histories: list[list[str]]) -> np.ndarray:
+        items, cats = model.encode_sequences(histories, categories)
+        return (model(torch.from_numpy(items), torch.from_numpy(cats)) @ item_vecs.T).numpy()
+    return score
+
+
+def train_ranker(inter: Interactions, sasrec: SASRec, cfg: TrainConfig) -> tuple[DCNRanker, tuple, FitResult]:
+    """Fit DCN-V2 on a time split of labelled candidates; returns the model, (train, val, test), history."""
+    samples = build_samples(inter, negatives=cfg.negatives, max_prefix=sasrec.max_len, seed=cfg.seed)
+    if len(samples) < 10 or samples.label.min() == samples.label.max():
+        raise ValueError(f"only {len(samples)} ranker samples with one label value; the ranker needs both "
+                         "clicked and not-clicked candidates")
+    add_seq_scores(samples, sasrec, inter.categories)
+    parts = samples.time_split()
+    torch.manual_seed(cfg.seed)
+    model = DCNRanker(**cfg.ranker)
+    model.set_dense_stats(parts[0].dense)
+    train, val = (_ranker_arrays(model, p) for p in parts[:2])
+    result = fit(model, train, val, cfg.ranker_fit, label="dcn-v2")
+    return model, parts, result
+
+
+def _ranker_arrays(model: DCNRanker, s: RankerSamples) -> dict[str, np.ndarray]:
+    return {"sparse": model.sparse_ids(s.users, s.items, s.cats), "dense": s.dense, "label": s.label}
+
+
+@torch.no_grad()
+def ranker_predict(model: DCNRanker, s: RankerSamples) -> np.ndarray:
+    """Click probabilities for samples."""
+    arrays = _ranker_arrays(model, s)
+    return model(torch.from_numpy(arrays["sparse"]), torch.from_numpy(arrays["dense"])).numpy()
+
+
+def train_all(inter: Interactions, cfg: TrainConfig) -> Trained:
+    """Train both models and evaluate them side by side with the baselines."""
+    sasrec, split, seq_result, catalog = train_sequence_model(inter, cfg)
+    args = (split.test_history, split.test_target, catalog)
+    seq_metrics, top10 = {}, None
+    seq_metrics["sasrec"], top10 = evaluate_scorer(sasrec_scorer(sasrec, inter.categories), *args)
+    seq_metrics["popularity"], _ = evaluate_scorer(Popularity(split.train, catalog), *args)
+    seq_metrics["co-visitation"], _ = evaluate_scorer(CoVisitation(split.train, catalog), *args)
+
+    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg)
+    lr = LogisticRegression().fit(train.dense, train.label)
+    p_dcn, p_lr = ranker_predict(dcn, test), lr.predict(test.dense)
+    ranker_metrics = {"dcn-v2": {"AUC": auc(test.label, p_dcn), "logloss": logloss(test.label, p_dcn)},
+                      "logistic regression": {"AUC": auc(test.label, p_lr), "logloss": logloss(test.label, p_lr)}}
+    return Trained(sasrec=sasrec, dcn=dcn, catalog=catalog, categories=inter.categories, seq_fit=seq_result,
+                   ranker_fit=ranker_result, seq_metrics=seq_metrics, ranker_metrics=ranker_metrics, split=split,
+                   top10=top10, window=inter.window(),
+                   kafka_offsets=inter.kafka_offsets)
