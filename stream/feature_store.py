@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
-def _script(name: str) -> str:
+def _script(name: str, cfg: dict) -> str:
+    """Script source: the constants (as a Lua table), the shared helpers, then the script."""
     lua = resources.files("streamrec.stream").joinpath("lua")
-    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+    return (f"local cfg = {features.lua_literal(cfg)}\n" + lua.joinpath("common.lua").read_text() + "\n"
+            + lua.joinpath(f"{name}.lua").read_text())
 
 
 class Stopping(Exception):
@@ -45,9 +47,9 @@ class RedisFeatureStore:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
         self.config = config or FeatureConfig()
-        self._cfg = features.script_config(self.config)
+        cfg = features.script_config(self.config)
         self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self._scripts = {name: _script(name) for name in self.SCRIPTS}
+        self._scripts = {name: _script(name, cfg) for name in self.SCRIPTS}
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
         self._on_health = on_health or (lambda ok: None)
         self.stop_event = threading.Event()
@@ -60,13 +62,13 @@ class RedisFeatureStore:
         if not batch:
             return []
         self._fill_categories(batch)
-        calls = features.user_calls(batch, self.keys, self._cfg)
+        calls = features.user_calls(batch, self.keys)
         results = self._run("apply_user", [(key, arg) for key, arg, _ in calls])
         outcomes: list[Outcome | None] = [None] * len(batch)
         for (_, _, idx), raw in zip(calls, results):
             for i, outcome in zip(idx, features.parse_user_result(raw)):
                 outcomes[i] = outcome
-        item_calls = features.item_calls(batch, outcomes, self.keys, self._cfg)
+        item_calls = features.item_calls(batch, outcomes, self.keys)
         trending = [c for c in item_calls if c[0] == self.keys.trending_base]
         items = [c for c in item_calls if c[0] != self.keys.trending_base]
         self._run_many([("apply_item", items), ("apply_trending", trending)])

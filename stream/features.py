@@ -68,7 +68,7 @@ class Outcome:
 
 
 def script_config(cfg: FeatureConfig) -> dict:
-    """The constants the Lua scripts need, under short names."""
+    """The constants the Lua scripts need, under short names (baked into the scripts)."""
     return {
         "gap": cfg.session_gap_ms, "lateness": cfg.lateness_ms, "marker_ttl": cfg.marker_ttl_s,
         "session_ttl": cfg.session_ttl_s, "user_ttl": cfg.user_ttl_s, "item_ttl": cfg.item_ttl_s,
@@ -80,11 +80,22 @@ def script_config(cfg: FeatureConfig) -> dict:
     }
 
 
+def lua_literal(value) -> str:
+    """A Python dict/number/str as a Lua literal, to bake constants into a script."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {lua_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
 def _item_of(ev: Event) -> str:
     return "" if ev.type == "impression" else ev.item_id
 
 
-def user_calls(batch: list[DecodedEvent], keys: Keys, cfg: dict) -> list[tuple[str, str, list[int]]]:
+def user_calls(batch: list[DecodedEvent], keys: Keys) -> list[tuple[str, str, list[int]]]:
     """Phase 1: one call per user: (key, JSON argument, indexes of its events in `batch`)."""
     by_user: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(batch):
@@ -96,7 +107,7 @@ def user_calls(batch: list[DecodedEvent], keys: Keys, cfg: dict) -> list[tuple[s
             "item": _item_of(batch[i].event), "sid": batch[i].event.session_id or "",
             "cat": batch[i].category, "w": TYPE_WEIGHTS[batch[i].event.type], "src": batch[i].src,
         } for i in idx]
-        calls.append((keys.user_base(user), json.dumps({"cfg": cfg, "events": events}), idx))
+        calls.append((keys.user_base(user), json.dumps(events), idx))
     return calls
 
 
@@ -109,8 +120,7 @@ def parse_user_result(raw: bytes | str) -> list[Outcome]:
     return out
 
 
-def item_calls(batch: list[DecodedEvent], outcomes: list[Outcome], keys: Keys,
-               cfg: dict) -> list[tuple[str, str]]:
+def item_calls(batch: list[DecodedEvent], outcomes: list[Outcome], keys: Keys) -> list[tuple[str, str]]:
     """Phase 2: one call per item touched (its stats, and co-visitation it gains) plus trending."""
     stats: dict[str, list[dict]] = defaultdict(list)
     covis: dict[str, list[dict]] = defaultdict(list)
@@ -132,10 +142,10 @@ def item_calls(batch: list[DecodedEvent], outcomes: list[Outcome], keys: Keys,
                 covis[prev].append({"p": p, "o": off, "next": ev.item_id, "ts": ts, "w": w})
     calls = []
     for item in stats.keys() | covis.keys():
-        calls.append((keys.item_base(item), json.dumps({"cfg": cfg, "stats": stats.get(item, []),
+        calls.append((keys.item_base(item), json.dumps({"stats": stats.get(item, []),
                                                          "covis": covis.get(item, [])})))
     if trending:
-        calls.append((keys.trending_base, json.dumps({"cfg": cfg, "events": trending})))
+        calls.append((keys.trending_base, json.dumps({"events": trending})))
     return calls
 
 

@@ -54,6 +54,7 @@ class EventPublisher:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,  # a few ms of batching buys throughput; apps rarely notice
+            "partitioner": "murmur2_random",  # the Java clients' choice: one user, one partition, any language
             "compression.type": "lz4",
             **topics.kafka_security(settings),
             **producer_config,

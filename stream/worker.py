@@ -140,6 +140,9 @@ class StreamWorker:
         import faust
 
         check_partitions(self.settings)
+        # The batch thread and faust's loop share the GIL; Python's default 5 ms switch
+        # interval made every Redis reply wait for the loop (p50 1.2 s at 2,000 ev/s, 0.1 s after).
+        sys.setswitchinterval(0.0005)
         metrics.redis_up.set(1 if self.processor.store.ping() else 0)
         self.http.start()
         log.info("worker: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)

@@ -123,7 +123,7 @@ class Announcement(msgspec.Struct, frozen=True):
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise (no path can escape the root)."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise RegistryError(f"model name {name!r} is not allowed: use 1-64 characters from a-z, 0-9, "
                             "'_', '-', '.', starting with a letter or digit")
     return name
@@ -131,7 +131,7 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     """Return ``version`` if it is a valid version label, else raise."""
-    if not isinstance(version, str) or not _VERSION.match(version) or ".." in version:
+    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
         raise RegistryError(f"version {version!r} is not allowed: use 1-64 characters from A-Z, a-z, "
                             "0-9, '_', '-', '.', starting with a letter or digit")
     return version
@@ -234,7 +234,7 @@ class Registry:
         check_name(name)
         version = check_version(version or new_version())
         for fname in files:
-            if fname == META or "/" in fname or fname.startswith(".") or not _VERSION.match(fname):
+            if fname == META or "/" in fname or fname.startswith(".") or not _VERSION.fullmatch(fname):
                 raise RegistryError(f"file name {fname!r} is not allowed in a version folder")
         target = self._join(name, version)
         if self._exists(target):
@@ -271,12 +271,12 @@ class Registry:
     # -- reading ------------------------------------------------------------ #
     def models(self) -> list[str]:
         """Model names in the registry."""
-        return [n for n in self._listdir(self.root) if _NAME.match(n)]
+        return [n for n in self._listdir(self.root) if _NAME.fullmatch(n)]
 
     def versions(self, name: str) -> list[str]:
         """Versions of ``name`` in creation-time order (complete or not; staging folders excluded)."""
         found = [v for v in self._listdir(self._join(check_name(name)))
-                 if _VERSION.match(v) and v != CURRENT and self._exists(self._join(name, v, META))]
+                 if _VERSION.fullmatch(v) and v != CURRENT and self._exists(self._join(name, v, META))]
         return sorted(found)
 
     def meta(self, name: str, version: str) -> ModelMeta:

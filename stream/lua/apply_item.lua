@@ -1,22 +1,21 @@
 -- One item's share of a batch: stats and co-visitation, guarded against replays.
--- KEYS[1] = P{i:ITEM}; ARGV[1] = JSON {cfg, stats:[{p,o,type,ts}], covis:[{p,o,next,ts,w}]}
+-- KEYS[1] = P{i:ITEM}; ARGV[1] = JSON {stats:[{p,o,type,ts}], covis:[{p,o,next,ts,w}]}
 local B = KEYS[1]
 local req = cjson.decode(ARGV[1])
-local cfg = req.cfg
 local ST, HW, CV = B .. ':stats', B .. ':hw', B .. ':covis'
 local applied = 0
 for _, e in ipairs(req.stats) do
   if first_time(HW, 's:' .. fmt(e.p), e.o) then
     redis.call('HINCRBY', ST, 'n:' .. e.type, 1)
     local _, L = hash_decay_add(ST, 'd:' .. e.type, 1, e.ts, cfg.item_hl)
-    local last = tonumber(redis.call('HGET', ST, 'last_ts'))
+    local v = redis.call('HMGET', ST, 'last_ts', 'd:click', 'd:view', 'd:impression')
+    local last = tonumber(v[1])
     if not last or e.ts > last then redis.call('HSET', ST, 'last_ts', fmt(e.ts)) end
     -- Smoothed CTR at the item's newest event time (decayed counts share one landmark).
     local now = math.max(last or e.ts, e.ts)
     local f = math.pow(2, -(now - L) / cfg.item_hl)
-    local clicks = (tonumber(redis.call('HGET', ST, 'd:click')) or 0) * f
-    local exposures = ((tonumber(redis.call('HGET', ST, 'd:view')) or 0)
-                       + (tonumber(redis.call('HGET', ST, 'd:impression')) or 0)) * f
+    local clicks = (tonumber(v[2]) or 0) * f
+    local exposures = ((tonumber(v[3]) or 0) + (tonumber(v[4]) or 0)) * f
     redis.call('HSET', ST, 'ctr', tostring((clicks + cfg.ctr_a) / (exposures + cfg.ctr_a + cfg.ctr_b)))
     applied = applied + 1
   end

@@ -1,12 +1,13 @@
 -- One user's events of a batch, in offset order: dedup, lateness, session, user features.
--- KEYS[1] = P{u:USER}; ARGV[1] = JSON {cfg, events:[{id,type,ts,items,sid,cat,w,src}]}
+-- KEYS[1] = P{u:USER}; ARGV[1] = JSON [{id,type,ts,item,sid,cat,w,src}, ...]; `cfg` is prepended.
 -- Session sequence members are ITEM 0x1F TYPE 0x1F EVENT_ID; markers are 0x1F-separated too.
 -- Returns JSON list, one entry per event: {s=status, sid, nb=[neighbour items], fv}
 -- status: applied | replay (same source seen before; `first` = its first decision)
 --         dup (same event id from another offset) | too_late | forgotten
 local B = KEYS[1]
-local req = cjson.decode(ARGV[1])
-local cfg, out = req.cfg, {}
+local events = cjson.decode(ARGV[1])
+local out = {}
+local touched = {}
 local UK, SK = B .. ':user', B .. ':sessions'
 local forgotten = tonumber(redis.call('GET', B .. ':forgotten') or '0')
 
@@ -34,7 +35,7 @@ local function find_session(t)
   return best or ('s' .. fmt(t))
 end
 
-for i, e in ipairs(req.events) do
+for i, e in ipairs(events) do
   local mk = B .. ':ev:' .. e.id
   local prev = redis.call('GET', mk)
   if prev then
@@ -78,9 +79,9 @@ for i, e in ipairs(req.events) do
       end
       -- Session.
       redis.call('HINCRBY', S, 'n:' .. e.type, 1)
-      local first = tonumber(redis.call('HGET', S, 'first_ts'))
+      local fl = redis.call('HMGET', S, 'first_ts', 'last_ts')
+      local first, last = tonumber(fl[1]), tonumber(fl[2])
       if not first or t < first then redis.call('HSET', S, 'first_ts', fmt(t)) end
-      local last = tonumber(redis.call('HGET', S, 'last_ts'))
       if not last or t > last then
         redis.call('HSET', S, 'last_ts', fmt(t))
         redis.call('ZADD', SK, t, sid)
@@ -88,14 +89,13 @@ for i, e in ipairs(req.events) do
       if e.item ~= '' then
         redis.call('ZADD', SEQ, t, e.item .. '\031' .. e.type .. '\031' .. e.id)
         redis.call('ZREMRANGEBYRANK', SEQ, 0, -(cfg.seq_cap + 1))
-        redis.call('EXPIRE', SEQ, cfg.session_ttl)
       end
-      redis.call('EXPIRE', S, cfg.session_ttl)
+      touched[S] = true
       -- User.
       redis.call('HINCRBY', UK, 'n:' .. e.type, 1)
-      local ufirst = tonumber(redis.call('HGET', UK, 'first_ts'))
+      local fm = redis.call('HMGET', UK, 'first_ts', 'max_ts')
+      local ufirst, umax = tonumber(fm[1]), tonumber(fm[2])
       if not ufirst or t < ufirst then redis.call('HSET', UK, 'first_ts', fmt(t)) end
-      local umax = tonumber(redis.call('HGET', UK, 'max_ts'))
       if not umax or t >= umax then
         redis.call('HSET', UK, 'max_ts', fmt(t), 'last_ts', fmt(t), 'cur', sid)
       end
@@ -107,14 +107,18 @@ for i, e in ipairs(req.events) do
           hash_decay_add(B .. ':aff', 'a:' .. e.cat, e.w, t, cfg.aff_hl)
         end
       end
-      redis.call('EXPIRE', SK, cfg.user_ttl)
-      redis.call('EXPIRE', UK, cfg.user_ttl)
-      redis.call('EXPIRE', B .. ':recent', cfg.user_ttl)
-      redis.call('EXPIRE', B .. ':aff', cfg.user_ttl)
       redis.call('SET', mk, 'applied\031' .. e.src .. '\031' .. sid .. '\031' .. table.concat(nb, '\030') .. '\031' .. fv,
                  'EX', cfg.marker_ttl)
       out[i] = {s = 'applied', sid = sid, nb = nb, fv = fv}
     end
   end
+end
+-- TTLs once per call, not per event.
+for S in pairs(touched) do
+  redis.call('EXPIRE', S, cfg.session_ttl)
+  redis.call('EXPIRE', S .. ':seq', cfg.session_ttl)
+end
+if next(touched) then
+  for _, k in ipairs({SK, UK, B .. ':recent', B .. ':aff'}) do redis.call('EXPIRE', k, cfg.user_ttl) end
 end
 return cjson.encode(out)

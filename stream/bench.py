@@ -1,0 +1,337 @@
+"""`streamrec bench features`: the worker against real Kafka and Redis.
+
+Three measurements, each on topics and keys of its own:
+
+1. throughput: N synthetic records (Zipf items, sessions, 5% duplicates, 1%
+   malformed) are loaded into `events`, then the worker (1 and 2 processes)
+   drains them; the rate is outputs (score requests + dead letters) per
+   second between the first and the last output;
+2. bare faust: an agent that only takes batches from the same topic, no
+   work, as the ceiling the engine allows on this machine;
+3. latency: events published at a fixed rate with their event time set at
+   send; latency is the time until their score request is readable, which is
+   after the features are committed to Redis (an upper bound of visibility).
+
+Writes JSON and a PNG under ``<home>/bench/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+from rich.console import Console
+
+from streamrec.settings import Settings
+from streamrec.stream import topics
+from streamrec.stream.synthetic import synthetic_stream
+from streamrec.stream.topics import create_topics, delete_topics
+
+console = Console(stderr=True)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--events", type=int, default=100_000, help="records for the throughput runs (default 100000)")
+    p.add_argument("--rate", type=int, default=2000, help="offered events/s for the latency run (default 2000)")
+    p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
+    p.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="worker process counts to run")
+    p.add_argument("--skip-bare", action="store_true", help="do not measure bare faust")
+    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- helpers
+def _fresh(settings: Settings) -> Settings:
+    run_id = uuid.uuid4().hex[:6]
+    s = settings.replace(topic_prefix=f"bench{run_id}.", redis_prefix=f"bench{run_id}:")
+    create_topics(s)
+    return s
+
+
+def _cleanup(s: Settings) -> None:
+    import redis
+
+    delete_topics(s)
+    r = redis.Redis.from_url(s.redis_url)
+    for batch in _chunks(r.scan_iter(match=f"{s.redis_prefix}*", count=5000), 5000):
+        r.delete(*batch)
+
+
+def _chunks(it, n):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _load(s: Settings, records) -> int:
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True,
+                         "batch.num.messages": 10000, "partitioner": "murmur2_random"})
+    topic = s.topic(topics.EVENTS)
+    n = 0
+    for r in records:
+        while True:
+            try:
+                producer.produce(topic, r.value, key=r.key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+    producer.flush(60)
+    return n
+
+
+def _outputs(s: Settings, consumer: Consumer) -> int:
+    total = 0
+    for name in (topics.SCORE_REQUESTS, topics.EVENTS_DLQ):
+        topic = s.topic(name)
+        for p in range(s.topic_partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+            total += high - low
+    return total
+
+
+def start_worker(s: Settings, processes: int = 1, port: int | None = None) -> subprocess.Popen:
+    """Start `streamrec worker` as a child process and wait until it is ready."""
+    port = port or _free_port()
+    env = {**os.environ, **s.as_env(), "STREAMREC_WORKER_PORT": str(port), "STREAMREC_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--processes", str(processes)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    ports = [port + i for i in range(processes)]
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {proc.stderr.read().decode()[-2000:]}")
+        if all(_ready(p) for p in ports):
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("worker did not become ready in 60 s")
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory of a process and its children."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                proc = psutil.Process(self.pid)
+                rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                self.peak = max(self.peak, rss)
+            except psutil.Error:
+                pass
+            self.done.wait(0.5)
+
+
+# --------------------------------------------------------------------------- runs
+def throughput(settings: Settings, n: int, processes: int) -> dict:
+    s = _fresh(settings)
+    try:
+        records = list(synthetic_stream(n, seed=processes))
+        _load(s, records)
+        expected = sum(1 for r in records if r.kind != "duplicate")
+        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-watch"})
+        proc = start_worker(s, processes)
+        rss = RssSampler(proc.pid)
+        rss.start()
+        first = None
+        seen = 0
+        deadline = time.monotonic() + max(120, n / 500)
+        while time.monotonic() < deadline:
+            seen = _outputs(s, consumer)
+            now = time.perf_counter()
+            if seen and first is None:
+                first, first_seen = now, seen
+            if seen >= expected:
+                break
+            time.sleep(0.1)
+        last = time.perf_counter()
+        rss.done.set()
+        stop_worker(proc)
+        consumer.close()
+        rate = (seen - first_seen) / (last - first) if first and last > first else 0.0
+        return {"processes": processes, "records": n, "outputs": seen, "expected_outputs": expected,
+                "events_per_s": round(rate), "peak_rss_mb": round(rss.peak / 2**20, 1)}
+    finally:
+        _cleanup(s)
+
+
+BARE_FAUST = r"""
+import sys, time, faust
+bootstrap, topic, group, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+app = faust.App(group, broker=f"kafka://{bootstrap}", web_enabled=False, consumer_auto_offset_reset="earliest",
+                datadir="/tmp/streamrec-bare-faust")
+t = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+state = {"count": 0, "first": None}
+@app.agent(t)
+async def bare(stream):
+    async for batch in stream.take(2000, within=0.05):
+        if state["first"] is None:
+            state["first"] = time.perf_counter()
+        state["count"] += len(batch)
+        if state["count"] >= n:
+            print(f"RESULT {state['count'] / (time.perf_counter() - state['first']):.0f}", flush=True)
+            import os, signal
+            os.kill(os.getpid(), signal.SIGTERM)  # stop from outside the agent
+sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+app.main()
+"""
+
+
+def bare_faust(settings: Settings, n: int) -> dict:
+    s = _fresh(settings)
+    try:
+        _load(s, synthetic_stream(n, seed=7))
+        proc = subprocess.run([sys.executable, "-c", BARE_FAUST, s.kafka_bootstrap, s.topic(topics.EVENTS),
+                               f"bare-{uuid.uuid4().hex[:6]}", str(n)],
+                              capture_output=True, text=True, timeout=max(180, n / 500))
+        # faust routes print() through its logger, so look for the marker anywhere in the output.
+        found = re.findall(r"RESULT (\d+)", proc.stdout + proc.stderr)
+        return {"records": n, "events_per_s": int(found[0]) if found else None}
+    finally:
+        _cleanup(s)
+
+
+def latency(settings: Settings, rate: int, seconds: int) -> dict:
+    s = _fresh(settings)
+    lat: list[tuple[float, float]] = []
+    try:
+        proc = start_worker(s, 1)
+        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
+        consumer.subscribe([s.topic(topics.SCORE_REQUESTS)])
+        stop = threading.Event()
+        t0 = time.time()
+
+        def read():
+            while not stop.is_set():
+                for m in consumer.consume(1000, timeout=0.1):
+                    if not m.error():
+                        now = time.time()
+                        ts = json.loads(m.value())["ts"]
+                        lat.append((now - t0, now * 1000 - ts))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 1, "enable.idempotence": True,
+                             "partitioner": "murmur2_random"})
+        total = rate * seconds
+        records = synthetic_stream(total, seed=11, duplicate_rate=0, malformed_rate=0)
+        topic = s.topic(topics.EVENTS)
+        start = time.perf_counter()
+        for k, r in enumerate(records):
+            due = start + k / rate
+            while (wait := due - time.perf_counter()) > 0:
+                producer.poll(min(wait, 0.002))
+            ev = dict(r.event, ts=int(time.time() * 1000))
+            producer.produce(topic, json.dumps(ev).encode(), key=r.key)
+        producer.flush(30)
+        deadline = time.monotonic() + 30
+        while len(lat) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        reader.join()
+        consumer.close()
+        stop_worker(proc)
+        values = np.array([v for _, v in lat]) if lat else np.array([np.nan])
+        return {"rate": rate, "seconds": seconds, "sent": total, "answered": len(lat),
+                "p50_ms": round(float(np.percentile(values, 50)), 1),
+                "p95_ms": round(float(np.percentile(values, 95)), 1),
+                "p99_ms": round(float(np.percentile(values, 99)), 1), "series": lat}
+    finally:
+        _cleanup(s)
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = result["latency"].pop("series")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    if series:
+        t, v = zip(*series)
+        a.plot(t, v, ",", alpha=0.6)
+        a.set_yscale("log")
+        b.hist(v, bins=100, log=True)
+    a.set(title=f"event -> features applied, {result['latency']['rate']} ev/s", xlabel="s", ylabel="ms")
+    b.set(title="latency distribution", xlabel="ms")
+    for q in ("p50_ms", "p99_ms"):
+        b.axvline(result["latency"][q], color="red" if q == "p99_ms" else "orange", label=q)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(args) -> int:
+    s = args.settings
+    out = Path(args.out) if args.out else s.home_path / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "throughput": []}
+    for p in args.processes:
+        with console.status(f"throughput, {p} worker process(es), {args.events} records..."):
+            r = throughput(s, args.events, p)
+        console.print(f"throughput ({p} process(es)): {r['events_per_s']} events/s, peak RSS {r['peak_rss_mb']} MB")
+        result["throughput"].append(r)
+    if not args.skip_bare:
+        with console.status("bare faust, same records, no work..."):
+            result["bare_faust"] = bare_faust(s, args.events)
+        console.print(f"bare faust: {result['bare_faust']['events_per_s']} events/s")
+        one = next((r for r in result["throughput"] if r["processes"] == 1), None)
+        if one and result["bare_faust"]["events_per_s"]:
+            result["worker_vs_bare_faust"] = round(one["events_per_s"] / result["bare_faust"]["events_per_s"], 3)
+    with console.status(f"latency at {args.rate} events/s for {args.seconds} s..."):
+        result["latency"] = latency(s, args.rate, args.seconds)
+    lat = result["latency"]
+    console.print(f"latency at {args.rate}/s: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
+                  f"({lat['answered']}/{lat['sent']} answered)")
+    _plot(result, out / "features.png")
+    (out / "features.json").write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out / 'features.json'} and {out / 'features.png'}")
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,58 @@
+"""The trainer's subcommands through `streamrec.cli.main`, as a user would run them."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from streamrec.cli import main
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMREC_REGISTRY_URI", str(tmp_path / "registry"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv", [["train"], ["evaluate"], ["data"], ["data", "synth"], ["data", "show"],
+                                  ["models"], ["bench", "train"]])
+def test_every_subcommand_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    assert len(capsys.readouterr().out) > 200
+
+
+def test_synth_then_train_publishes_and_models_commands_work(env, capsys):
+    data = env / "synth"
+    assert main(["data", "synth", "--out", str(data), "--users", "40", "--items", "30", "--sessions", "3"]) == 0
+    assert main(["data", "show", "--data", str(data)]) == 0
+    top = env / "top.csv"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--dim", "16", "--max-len", "10",
+                 "--item-buckets", "2048", "--no-progress", "--no-announce", "--top10", str(top),
+                 "--checkpoint-dir", str(env / "ckpt")]) == 0
+    printed = capsys.readouterr().out
+    for row in ("sasrec", "popularity", "co-visitation", "dcn-v2", "logistic regression"):
+        assert row in printed
+    rows = list(csv.DictReader(top.open()))
+    assert rows and {r["rank"] for r in rows} == {str(i) for i in range(1, 11)}
+    assert (env / "ckpt" / "sasrec.pt").exists() and (env / "ckpt" / "ranker.pt").exists()
+
+    assert main(["models", "list"]) == 0
+    assert "sasrec" in capsys.readouterr().out
+    assert main(["models", "show", "sasrec"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["current"] and shown["kind"] == "sasrec" and "encoder.onnx" in shown["files"]
+    assert shown["opset"] == 17 and shown["hashing"]["item"]["buckets"] == 2048
+
+
+def test_errors_are_reported_not_raised(env, capsys):
+    bad = env / "u.data"
+    bad.write_text("1\t2\tx\t881250949\n")
+    assert main(["evaluate", "--data", str(bad)]) == 1
+    assert "u.data:1: column 'rating'" in capsys.readouterr().err.replace("\n", "")
+    assert main(["models", "show", "nothing"]) == 1
+    assert main(["models", "rollback", "../x", "--no-announce"]) == 1
+    assert main(["models", "promote", "x"]) == 2
