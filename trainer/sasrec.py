@@ -136,8 +136,15 @@ class SASRec(RecModel):
         return items, cats
 
     def training_data(self, seqs: list[list[str]], categories: dict[str, str],
-                      catalog_index: dict[str, int]) -> dict[str, np.ndarray]:
-        """Inputs and next-item targets (catalog indices, -100 = ignore) for each sequence."""
+                      catalog_index: dict[str, int], all_windows: bool = False) -> dict[str, np.ndarray]:
+        """Inputs and next-item targets (catalog indices, -100 = ignore) for each sequence.
+
+        With ``all_windows``, a sequence longer than ``max_len + 1`` is cut into
+        consecutive windows so every transition is trained on, not only the newest ``max_len``.
+        """
+        if all_windows:
+            step = self.max_len
+            seqs = [s[max(0, end - step - 1):end] for s in seqs for end in range(len(s), 1, -step)]
         inputs = [s[:-1] for s in seqs]
         items, cats = self.encode_sequences(inputs, categories)
         target = np.full((len(seqs), self.max_len), -100, dtype=np.int64)

@@ -33,7 +33,7 @@ class TrainConfig:
     """Keyword arguments of `SASRec`."""
     ranker: dict = field(default_factory=dict)
     """Keyword arguments of `DCNRanker`."""
-    seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=64, lr=2e-3, patience=3))
+    seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=32, lr=2e-3, patience=5))
     ranker_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=15, batch_size=256, lr=2e-3,
                                                                      patience=2))
     negatives: int = 4
@@ -83,7 +83,7 @@ def train_sequence_model(inter: Interactions, cfg: TrainConfig) -> tuple[SASRec,
     index = {item: j for j, item in enumerate(catalog)}
     model = SASRec(**cfg.seq)
     model.set_catalog(catalog, [inter.category(i) for i in catalog])
-    train = model.training_data([s for s in split.train if len(s) >= 2], inter.categories, index)
+    train = model.training_data([s for s in split.train if len(s) >= 2], inter.categories, index, all_windows=True)
     val = model.training_data([h + [t] for h, t in zip(split.val_history, split.val_target)], inter.categories, index)
     val["target"][:, :-1] = -100  # validation scores only the held-out item
     result = fit(model, train, val, cfg.seq_fit, label="sasrec")

@@ -1,0 +1,199 @@
+"""The stream worker against real Kafka and Redis: exactly once in effect, through crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from streamrec.stream import topics
+from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.stream.features import decayed, expected_decayed
+from streamrec.stream.keys import FeatureConfig, Keys
+from streamrec.stream.synthetic import Record, synthetic_stream
+
+from .worker_helpers import (check_counters, check_outputs, output_count, publish, read_topic, reference,
+                             wait_outputs)
+
+pytestmark = pytest.mark.integration
+T0 = 1_767_225_600_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith(name + "_created"))
+
+
+def rec(ev: dict) -> Record:
+    return Record(key=ev["user_id"], value=json.dumps(ev).encode(), kind="valid", event=ev)
+
+
+def test_features_equal_the_direct_computation(fresh_settings, redis):
+    s = fresh_settings
+    records = list(synthetic_stream(6000, users=300, items=500, seed=42))
+    # Out of order within the allowed lateness, then one beyond it, for one user.
+    records += [rec({"event_id": "late-ok", "type": "click", "user_id": "u1", "item_id": "i7",
+                     "ts": T0 + 10_000, "session_id": "s1"}),
+                rec({"event_id": "newest", "type": "view", "user_id": "u1", "item_id": "i8", "ts": T0 + 8 * 3600_000}),
+                rec({"event_id": "too-late", "type": "view", "user_id": "u1", "item_id": "i9", "ts": T0 + 60_000})]
+    exp = reference(records)
+    assert exp.dead["too_late"] == 1 and exp.dead["bad_json"] > 0 and len(exp.answered) > 5000
+    publish(s, records)
+    port = free_port()
+    proc = start_worker(s, port=port)
+    try:
+        assert wait_outputs(s, exp.outputs) == exp.outputs
+        time.sleep(1.0)  # nothing more may come
+        assert output_count(s) == exp.outputs
+        assert metric(port, "streamrec_worker_events_deduplicated_total") == sum(
+            1 for r in records if r.kind == "duplicate")
+    finally:
+        assert stop_worker(proc) == 0, "SIGTERM must end the worker cleanly"
+    check_outputs(s, exp, records)
+    keys = Keys(s.redis_prefix)
+    check_counters(redis, keys, exp)
+    # Decayed views of the most popular item equal the decayed sum of its views, by event time.
+    item = max(exp.item_counts, key=lambda i: exp.item_counts[i]["view"])
+    stats = {k.decode(): float(v) for k, v in redis.hgetall(keys.item_stats(item)).items()}
+    now = T0 + 10 * 3600_000
+    got = decayed(stats["d:view"], stats["_L"], now, FeatureConfig().item_half_life_ms)
+    want = expected_decayed([(e.ts_ms, 1.0) for e in exp.applied_events
+                             if e.type == "view" and e.item_id == item], now, FeatureConfig().item_half_life_ms)
+    assert got == pytest.approx(want, rel=1e-9)
+    # Session counts for sessions the app named.
+    for (user, session), counts in list(exp.session_counts.items())[:50]:
+        stored = {k.decode()[2:]: int(v) for k, v in redis.hgetall(keys.session(user, session)).items()
+                  if k.startswith(b"n:")}
+        assert stored == dict(counts)
+    # The dead letters keep the original bytes.
+    dead = {dict(m.headers())[topics.DLQ_REASON].decode(): m.value() for m in read_topic(s, topics.EVENTS_DLQ)}
+    assert json.loads(dead["too_late"])["event_id"] == "too-late"
+
+
+def test_kill_9_in_the_middle_of_100k_events(fresh_settings, redis):
+    s = fresh_settings
+    records = list(synthetic_stream(100_000, users=5000, items=20000, seed=9))
+    exp = reference(records)
+    publish(s, records)
+    port = free_port()
+    proc = start_worker(s, port=port)
+    # Wait until the worker is well into the stream, then kill it without warning.
+    reached = wait_outputs(s, exp.outputs // 3, timeout=300)
+    assert reached < exp.outputs, "the worker finished before it could be killed; use more events"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc = start_worker(s, port=port)
+    try:
+        assert wait_outputs(s, exp.outputs, timeout=400) == exp.outputs
+        time.sleep(1.0)
+        assert output_count(s) == exp.outputs
+    finally:
+        stop_worker(proc)
+    check_outputs(s, exp, records)
+    check_counters(redis, Keys(s.redis_prefix), exp)
+
+
+def test_two_workers_share_partitions_and_one_takes_over(fresh_settings, redis):
+    s = fresh_settings
+    records = list(synthetic_stream(30_000, users=2000, items=3000, seed=5))
+    exp = reference(records)
+    ports = [free_port(), free_port()]
+    procs = [start_worker(s, port=p) for p in ports]
+    publish(s, records)
+    try:
+        wait_outputs(s, exp.outputs // 3, timeout=300)
+        assert all(metric(p, "streamrec_worker_events_in_total") > 0 for p in ports), "both must get partitions"
+        assert stop_worker(procs[0]) == 0
+        assert wait_outputs(s, exp.outputs, timeout=300) == exp.outputs
+        time.sleep(1.0)
+        assert output_count(s) == exp.outputs
+    finally:
+        for p in procs:
+            stop_worker(p)
+    check_outputs(s, exp, records)
+    check_counters(redis, Keys(s.redis_prefix), exp)
+
+
+def test_catalog_updates_removals_and_bad_records(fresh_settings, redis):
+    from confluent_kafka import Producer
+
+    s = fresh_settings
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+    topic = s.topic(topics.CATALOG)
+    producer.produce(topic, json.dumps({"item_id": "i1", "category": "shoes", "tags": ["red", "running"],
+                                        "title": "Runner", "price": 59.0}).encode(), key="i1")
+    producer.produce(topic, None, key="never-existed")  # a tombstone for an unknown item
+    producer.produce(topic, b'{"item_id": 3}', key="i3")
+    producer.flush(10)
+    port = free_port()
+    proc = start_worker(s, port=port)
+    keys = Keys(s.redis_prefix)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not redis.sismember(keys.removed, "never-existed"):
+            time.sleep(0.2)
+        assert redis.hgetall(keys.item_meta("i1"))[b"category"] == b"shoes"
+        assert redis.sismember(keys.removed, "never-existed")
+        # A later event for the catalogued item feeds the user's category affinity.
+        publish(s, [rec({"event_id": "c1", "type": "purchase", "user_id": "shopper", "item_id": "i1", "ts": T0})])
+        assert wait_outputs(s, 2, timeout=60) >= 2
+        affinity = redis.hgetall(keys.affinity("shopper"))
+        assert float(affinity[b"a:shoes"]) > 0
+        assert proc.poll() is None, "bad catalog records must not stop the worker"
+    finally:
+        stop_worker(proc)
+    dead = read_topic(s, topics.EVENTS_DLQ)
+    assert len(dead) == 1
+    headers = dict(dead[0].headers())
+    assert headers[topics.DLQ_TOPIC].decode() == topic and b"item_id" in headers[topics.DLQ_DETAIL]
+
+
+def test_forget_deletes_the_user_and_drops_their_older_events(fresh_settings, redis):
+    from streamrec.cli import main
+
+    s = fresh_settings
+    keys = Keys(s.redis_prefix)
+    publish(s, [rec({"event_id": f"f{i}", "type": "view", "user_id": "alice", "item_id": f"i{i}",
+                     "ts": T0 + i}) for i in range(5)])
+    port = free_port()
+    proc = start_worker(s, port=port)
+    try:
+        wait_outputs(s, 5, timeout=60)
+        assert redis.exists(keys.user("alice"))
+        env = {k: v for k, v in s.as_env().items()}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            assert main(["forget", "alice"]) == 0
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        left = [k for k in redis.scan_iter(match=keys.user_base("alice").replace("{", "\\{").replace("}", "\\}") + "*")]
+        assert [k for k in left if not k.endswith(b":forgotten")] == []
+        audit = redis.lrange(keys.forget_audit, 0, -1)
+        assert len(audit) == 1 and b"alice" not in audit[0]
+        now = int(time.time() * 1000)
+        publish(s, [rec({"event_id": "old", "type": "view", "user_id": "alice", "item_id": "i1", "ts": now - 60_000}),
+                    rec({"event_id": "new", "type": "view", "user_id": "alice", "item_id": "i2", "ts": now + 1000})])
+        assert wait_outputs(s, 7, timeout=60) == 7
+    finally:
+        stop_worker(proc)
+    dead = read_topic(s, topics.EVENTS_DLQ)
+    assert [dict(m.headers())[topics.DLQ_REASON] for m in dead] == [b"forgotten_user"]
+    assert dead[0].value() in (b"", None), "a forgotten user's event must not be kept in the DLQ"
+    assert int(redis.hget(keys.user("alice"), "n:view")) == 1
