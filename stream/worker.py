@@ -60,7 +60,7 @@ class StreamWorker:
         self.started = threading.Event()
         self.http = HealthServer(settings.http_host, settings.worker_port, checks={
             "redis": self.processor.store.ping,
-            "consuming": self.started.is_set,
+            "consuming": lambda: self.started.is_set() and not self.app.rebalancing,
         }, port_setting="STREAMREC_WORKER_PORT")
         self.app = self._build_app()
 
@@ -95,6 +95,14 @@ class StreamWorker:
         async def apply_catalog(stream):
             async for batch in stream.noack_take(500, within=0.1):
                 await self._run_batch(self.catalog.process, batch, stream)
+
+        events_name = s.topic(topics.EVENTS)
+
+        @app.on_partitions_assigned.connect
+        async def assigned(app, assigned, **kwargs):
+            mine = {tp.partition for tp in assigned if tp.topic == events_name}
+            metrics.assigned_partitions.set(len(mine))
+            log.info("events partitions assigned: %s", sorted(mine))
 
         @app.timer(interval=5.0)
         async def report_lag():

@@ -52,7 +52,10 @@ def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: s
                                      f"torch {torch.__version__}, {torch.get_num_threads()} threads {device_note}",
         "data": {"users": users, "items": items, "events": len(data.events), "seed": seed, "synth_s": synth_s,
                  "ranker_samples": trained.ranker_fit.samples // max(len(trained.ranker_fit.train_loss), 1)},
-        "sasrec": {"sequences_per_s": trained.seq_fit.samples_per_s, "epochs": len(trained.seq_fit.train_loss),
+        "sasrec": {"sequences_per_s": trained.seq_fit.samples_per_s,
+                   # Each training sequence carries up to max_len next-item targets (one softmax each).
+                   "targets_per_s": trained.seq_fit.samples_per_s * _targets_per_sequence(trained),
+                   "epochs": len(trained.seq_fit.train_loss),
                    "params_bytes": trained.sasrec.size_bytes(), "export_s": seq.seconds,
                    "parity_max_abs_diff": max(seq.max_abs_diff.values())},
         "ranker": {"samples_per_s": trained.ranker_fit.samples_per_s, "epochs": len(trained.ranker_fit.train_loss),
@@ -61,6 +64,13 @@ def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: s
         "file_bytes": sizes, "total_train_s": total_s,
         "quality": {**trained.seq_metrics, **trained.ranker_metrics},
     }
+
+
+def _targets_per_sequence(trained) -> float:
+    m = trained.sasrec.max_len
+    windows = [min(len(s) - 1 - k, m) for s in trained.split.train if len(s) >= 2
+               for k in range(0, len(s) - 1, m)]
+    return sum(windows) / max(len(windows), 1)
 
 
 def plot(report: dict, path: Path) -> None:

@@ -111,6 +111,13 @@ def test_two_workers_share_partitions_and_one_takes_over(fresh_settings, redis):
     exp = reference(records)
     ports = [free_port(), free_port()]
     procs = [start_worker(s, port=p) for p in ports]
+    deadline = time.monotonic() + 60  # the group settles: every partition owned by one of the two
+    while True:
+        owned = [metric(p, "streamrec_worker_assigned_partitions") for p in ports]
+        if sum(owned) == s.topic_partitions and min(owned) > 0:
+            break
+        assert time.monotonic() < deadline, f"partitions were not shared out: {owned}"
+        time.sleep(0.2)
     publish(s, records)
     try:
         wait_outputs(s, exp.outputs // 3, timeout=300)
@@ -197,3 +204,70 @@ def test_forget_deletes_the_user_and_drops_their_older_events(fresh_settings, re
     assert [dict(m.headers())[topics.DLQ_REASON] for m in dead] == [b"forgotten_user"]
     assert dead[0].value() in (b"", None), "a forgotten user's event must not be kept in the DLQ"
     assert int(redis.hget(keys.user("alice"), "n:view")) == 1
+
+
+def committed(s, group: str) -> int:
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    tps = [TopicPartition(s.topic(topics.EVENTS), p) for p in range(s.topic_partitions)]
+    result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group].result(10)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+
+def ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def test_redis_outage_makes_the_worker_wait_unready_and_resume(fresh_settings, tmp_path):
+    import redis as redis_lib
+
+    from streamrec.deploy.localstack import RedisService
+
+    redis_port = free_port()
+    own = fresh_settings.replace(home=str(tmp_path), redis_port=redis_port,
+                                 redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    server = RedisService(own)
+    server.start(timeout=30, log=lambda m: None)
+    records = list(synthetic_stream(4000, users=300, items=400, seed=3))
+    first, second = records[:2000], records[2000:]
+    exp_first = reference(first)
+    port = free_port()
+    proc = start_worker(own, port=port)
+    group = f"{own.topic_prefix}streamrec-worker"
+    try:
+        publish(own, first)
+        assert wait_outputs(own, exp_first.outputs) == exp_first.outputs
+        time.sleep(2.5)  # let faust commit what it finished
+        server.stop()
+        publish(own, second)
+        deadline = time.monotonic() + 30
+        while ready(port):
+            assert time.monotonic() < deadline, "worker stayed ready without Redis"
+            time.sleep(0.2)
+        before, outputs = committed(own, group), output_count(own)
+        time.sleep(3)
+        assert committed(own, group) == before, "offsets were committed while Redis was away"
+        assert output_count(own) == outputs, "events were answered while Redis was away"
+        assert proc.poll() is None, "the worker must wait for Redis, not exit"
+        server.start(timeout=30, log=lambda m: None)  # same folder: the append-only file brings data back
+        exp = reference(records)
+        assert wait_outputs(own, exp.outputs) == exp.outputs
+        deadline = time.monotonic() + 30
+        while not ready(port):
+            assert time.monotonic() < deadline, "worker did not become ready again"
+            time.sleep(0.2)
+        assert metric(port, "streamrec_worker_redis_up") == 1
+    finally:
+        stop_worker(proc)
+        server.stop()
+    check_outputs(own, exp, records)
+    server.start(timeout=30, log=lambda m: None)
+    try:
+        check_counters(redis_lib.Redis(port=redis_port), Keys(own.redis_prefix), exp)
+    finally:
+        server.stop()

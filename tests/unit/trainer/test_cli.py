@@ -56,3 +56,14 @@ def test_errors_are_reported_not_raised(env, capsys):
     assert main(["models", "show", "nothing"]) == 1
     assert main(["models", "rollback", "../x", "--no-announce"]) == 1
     assert main(["models", "promote", "x"]) == 2
+
+
+def test_bench_train_writes_json_and_png(env, capsys):
+    out = env / "bench"
+    assert main(["bench", "train", "--users", "40", "--items", "30", "--epochs", "1", "--dim", "8",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "bench-train.json").read_text())
+    assert report["sasrec"]["sequences_per_s"] > 0 and report["ranker"]["samples_per_s"] > 0
+    assert report["sasrec"]["parity_max_abs_diff"] < 1e-4 and report["file_bytes"]["ranker/model.onnx"] > 0
+    assert set(report["quality"]) == {"sasrec", "popularity", "co-visitation", "dcn-v2", "logistic regression"}
+    assert (out / "bench-train.png").stat().st_size > 1000
