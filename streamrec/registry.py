@@ -283,7 +283,8 @@ class Registry:
         """Read meta.json without verifying the files (for listing)."""
         path = self._join(check_name(name), check_version(version), META)
         if not self._exists(path):
-            raise RegistryError(f"{name}/{version} is incomplete or missing: no {META} in {self.location(name, version)}")
+            raise RegistryError(f"{name}/{version} is incomplete or missing: "
+                                f"no {META} in {self.location(name, version)}")
         try:
             return _meta_decoder.decode(self._read(path))
         except msgspec.DecodeError as exc:
@@ -298,7 +299,8 @@ class Registry:
         meta = self.meta(name, version)
         where = f"{name}/{version}"
         if meta.name != name or meta.version != version:
-            raise RegistryError(f"{where}: meta.json says {meta.name}/{meta.version}; the folder was moved or copied")
+            raise RegistryError(f"{where}: meta.json says {meta.name}/{meta.version}; "
+                                "the folder was moved or copied")
         present = set(self._listdir(self._join(name, version))) - {META}
         missing = set(meta.files) - present
         if missing:

@@ -57,7 +57,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=None, help="maximum epochs for each model (early stopping may end sooner)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs for each model (early stopping may end sooner)")
     g.add_argument("--dim", type=int, default=64, help="sequence model embedding size (default 64)")
     g.add_argument("--max-len", type=int, default=50, help="longest history the sequence model reads (default 50)")
     g.add_argument("--item-buckets", type=int, default=50_000, help="hashed item table rows (default 50000)")
@@ -73,8 +74,10 @@ def load_data(args) -> "Interactions":  # noqa: F821 - imported lazily (torch-fr
     from streamrec.trainer.importers import Columns, load
 
     if args.data == "kafka":
+        from streamrec.trainer.importers import read_item_csv
         from streamrec.trainer.replay import replay_events
-        inter = replay_events(args.settings, since=args.since, until=args.until)
+        categories = read_item_csv(Path(args.items)) if args.items else None
+        inter = replay_events(args.settings, since=args.since, until=args.until, categories=categories)
     else:
         cols = Columns(user=args.user_col, item=args.item_col, ts=args.ts_col, rating=args.rating_col,
                        type=args.type_col, session=args.session_col, ts_unit=args.ts_unit)
@@ -131,8 +134,9 @@ def _train_and_report(args):
     except (DataError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return None
-    console.print(f"sasrec: {trained.seq_fit.samples_per_s:,.0f} sequences/s, best epoch {trained.seq_fit.best_epoch + 1}; "
-                  f"dcn-v2: {trained.ranker_fit.samples_per_s:,.0f} samples/s, best epoch {trained.ranker_fit.best_epoch + 1}")
+    seq, rank = trained.seq_fit, trained.ranker_fit
+    console.print(f"sasrec: {seq.samples_per_s:,.0f} sequences/s, best epoch {seq.best_epoch + 1}; "
+                  f"dcn-v2: {rank.samples_per_s:,.0f} samples/s, best epoch {rank.best_epoch + 1}")
     out.print(metrics_table(trained))
     if args.top10:
         write_top10(trained, args.top10)
@@ -229,7 +233,11 @@ def cmd_models(args) -> int:
         return 1
     if not args.no_announce:
         from streamrec.trainer.publish import announce, announcement
-        announce(args.settings, announcement(reg, args.name, version))
+        try:
+            announce(args.settings, announcement(reg, args.name, version))
+        except Exception as exc:  # noqa: BLE001 - Kafka down: the pointer moved, say how to re-announce
+            console.print(f"[red]error:[/] {exc}")
+            return 1
         console.print("announced on model-versions")
     return 0
 

@@ -48,7 +48,7 @@ class RankerSamples:
         return RankerSamples([self.users[i] for i in idx], [self.items[i] for i in idx], [self.cats[i] for i in idx],
                              self.ts[idx], self.label[idx], self.dense[idx], self.prefix[idx], self.prefixes)
 
-    def time_split(self, test: float = 0.2, val: float = 0.1) -> tuple["RankerSamples", "RankerSamples", "RankerSamples"]:
+    def time_split(self, test: float = 0.2, val: float = 0.1) -> tuple["RankerSamples", ...]:
         """Train / validation / test by time: the newest ``test`` share is test, the ``val`` share before it val."""
         n = len(self)
         a, b = int(n * (1 - test - val)), int(n * (1 - test))

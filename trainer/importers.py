@@ -173,7 +173,8 @@ def read_movielens(path: Path, items: Path | None = None, rating_threshold: floa
         header = next(_lines(path))[1].lower().replace(" ", "")
         if not header.startswith("userid,movieid,rating"):
             raise DataError(f"expected the header userId,movieId,rating,timestamp, found {header!r}", str(path), 1)
-        rows, item_file, cats = _rating_rows(path, ",", header=True), items or path.with_name("movies.csv"), _ml_csv_items
+        rows, cats = _rating_rows(path, ",", header=True), _ml_csv_items
+        item_file = items or path.with_name("movies.csv")
     categories = cats(item_file) if item_file.exists() else {}
     return _finish(rows, categories, path, rating_threshold)
 

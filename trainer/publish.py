@@ -18,11 +18,14 @@ def announce(settings: Settings, ann: Announcement, timeout: float = 15.0) -> No
     """Produce ``ann`` to `model-versions` keyed by model name and wait for the broker's ack."""
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **kafka_security(settings),
                          # One record, rarely: favour durability over latency.
-                         "acks": "all", "enable.idempotence": True})
+                         "acks": "all", "enable.idempotence": True,
+                         # Give up when we do, and report it once ourselves instead of
+                         # librdkafka logging every reconnect attempt.
+                         "message.timeout.ms": int(timeout * 1000), "log_level": 2})
     errors: list = []
     producer.produce(settings.topic(MODEL_VERSIONS), key=ann.name.encode(), value=ann.encode(),
                      on_delivery=lambda err, _msg: err and errors.append(err))
-    left = producer.flush(timeout)
+    left = producer.flush(timeout + 1.0)
     if left or errors:
         reason = errors[0] if errors else f"not acknowledged within {timeout:.0f} s"
         raise KafkaException(f"announcing {ann.name}/{ann.version} on {settings.topic(MODEL_VERSIONS)} "

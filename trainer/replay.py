@@ -35,7 +35,8 @@ def parse_time(value: str | int | None, default: int) -> int:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise DataError(f"{text!r} is not epoch milliseconds or an ISO-8601 date-time", column="--since/--until")
+        raise DataError(f"{text!r} is not epoch milliseconds or an ISO-8601 date-time",
+                        column="--since/--until") from None
     return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
 
 
