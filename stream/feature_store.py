@@ -9,6 +9,7 @@ trending phase. Redis being away is retried with backoff, never skipped.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -26,11 +27,32 @@ log = logging.getLogger(__name__)
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
-def _script(name: str, cfg: dict) -> str:
-    """Script source: the constants (as a Lua table), the shared helpers, then the script."""
+# Entry points. Per slot (Redis Cluster): one call per user / item / trending, keys
+# declared. Batched (standalone Redis): one call per chunk of a phase, which spares
+# a client round-trip share and a script start per event.
+ENTRIES = {
+    "user": "return cjson.encode(apply_user(KEYS[1], cjson.decode(ARGV[1])))",
+    "item": "return apply_item(KEYS[1], cjson.decode(ARGV[1]))",
+    "trending": "return apply_trending(KEYS[1], cjson.decode(ARGV[1]))",
+    "user_batch": """local res = {}
+for i, g in ipairs(cjson.decode(ARGV[1])) do res[i] = apply_user(g[1], g[2]) end
+return cjson.encode(res)""",
+    "item_batch": """local n = 0
+for _, g in ipairs(cjson.decode(ARGV[1])) do
+  if g[1] == 'trending' then n = n + apply_trending(g[2], g[3]) else n = n + apply_item(g[2], g[3]) end
+end
+return n""",
+}
+LIBRARY = ("common", "user", "item", "trending")
+CHUNK = 200  # groups per batched call: bounds how long one script holds Redis
+
+
+def _script(entry: str, cfg: dict) -> str:
+    """Script source: the constants (as a Lua table), the shared functions, then the entry point."""
     lua = resources.files("streamrec.stream").joinpath("lua")
-    return (f"local cfg = {features.lua_literal(cfg)}\n" + lua.joinpath("common.lua").read_text() + "\n"
-            + lua.joinpath(f"{name}.lua").read_text())
+    parts = [f"local cfg = {features.lua_literal(cfg)}"]
+    parts += [lua.joinpath(f"{name}.lua").read_text() for name in LIBRARY]
+    return "\n".join(parts + [ENTRIES[entry]])
 
 
 class Stopping(Exception):
@@ -40,8 +62,6 @@ class Stopping(Exception):
 class RedisFeatureStore:
     """Redis implementation of the feature store (one client, lazily connected)."""
 
-    SCRIPTS = ("apply_user", "apply_item", "apply_trending")
-
     def __init__(self, settings: Settings, config: FeatureConfig | None = None,
                  on_health: Callable[[bool], None] | None = None):
         self.settings = settings
@@ -49,7 +69,8 @@ class RedisFeatureStore:
         self.config = config or FeatureConfig()
         cfg = features.script_config(self.config)
         self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self._scripts = {name: _script(name, cfg) for name in self.SCRIPTS}
+        self.per_slot = settings.redis_cluster
+        self._scripts = {name: _script(name, cfg) for name in ENTRIES}
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
         self._on_health = on_health or (lambda ok: None)
         self.stop_event = threading.Event()
@@ -63,19 +84,30 @@ class RedisFeatureStore:
             return []
         self._fill_categories(batch)
         calls = features.user_calls(batch, self.keys)
-        results = self._run("apply_user", [(key, arg) for key, arg, _ in calls])
         outcomes: list[Outcome | None] = [None] * len(batch)
+        if self.per_slot:
+            results = self._run_many([("user", [(key, arg) for key, arg, _ in calls])])
+        else:
+            chunks = [calls[k:k + CHUNK] for k in range(0, len(calls), CHUNK)]
+            results = [r for raw in self._run_many([("user_batch", [
+                ("", "[" + ",".join(f"[{json.dumps(key)},{arg}]" for key, arg, _ in chunk) + "]")
+                for chunk in chunks])]) for r in json.loads(raw)]
         for (_, _, idx), raw in zip(calls, results):
             for i, outcome in zip(idx, features.parse_user_result(raw)):
                 outcomes[i] = outcome
         item_calls = features.item_calls(batch, outcomes, self.keys)
-        trending = [c for c in item_calls if c[0] == self.keys.trending_base]
-        items = [c for c in item_calls if c[0] != self.keys.trending_base]
-        self._run_many([("apply_item", items), ("apply_trending", trending)])
+        if self.per_slot:
+            trending = [c for c in item_calls if c[0] == self.keys.trending_base]
+            items = [c for c in item_calls if c[0] != self.keys.trending_base]
+            self._run_many([("item", items), ("trending", trending)])
+        else:
+            def group(key: str, arg: str) -> str:
+                kind = "trending" if key == self.keys.trending_base else "item"
+                return f"[{json.dumps(kind)},{json.dumps(key)},{arg}]"
+            self._run_many([("item_batch", [
+                ("", "[" + ",".join(group(k, a) for k, a in item_calls[c:c + CHUNK]) + "]")
+                for c in range(0, len(item_calls), CHUNK)])])
         return outcomes  # type: ignore[return-value]
-
-    def _run(self, script: str, calls: list[tuple[str, str]]) -> list:
-        return self._run_many([(script, calls)])
 
     def _run_many(self, groups: list[tuple[str, list[tuple[str, str]]]]) -> list:
         """EVALSHA every call in one pipelined round trip; retry the whole round on failure.
@@ -90,7 +122,10 @@ class RedisFeatureStore:
                 pipe = self.client.pipeline(transaction=False)
                 for script, calls in groups:
                     for key, arg in calls:
-                        pipe.evalsha(self._sha[script], 1, key, arg)
+                        if key:
+                            pipe.evalsha(self._sha[script], 1, key, arg)
+                        else:  # a batched call on a standalone server: keys are in the argument
+                            pipe.evalsha(self._sha[script], 0, arg)
                 results = pipe.execute(raise_on_error=False)
                 if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
                     self._load_scripts()  # Redis restarted or flushed its script cache

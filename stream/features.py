@@ -111,9 +111,10 @@ def user_calls(batch: list[DecodedEvent], keys: Keys) -> list[tuple[str, str, li
     return calls
 
 
-def parse_user_result(raw: bytes | str) -> list[Outcome]:
+def parse_user_result(raw: bytes | str | list) -> list[Outcome]:
+    """Outcomes from the user phase's reply (JSON text, or the list a batched call decoded)."""
     out = []
-    for r in json.loads(raw):
+    for r in (raw if isinstance(raw, list) else json.loads(raw)):
         nb = r.get("nb") or []
         out.append(Outcome(status=r["s"], session_id=r.get("sid", ""), feature_version=int(r.get("fv", 0)),
                            neighbours=nb if isinstance(nb, list) else [], first=r.get("first", "")))

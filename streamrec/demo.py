@@ -191,6 +191,7 @@ def cmd_demo(args) -> int:
     from streamrec.stream.topics import create_topics
 
     base: Settings = args.settings
+    sys.setswitchinterval(0.0005)  # shoppers, latency reader and the live view share the GIL
     run = uuid.uuid4().hex[:6]
     settings = base.replace(topic_prefix=f"{base.topic_prefix}demo{run}.", redis_prefix=f"{base.redis_prefix}demo{run}:")
     logdir = settings.home_path / "demo"

@@ -36,7 +36,8 @@ PAD = ""
 _VERSION = b"sr1"
 
 
-@lru_cache(maxsize=1 << 20)
+# Bounded so a scorer with a large catalog stays within its memory budget (~40 MB).
+@lru_cache(maxsize=1 << 18)
 def _digest(key: str, namespace: str) -> tuple[int, int]:
     d = hashlib.blake2b(key.encode("utf-8"), digest_size=16,
                         person=(_VERSION + namespace.encode("utf-8"))[:16]).digest()
@@ -81,3 +82,24 @@ class IdHasher:
         """How to reproduce this hasher elsewhere (written into model meta.json)."""
         return {"scheme": "blake2b-128/2x64", "version": _VERSION.decode(),
                 "namespace": self.namespace, "buckets": self.buckets}
+
+
+def encode_sequences(seqs: list[list[str]], categories: dict[str, str], items: IdHasher, cats: IdHasher,
+                     length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sequence model's inputs: hashed items ``[n, length, 2]`` and categories ``[n, length]``.
+
+    Left-padded with 0 and keeping the newest ``length`` items, as the
+    trainer feeds them and as ``encoder.onnx`` expects them.
+
+    >>> it, ct = encode_sequences([["a", "b"], []], {"a": "x"}, IdHasher(100), IdHasher(10, "cat"), 3)
+    >>> it.shape, ct.shape, it[0, 0].tolist(), int(it[1].max()), int(ct[0, 2])
+    ((2, 3, 2), (2, 3), [0, 0], 0, 0)
+    """
+    out_items = np.zeros((len(seqs), length, 2), dtype=np.int64)
+    out_cats = np.zeros((len(seqs), length), dtype=np.int64)
+    for r, seq in enumerate(seqs):
+        seq = seq[-length:]
+        if seq:
+            out_items[r, length - len(seq):] = items(seq)
+            out_cats[r, length - len(seq):] = cats.first([categories.get(i, "") for i in seq])
+    return out_items, out_cats

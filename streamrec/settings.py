@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Redis (or Redis Cluster entry point) URL; `rediss://` for TLS."""
     redis_prefix: str = "sr:"
     """Prepended to every Redis key."""
+    redis_cluster: bool = False
+    """Redis Cluster: run one feature script per hash slot instead of one per batch chunk."""
 
     # --- stream worker ------------------------------------------------------------
     worker_batch_max: int = 2000

@@ -62,6 +62,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dim", type=int, default=64, help="sequence model embedding size (default 64)")
     g.add_argument("--max-len", type=int, default=50, help="longest history the sequence model reads (default 50)")
     g.add_argument("--item-buckets", type=int, default=50_000, help="hashed item table rows (default 50000)")
+    g.add_argument("--dropout", type=float, default=0.2, help="sequence model dropout (default 0.2)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same models")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
@@ -91,7 +92,8 @@ def load_data(args) -> "Interactions":  # noqa: F821 - imported lazily (torch-fr
 def _config(args):
     from streamrec.trainer.train import TrainConfig
 
-    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, item_buckets=args.item_buckets),
+    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, item_buckets=args.item_buckets,
+                               dropout=args.dropout),
                       ranker=dict(item_buckets=args.item_buckets)).with_seed(args.seed)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     seq_fit, ranker_fit = cfg.seq_fit, cfg.ranker_fit
@@ -114,14 +116,14 @@ def metrics_table(trained) -> Table:
     return table
 
 
-def write_top10(trained, path: str) -> None:
+def _write_top10(path: str, users: list[str], tops, catalog: list[str]) -> None:
     """user_id, rank, item_id, for every test user (the sequence model's list)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "rank", "item_id"])
-        for user, top in zip(trained.split.users, trained.top10):
+        for user, top in zip(users, tops):
             for rank, j in enumerate(top, 1):
-                w.writerow([user, rank, trained.catalog[j]])
+                w.writerow([user, rank, catalog[j]])
 
 
 def _train_and_report(args):
@@ -139,7 +141,7 @@ def _train_and_report(args):
                   f"dcn-v2: {rank.samples_per_s:,.0f} samples/s, best epoch {rank.best_epoch + 1}")
     out.print(metrics_table(trained))
     if args.top10:
-        write_top10(trained, args.top10)
+        _write_top10(args.top10, trained.split.users, trained.top10, trained.catalog)
         console.print(f"top-10 lists: {args.top10}")
     return trained
 
@@ -170,8 +172,36 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Train on the leave-one-out split and print the evaluation table (nothing is published)."""
-    return 0 if _train_and_report(args) is not None else 1
+    """Train on the leave-one-out split and print the table, or score a published sequence model (``--model``)."""
+    if not args.model:
+        return 0 if _train_and_report(args) is not None else 1
+    from streamrec.trainer.data import DataError
+    from streamrec.trainer.evaluate import (CoVisitation, LeaveOneOut, OnnxSequenceScorer, Popularity,
+                                            evaluate_scorer)
+
+    name, _, version = args.model.partition("@")
+    reg = Registry(args.settings.registry_uri)
+    try:
+        version = reg.resolve(name, version or None)
+        meta = reg.verify(name, version)
+        inter = load_data(args)
+    except (RegistryError, DataError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    split, catalog = LeaveOneOut.split(inter.sequences()), inter.catalog()
+    data = (split.test_history, split.test_target, catalog)
+    rows = {f"{name}@{version}": OnnxSequenceScorer(reg.location(name, version), meta, catalog, inter.categories),
+            "popularity": Popularity(split.train, catalog), "co-visitation": CoVisitation(split.train, catalog)}
+    table = Table(title=f"leave-one-out, full ranking over {len(catalog):,} items, {len(split.users):,} users")
+    for col in ("model", "HR@10", "NDCG@10", "MRR@10"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, scorer in rows.items():
+        metrics, top = evaluate_scorer(scorer, *data)
+        table.add_row(label, *(f"{metrics[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))
+        if args.top10 and label.startswith(name):
+            _write_top10(args.top10, split.users, top, catalog)
+    out.print(table)
+    return 0
 
 
 # --------------------------------------------------------------------------- #
@@ -285,6 +315,9 @@ def register(sub) -> None:
                                    "on a time split for the ranker vs logistic regression. One table.")
     _add_data_args(p)
     _add_model_args(p)
+    p.add_argument("--model", metavar="NAME[@VERSION]",
+                   help="instead of training, score this published sequence model (ONNX Runtime, as served; "
+                        "default version: current) on the leave-one-out test split of --data")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="synthetic data and input checks")

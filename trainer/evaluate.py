@@ -188,3 +188,32 @@ class LogisticRegression:
         """Click probabilities."""
         z = np.hstack([(x - self.mean) / self.std, np.ones((len(x), 1))])
         return 1.0 / (1.0 + np.exp(-z @ self.w))
+
+
+class OnnxSequenceScorer:
+    """A published sequence model, scored with ONNX Runtime only (as the scorer runs it, no torch).
+
+    Item vectors come from the version's ``item_encoder.onnx``, so the
+    evaluation catalog may hold items the model never saw.
+    """
+
+    def __init__(self, folder: str, meta, catalog: list[str], categories: dict[str, str]):
+        import onnxruntime as ort
+
+        from streamrec.hashing import IdHasher
+
+        self.items = IdHasher(meta.hashing["item"]["buckets"], "item")
+        self.cats = IdHasher(meta.hashing["cat"]["buckets"], "cat")
+        self.max_len, self.categories = int(meta.extra["max_len"]), categories
+        opts = dict(providers=["CPUExecutionProvider"])
+        self.encoder = ort.InferenceSession(f"{folder}/encoder.onnx", **opts)
+        item_encoder = ort.InferenceSession(f"{folder}/item_encoder.onnx", **opts)
+        self.vectors = item_encoder.run(None, {"item_ids": self.items(catalog),
+                                               "item_cats": self.cats.first([categories.get(i, "") for i in catalog])})[0]
+
+    def __call__(self, histories: list[list[str]]) -> np.ndarray:
+        from streamrec.hashing import encode_sequences
+
+        items, cats = encode_sequences(histories, self.categories, self.items, self.cats, self.max_len)
+        user = self.encoder.run(None, {"seq_items": items, "seq_cats": cats})[0]
+        return user @ self.vectors.T

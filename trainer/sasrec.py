@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamrec.hashing import IdHasher
+from streamrec.hashing import IdHasher, encode_sequences
 from streamrec.registry import Signature, TensorSpec
 from streamrec.trainer.base import RecModel
 
@@ -125,15 +125,7 @@ class SASRec(RecModel):
     def encode_sequences(self, seqs: list[list[str]], categories: dict[str, str],
                          length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Hash and left-pad item sequences (keeping the newest ``max_len``) for the encoder."""
-        length = length or self.max_len
-        items = np.zeros((len(seqs), length, 2), dtype=np.int64)
-        cats = np.zeros((len(seqs), length), dtype=np.int64)
-        for r, seq in enumerate(seqs):
-            seq = seq[-length:]
-            if seq:
-                items[r, length - len(seq):] = self.item_hasher(seq)
-                cats[r, length - len(seq):] = self.cat_hasher.first([categories.get(i, "") for i in seq])
-        return items, cats
+        return encode_sequences(seqs, categories, self.item_hasher, self.cat_hasher, length or self.max_len)
 
     def training_data(self, seqs: list[list[str]], categories: dict[str, str],
                       catalog_index: dict[str, int], all_windows: bool = False) -> dict[str, np.ndarray]:

@@ -47,6 +47,13 @@ def test_synth_then_train_publishes_and_models_commands_work(env, capsys):
     assert shown["current"] and shown["kind"] == "sasrec" and "encoder.onnx" in shown["files"]
     assert shown["opset"] == 17 and shown["hashing"]["item"]["buckets"] == 2048
 
+    # The published ONNX model, scored without torch, reproduces the metrics measured in torch.
+    onnx_top = env / "onnx-top.csv"
+    assert main(["evaluate", "--data", str(data), "--model", "sasrec", "--top10", str(onnx_top)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if f"sasrec@{shown['version']}" in line)
+    assert f"{shown['metrics']['NDCG@10']:.4f}" in row and f"{shown['metrics']['HR@10']:.4f}" in row
+    assert onnx_top.read_text() == top.read_text()
+
 
 def test_errors_are_reported_not_raised(env, capsys):
     bad = env / "u.data"

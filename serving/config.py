@@ -1,0 +1,127 @@
+"""Scorer configuration: the knobs of `streamrec serve`, with documented defaults.
+
+`ScorerConfig.from_settings` reads ``Settings`` fields named ``scorer_*`` when
+they exist and falls back to the defaults here when they do not, so the
+scorer runs against any version of `streamrec.settings.Settings`.
+
+>>> ScorerConfig.from_settings(object()).exploration
+'off'
+>>> parse_arms("a=50:ranker@v1,b=50")
+(Arm(name='a', weight=50.0, pins=(('ranker', 'v1'),)), Arm(name='b', weight=50.0, pins=()))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+
+class ConfigError(ValueError):
+    """A scorer setting that cannot be used; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One A/B arm: a share of users (by stable hash) and the model versions it pins.
+
+    A model not pinned follows the live version announced on `model-versions`.
+    """
+
+    name: str
+    weight: float
+    pins: tuple[tuple[str, str], ...] = ()
+
+    def pinned(self, model: str) -> str | None:
+        return dict(self.pins).get(model)
+
+
+DEFAULT_ARMS = (Arm("default", 100.0),)
+
+
+def parse_arms(spec: str) -> tuple[Arm, ...]:
+    """``"NAME=WEIGHT[:model@version[:model@version]],..."``; empty -> one arm "default"."""
+    if not spec or not spec.strip():
+        return DEFAULT_ARMS
+    arms = []
+    for part in spec.split(","):
+        head, *pins = part.strip().split(":")
+        name, sep, weight = head.partition("=")
+        try:
+            w = float(weight) if sep else 1.0
+        except ValueError:
+            raise ConfigError(f"scorer_ab_arms: weight {weight!r} of arm {name!r} is not a number; "
+                              "write NAME=WEIGHT[:model@version]") from None
+        parsed = []
+        for pin in pins:
+            model, at, version = pin.partition("@")
+            if not at or not model or not version:
+                raise ConfigError(f"scorer_ab_arms: {pin!r} in arm {name!r} is not model@version")
+            parsed.append((model, version))
+        if not name or w <= 0:
+            raise ConfigError(f"scorer_ab_arms: arm {part!r} needs a name and a positive weight")
+        arms.append(Arm(name, w, tuple(parsed)))
+    if len({a.name for a in arms}) != len(arms):
+        raise ConfigError(f"scorer_ab_arms: arm names repeat in {spec!r}")
+    return tuple(arms)
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Everything the scorer needs beyond the shared settings."""
+
+    batch_max: int = 256
+    """Most score requests scored together (one Redis round trip per phase, one ONNX run)."""
+    batch_wait_ms: int = 2
+    """Longest the scorer waits to fill a batch."""
+    top_n: int = 10
+    """Items per recommendation."""
+    seq_candidates: int = 100
+    """Candidates from the sequence model's retrieval (inner product top-K)."""
+    covis_candidates: int = 50
+    """Co-visitation candidates per request, over the session's recent items."""
+    trending_candidates: int = 50
+    content_candidates: int = 20
+    """Items nearest the trigger item (item vectors) for cold users."""
+    recent_items: int = 5
+    """How many of the session's newest items feed co-visitation."""
+    exploration: Literal["off", "epsilon", "softmax"] = "off"
+    epsilon: float = 0.1
+    temperature: float = 1.0
+    arms: tuple[Arm, ...] = DEFAULT_ARMS
+    seq_model: str = "sasrec"
+    ranker_model: str = "ranker"
+    redis_timeout_s: float = 0.25
+    """Redis socket timeout: past it the batch is served degraded from the trending snapshot."""
+    redis_retry_s: float = 1.0
+    """After a Redis failure, how long batches go straight to the degraded path before trying again."""
+    snapshot_refresh_s: float = 2.0
+    """How often the in-memory trending snapshot is refreshed from Redis."""
+    seed: int | None = None
+    """Seed of the exploration sampler (tests); None = fresh entropy."""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.exploration not in ("off", "epsilon", "softmax"):
+            raise ConfigError(f"scorer_exploration: {self.exploration!r}; use off, epsilon or softmax")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ConfigError(f"scorer_epsilon: {self.epsilon} is not in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"scorer_temperature: {self.temperature} must be > 0")
+        if self.batch_max < 1 or self.top_n < 1:
+            raise ConfigError("scorer_batch_max and scorer_top_n must be at least 1")
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "ScorerConfig":
+        """Take ``scorer_<field>`` from ``settings`` where present (arms from ``scorer_ab_arms``)."""
+        values = {}
+        for f in fields(cls):
+            if f.name in ("arms", "extra"):
+                continue
+            v = getattr(settings, f"scorer_{f.name}", None)
+            if v is not None:
+                values[f.name] = v
+        arms = getattr(settings, "scorer_ab_arms", None)
+        if arms is not None:
+            values["arms"] = parse_arms(arms)
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,227 @@
+"""Feature assembly: everything a batch of requests needs from Redis, in pipelined round trips.
+
+Round trip 1 (per request): the session's item sequence, the session and
+user hashes, the user's category affinities; once per batch: trending.
+Round trip 2: co-visitation of the sessions' recent items (with each item's
+landmark, so weights of different items compare), and categories of
+session items. Round trip 3 (after candidates are known): item statistics
+and categories of every candidate, and which are removed from the catalog.
+
+Key names come from `streamrec.stream.keys.Keys`; decayed values are read
+with the same forward-decay rule the worker writes them with. The dense
+ranker features are built batch-first (`dense_matrix`) with the definitions
+of `streamrec.trainer.features` (which the ranker was trained on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from streamrec.stream.keys import FeatureConfig, Keys
+from streamrec.stream.schemas import ScoreRequest
+
+SEP = "\x1f"
+POSITIVE = ("view", "click", "add_to_cart", "purchase", "rating")
+STAT_FIELDS = tuple(f"n:{t}" for t in POSITIVE) + ("n:impression", "last_ts")
+NEVER_HOURS = 24 * 365.0
+DENSE_FEATURES = ("item_log_views", "item_ctr", "item_recency", "session_length", "category_affinity",
+                  "seq_score")
+"""Dense features this scorer can compute; a ranker asking for others is refused at load."""
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _f(v, default: float = 0.0) -> float:
+    try:
+        return float(v) if v is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass
+class RequestContext:
+    """What the scorer knows about one request's user and session after round trips 1-2."""
+
+    request: ScoreRequest
+    session_items: list[str] = field(default_factory=list)
+    """The session's items, oldest first (each once, at its latest position)."""
+    seen: set[str] = field(default_factory=set)
+    """Items seen, clicked or bought in the session: never recommended again in it."""
+    session_positive: int = 0
+    user_positive: int = 0
+    affinity: dict[str, float] = field(default_factory=dict)
+    """Share of the user's (decayed) affinity per category."""
+    known: bool = False
+    """False for a user Redis has nothing on: the cold-start path."""
+
+    def recent(self, n: int) -> list[str]:
+        return self.session_items[-n:][::-1] if n > 0 else []
+
+
+@dataclass
+class ItemStats:
+    """Statistics of the batch's unique candidate items, one row each (numpy, batch-first)."""
+
+    index: dict[str, int]
+    views: np.ndarray
+    clicks: np.ndarray
+    impressions: np.ndarray
+    last_ts: np.ndarray
+    """Epoch ms of the last interaction; NaN when never."""
+    categories: list[str]
+    removed: np.ndarray
+
+    @classmethod
+    def empty(cls, items: Sequence[str]) -> "ItemStats":
+        n = len(items)
+        z = np.zeros(n)
+        return cls({it: i for i, it in enumerate(items)}, z, z.copy(), z.copy(), np.full(n, np.nan), [""] * n,
+                   np.zeros(n, bool))
+
+
+class FeatureReader:
+    """Reads features for batches of requests from Redis (a `redis.Redis` or cluster client)."""
+
+    def __init__(self, client, keys: Keys, config: FeatureConfig | None = None, seq_cap: int = 50):
+        self.client = client
+        self.keys = keys
+        self.config = config or FeatureConfig()
+        self.seq_cap = seq_cap
+        self.categories: dict[str, str] = {}
+        """Category of items already read (catalog metadata changes rarely)."""
+
+    # -- round trip 1 --------------------------------------------------------- #
+    def contexts(self, requests: Sequence[ScoreRequest], trending_n: int) -> tuple[list[RequestContext],
+                                                                                    list[tuple[str, float]]]:
+        """Per-request session and user state, and the current trending items (best first)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for r in requests:
+            pipe.zrange(k.session_seq(r.user_id, r.session_id), -self.seq_cap, -1)
+            pipe.hmget(k.session(r.user_id, r.session_id), *(f"n:{t}" for t in POSITIVE))
+            pipe.hmget(k.user(r.user_id), *(f"n:{t}" for t in POSITIVE))
+            pipe.hgetall(k.affinity(r.user_id))
+        pipe.zrevrange(k.trending, 0, max(trending_n - 1, 0), withscores=True)
+        raw = pipe.execute()
+        out = []
+        for i, r in enumerate(requests):
+            seq, sess, user, aff = raw[4 * i: 4 * i + 4]
+            ctx = RequestContext(r)
+            items: dict[str, None] = {}
+            for member in seq:
+                item = _s(member).split(SEP, 1)[0]
+                items.pop(item, None)
+                items[item] = None
+            ctx.session_items = list(items)
+            ctx.seen = set(items)
+            ctx.session_positive = int(sum(_f(v) for v in sess))
+            ctx.user_positive = int(sum(_f(v) for v in user))
+            ctx.known = ctx.user_positive > 0 or bool(items)
+            shares = {_s(c): _f(v) for c, v in aff.items() if not _s(c).startswith("_")}
+            total = sum(shares.values())
+            ctx.affinity = {c: v / total for c, v in shares.items()} if total > 0 else {}
+            out.append(ctx)
+        trending = [(_s(m), float(s)) for m, s in raw[-1]]
+        return out, trending
+
+    # -- round trip 2 --------------------------------------------------------- #
+    def covisitation(self, items: Sequence[str], per_item: int, now_ms: float,
+                     categories_of: Sequence[str] = ()) -> dict[str, list[tuple[str, float]]]:
+        """Co-visited next items of each item in ``items`` with weights decayed to ``now_ms``.
+
+        Also reads the category of ``categories_of`` items not cached yet (same round trip).
+        """
+        k = self.keys
+        hl = self.config.covis_half_life_ms
+        missing = [i for i in dict.fromkeys(categories_of) if i not in self.categories]
+        if not items and not missing:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.zrevrange(k.covis(item), 0, per_item - 1, withscores=True)
+            pipe.hget(k.item_hw(item), "_L")
+        for item in missing:
+            pipe.hget(k.item_meta(item), "category")
+        raw = pipe.execute()
+        out = {}
+        for j, item in enumerate(items):
+            pairs, landmark = raw[2 * j], raw[2 * j + 1]
+            # Forward decay: stored = w * 2^((t - L)/hl); its value now is stored * 2^((L - now)/hl).
+            f = math.pow(2.0, (_f(landmark, now_ms) - now_ms) / hl)
+            out[item] = [(_s(m), float(s) * f) for m, s in pairs]
+        for item, cat in zip(missing, raw[2 * len(items):]):
+            self.categories[item] = _s(cat) if cat is not None else ""
+        return out
+
+    # -- round trip 3 --------------------------------------------------------- #
+    def item_stats(self, items: Sequence[str], with_stats: bool = True) -> ItemStats:
+        """Statistics, categories and removal flags of ``items`` (unique) in one round trip."""
+        stats = ItemStats.empty(items)
+        if not items:
+            return stats
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smismember(k.removed, list(items))
+        missing = [i for i in items if i not in self.categories] if with_stats else []
+        if with_stats:
+            for item in items:
+                pipe.hmget(k.item_stats(item), *STAT_FIELDS)
+        for item in missing:
+            pipe.hget(k.item_meta(item), "category")
+        raw = pipe.execute()
+        stats.removed = np.array([bool(x) for x in raw[0]], dtype=bool)
+        if with_stats:
+            n = len(items)
+            block = np.array([[_f(v, np.nan) for v in row] for row in raw[1:1 + n]], dtype=np.float64)
+            counts = np.nan_to_num(block[:, :-2])
+            stats.views = counts.sum(1)  # every positive interaction, as the trainer counts them
+            stats.clicks = counts[:, POSITIVE.index("click")]
+            stats.impressions = np.nan_to_num(block[:, -2])
+            stats.last_ts = block[:, -1]
+            for item, cat in zip(missing, raw[1 + n:]):
+                self.categories[item] = _s(cat) if cat is not None else ""
+            stats.categories = [self.categories.get(i, "") for i in items]
+        if len(self.categories) > 1_000_000:  # bounded memory on a huge catalog
+            self.categories.clear()
+        return stats
+
+
+def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, contexts: Sequence[RequestContext],
+                 owner: np.ndarray, seq_score: np.ndarray | None = None) -> np.ndarray:
+    """The ranker's dense input ``[pairs, len(names)]`` for (request, candidate) pairs.
+
+    ``rows``: each pair's row in ``stats``; ``owner``: each pair's index in
+    ``contexts``; ``seq_score``: the sequence model's score per pair (0 without one).
+    """
+    m = rows.shape[0]
+    now = np.array([c.request.ts for c in contexts], dtype=np.float64)[owner] if m else np.zeros(0)
+    cols = {}
+    for name in names:
+        if name == "item_log_views":
+            cols[name] = np.log1p(stats.views[rows])
+        elif name == "item_ctr":
+            cols[name] = (stats.clicks[rows] + 1.0) / (stats.impressions[rows] + 10.0)
+        elif name == "item_recency":
+            hours = (now - stats.last_ts[rows]) / 3_600_000
+            cols[name] = np.log1p(np.where(np.isnan(hours), NEVER_HOURS, np.maximum(hours, 0.0)))
+        elif name == "session_length":
+            cols[name] = np.log1p(np.array([c.session_positive for c in contexts], dtype=np.float64))[owner]
+        elif name == "category_affinity":
+            cats = stats.categories
+            ulen = np.array([c.user_positive for c in contexts], dtype=np.float64)[owner]
+            share = np.array([contexts[o].affinity.get(cats[r], 0.0) for o, r in zip(owner.tolist(), rows.tolist())],
+                             dtype=np.float64)
+            cols[name] = (share * ulen + 0.1) / (ulen + 1.0)
+        elif name == "seq_score":
+            cols[name] = seq_score if seq_score is not None else np.zeros(m)
+        else:
+            raise KeyError(f"dense feature {name!r} is not computed by the scorer; known: {', '.join(DENSE_FEATURES)}")
+    if not names:
+        return np.zeros((m, 0), dtype=np.float32)
+    return np.stack([cols[n] for n in names], axis=1).astype(np.float32)

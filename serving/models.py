@@ -1,0 +1,247 @@
+"""Live model versions and hot-swap, driven by the `model-versions` topic.
+
+A watcher thread follows `model-versions` (compacted, one partition) from
+the beginning. For each announcement of a model the scorer uses it fetches
+the version, verifies it (`Registry.verify`: every file's size and sha256,
+the graphs' declared inputs and outputs; and the announced digest of
+``meta.json``), opens the ONNX sessions, and warms them up on the last real
+batch the scorer served (or a synthetic one before any). Only then is the
+version *staged*; the scoring loop calls `ModelStore.swap_pending` between
+batches, so a batch never sees two versions of a model and no request is
+dropped. The replaced version stays loaded as ``previous``: a rollback
+announcement of it swaps back without loading anything. A version that fails
+any step is refused, logged and counted; the live one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streamrec.registry import Announcement, Registry, RegistryError
+from streamrec.serving import metrics
+from streamrec.serving.config import Arm, ScorerConfig
+from streamrec.serving.ranking import ModelError, Ranker, SeqModel
+from streamrec.settings import Settings
+from streamrec.stream import topics
+
+log = logging.getLogger(__name__)
+KINDS = {"sasrec": SeqModel, "dcn": Ranker}
+
+
+def registry_of(uri: str) -> tuple[Registry, str]:
+    """The registry holding a version folder URI (``ROOT/NAME/VERSION``), and the folder."""
+    root = uri.rstrip("/").rsplit("/", 2)[0]
+    return Registry(root), uri
+
+
+class ModelStore:
+    """The models each request may use: live per name, the previous per name, pinned by A/B arms."""
+
+    def __init__(self, settings: Settings, config: ScorerConfig, io_binding: bool | None = None):
+        self.settings = settings
+        self.config = config
+        self.io_binding = io_binding
+        self.live: dict[str, object] = {}
+        self.previous: dict[str, object] = {}
+        self.pinned: dict[tuple[str, str], object] = {}
+        self._pending: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self.refused: list[tuple[str, str, str]] = []
+        self.seen_versions: dict[str, str] = {}
+        self.samples: dict[str, tuple] = {}
+        """Last real inputs per kind, set by the engine; versions warm up on them."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.caught_up = threading.Event()
+        self._tmp = tempfile.TemporaryDirectory(prefix="streamrec-models-")
+
+    # -- loading ------------------------------------------------------------- #
+    def load(self, ann: Announcement):
+        """Fetch, verify, open and warm up one announced version; raise ModelError/RegistryError."""
+        registry, folder = registry_of(ann.uri)
+        meta = registry.verify(ann.name, ann.version)
+        digest = registry.digest(ann.name, ann.version)
+        if digest != ann.sha256:
+            raise ModelError(f"{ann.name}/{ann.version}: meta.json digest {digest[:12]}... differs from the "
+                             f"announced {ann.sha256[:12]}...; the version changed after it was announced")
+        cls = KINDS.get(meta.kind)
+        if cls is None:
+            raise ModelError(f"{ann.name}/{ann.version} is of kind {meta.kind!r}; the scorer serves "
+                             f"{', '.join(KINDS)}")
+        expected = {self.config.seq_model: "sasrec", self.config.ranker_model: "dcn"}.get(ann.name)
+        if expected and expected != meta.kind:
+            raise ModelError(f"{ann.name}/{ann.version} is a {meta.kind!r} model, but {ann.name!r} is the "
+                             f"scorer's {expected} model")
+        if not registry.local:  # ONNX Runtime opens local files: copy the version first
+            local = Path(self._tmp.name, ann.name, ann.version)
+            registry.fs.get(folder.rstrip("/") + "/", str(local), recursive=True)
+            folder = str(local)
+        model = cls(folder, meta, self.settings.device, self.io_binding)
+        model.warm_up()
+        self._warm_on_samples(model)
+        return model
+
+    def _warm_on_samples(self, model) -> None:
+        sample = self.samples.get(model.kind)
+        if not sample:
+            return
+        if model.kind == "dcn":
+            users, items, cats, dense = sample
+            out = model.score(model.sparse(users, items, cats), dense)
+        else:
+            seqs, cats = sample
+            out = model.user_vectors(seqs, cats)
+        if not np.isfinite(out).all():
+            raise ModelError(f"{model.name}: non-finite outputs on the last real batch")
+
+    def offer(self, ann: Announcement) -> bool:
+        """Handle one announcement: stage the version for the next swap, or refuse it."""
+        if ann.name not in (self.config.seq_model, self.config.ranker_model):
+            return False
+        self.seen_versions[ann.name] = ann.version
+        live = self.live.get(ann.name)
+        if live is not None and live.meta.version == ann.version:
+            return True
+        prev = self.previous.get(ann.name)
+        try:
+            if prev is not None and prev.meta.version == ann.version:
+                model = prev  # rollback: already loaded and warm
+            else:
+                started = time.perf_counter()
+                model = self.load(ann)
+                log.info("loaded %s/%s in %.2f s (%s)", ann.name, ann.version, time.perf_counter() - started,
+                         model.provider)
+        except (ModelError, RegistryError, OSError, ValueError) as exc:
+            self._refuse(ann, exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - e.g. ONNX Runtime rejecting a corrupt graph
+            self._refuse(ann, exc)
+            return False
+        with self._lock:
+            self._pending[ann.name] = model
+        return True
+
+    def _refuse(self, ann: Announcement, exc: Exception) -> None:
+        reason = type(exc).__name__
+        log.error("refused %s/%s: %s", ann.name, ann.version, exc)
+        metrics.refused.labels(ann.name, reason).inc()
+        self.refused.append((ann.name, ann.version, str(exc)))
+        del self.refused[:-50]
+
+    def swap_pending(self) -> list[str]:
+        """Swap staged versions in (called by the scoring loop between batches); returns them."""
+        if not self._pending:
+            return []
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        done = []
+        for name, model in pending.items():
+            old = self.live.get(name)
+            self.live[name] = model
+            if old is not None and old is not model:
+                self.previous[name] = old
+            metrics.swaps.labels(name).inc()
+            metrics.provider.labels(name, model.provider).set(1)
+            done.append(model.name)
+            log.info("serving %s (previous: %s)", model.name, old.name if old else None)
+        return done
+
+    def pin(self, arms: tuple[Arm, ...]) -> None:
+        """Load the versions A/B arms pin (from the settings' registry); refused pins serve live."""
+        for arm in arms:
+            for name, version in arm.pins:
+                if (name, version) in self.pinned:
+                    continue
+                reg = Registry(self.settings.registry_uri)
+                try:
+                    ann = Announcement(name=name, version=version, uri=reg.location(name, version),
+                                       sha256=reg.digest(name, version))
+                    self.pinned[(name, version)] = self.load(ann)
+                except Exception as exc:  # noqa: BLE001 - refuse the pin, keep serving
+                    self._refuse(Announcement(name=name, version=version, uri="", sha256=""), exc)
+
+    def models_for(self, arm: Arm) -> tuple[SeqModel | None, Ranker | None]:
+        """The sequence model and ranker an arm serves with (pinned, else live)."""
+        out = []
+        for name in (self.config.seq_model, self.config.ranker_model):
+            version = arm.pinned(name)
+            model = self.pinned.get((name, version)) if version else None
+            out.append(model if model is not None else self.live.get(name))
+        return out[0], out[1]
+
+    # -- following model-versions ---------------------------------------------- #
+    def start(self, wait_s: float = 30.0) -> "ModelStore":
+        """Start following `model-versions`; returns once the versions already announced are handled."""
+        self._thread = threading.Thread(target=self._follow, name="model-versions", daemon=True)
+        self._thread.start()
+        self.caught_up.wait(wait_s)
+        self.swap_pending()
+        return self
+
+    def _follow(self) -> None:
+        s = self.settings
+        topic = s.topic(topics.MODEL_VERSIONS)
+        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}scorer-models",
+                             "enable.auto.commit": False, "enable.partition.eof": True, **topics.kafka_security(s)})
+        try:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            ends = {}
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                ends[p] = high
+            consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+            # Catch up first, keeping only each model's newest announcement.
+            latest: dict[str, Announcement] = {}
+            eof: set[int] = {p for p, h in ends.items() if h == 0}
+            while len(eof) < len(ends) and not self._stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        eof.add(msg.partition())
+                    continue
+                ann = self._decode(msg)
+                if ann:
+                    latest[ann.name] = ann
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    eof.add(msg.partition())
+            for ann in latest.values():
+                self.offer(ann)
+            self.caught_up.set()
+            while not self._stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                ann = self._decode(msg)
+                if ann:
+                    self.offer(ann)
+        except Exception:  # noqa: BLE001 - keep serving the models in hand
+            log.exception("following %s stopped", topic)
+            self.caught_up.set()
+        finally:
+            consumer.close()
+
+    @staticmethod
+    def _decode(msg) -> Announcement | None:
+        if msg.value() is None:
+            return None
+        try:
+            return Announcement.decode(msg.value())
+        except Exception as exc:  # noqa: BLE001 - a bad record must not stop hot-swap
+            log.error("unreadable model-versions record at offset %d: %s", msg.offset(), exc)
+            metrics.refused.labels((msg.key() or b"?").decode(errors="replace"), "unreadable").inc()
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        self._tmp.cleanup()

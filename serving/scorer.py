@@ -1,0 +1,186 @@
+"""The scorer service: `score-requests` in, `recommendations` out, offsets committed after the ack.
+
+One loop: gather a micro-batch (at most ``batch_max`` requests, waiting at
+most ``batch_wait_ms``), score it (`Engine`), produce one recommendation per
+request keyed by user_id, wait until the broker acknowledged all of them
+(retrying failures), then commit the batch's offsets. A crash between
+produce and commit answers the batch again on restart (at least once; the
+trigger event id lets apps drop the repeat), never zero times. Staged model
+versions are swapped in between batches. SIGTERM finishes the batch in
+hand, commits and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import redis
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from streamrec.serving import metrics
+from streamrec.serving.config import ScorerConfig
+from streamrec.serving.engine import Engine
+from streamrec.serving.features import FeatureReader
+from streamrec.serving.http import ScorerHttp
+from streamrec.serving.models import ModelStore
+from streamrec.settings import Settings
+from streamrec.stream import schemas, topics
+from streamrec.stream.keys import FeatureConfig, Keys
+
+log = logging.getLogger(__name__)
+
+
+class Scorer:
+    """Owns the consumer, producer, engine, model store and HTTP endpoints of one scorer process."""
+
+    def __init__(self, settings: Settings, config: ScorerConfig | None = None, port: int | None = None,
+                 io_binding: bool | None = None):
+        self.settings = settings
+        self.config = config or ScorerConfig.from_settings(settings)
+        cfg = self.config
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=cfg.redis_timeout_s,
+                                          socket_connect_timeout=cfg.redis_timeout_s)
+        self.reader = FeatureReader(self.redis, Keys(settings.redis_prefix), FeatureConfig.from_settings(settings))
+        self.models = ModelStore(settings, cfg, io_binding=io_binding)
+        self.engine = Engine(self.reader, self.models, cfg)
+        self.topic_in = settings.topic(topics.SCORE_REQUESTS)
+        self.topic_out = settings.topic(topics.RECOMMENDATIONS)
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.topic_prefix}streamrec-scorer",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5,  # low latency: do not let the broker sit on a small fetch
+            **topics.kafka_security(settings),
+        })
+        self.producer = Producer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,  # the batch is already formed; a longer linger only adds latency
+            "compression.type": "lz4",
+            **topics.kafka_security(settings),
+        })
+        self.stopping = threading.Event()
+        self.consuming = threading.Event()
+        self.batches = 0
+        self.http = ScorerHttp(self, settings.http_host, settings.scorer_port if port is None else port)
+
+    # ------------------------------------------------------------------ #
+    def run(self, install_signals: bool = True) -> int:
+        """Serve until `stop()` (or SIGTERM/SIGINT); returns the exit code."""
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self.http.start()
+        log.info("scorer: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
+        self.models.start()
+        self.models.pin(self.config.arms)
+        self._publish_versions()
+
+        def assigned(consumer, parts):
+            self.consuming.set()
+
+        self.consumer.subscribe([self.topic_in], on_assign=assigned)
+        wait = self.config.batch_wait_ms / 1000
+        try:
+            while not self.stopping.is_set():
+                msgs = self.consumer.consume(self.config.batch_max, timeout=max(wait, 0.001) if self.batches else 0.5)
+                if msgs:
+                    self.process(msgs)
+                if self.models.swap_pending():
+                    self._publish_versions()
+        finally:
+            self.http.stop()
+            self.consumer.close()  # commits nothing more: every answered batch is committed already
+            self.producer.flush(10)
+            self.models.stop()
+        return 0
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit, and leave the loop."""
+        self.http.http.stopping = True
+        self.stopping.set()
+
+    # ------------------------------------------------------------------ #
+    def process(self, msgs: list) -> None:
+        """Score one batch of Kafka messages, produce, wait for the acks, commit."""
+        started = time.perf_counter()
+        requests, offsets = [], {}
+        for m in msgs:
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", m.error())
+                continue
+            offsets[(m.topic(), m.partition())] = m.offset() + 1
+            try:
+                requests.append(schemas.score_request_decoder.decode(m.value()))
+            except Exception as exc:  # noqa: BLE001 - the worker writes these; never block on one
+                log.error("unreadable score request at %s/%d@%d: %s", m.topic(), m.partition(), m.offset(), exc)
+                metrics.failed.labels("unreadable").inc()
+        metrics.requests.inc(len(requests))
+        metrics.batch_size.observe(len(requests))
+        recs = self.engine.recommend(requests) if requests else []
+        t_produce = time.perf_counter()
+        self._produce(recs)
+        done = time.time()
+        metrics.observe_stage("produce", time.perf_counter() - t_produce)
+        for r in recs:
+            metrics.recommendations.labels(r.variant).inc()
+            metrics.end_to_end.observe(max(0.0, done - r.event_ts / 1000))
+        if offsets:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=False)
+        self.batches += 1
+        metrics.observe_stage("batch", time.perf_counter() - started)
+
+    def _produce(self, recs: list) -> None:
+        """Produce every recommendation and return only when the broker has acknowledged all."""
+        pending = [(r.user_id.encode(), schemas.encode(r)) for r in recs]
+        delay = 0.1
+        while pending:
+            failed: list = []
+            for key, value in pending:
+                def on_delivery(err, _msg, record=(key, value)):
+                    if err is not None:
+                        failed.append((record, err))
+                while True:
+                    try:
+                        self.producer.produce(self.topic_out, value=value, key=key, on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+            self.producer.flush(30)
+            if not failed:
+                return
+            log.warning("%d recommendation(s) not acknowledged (%s); retrying", len(failed), failed[0][1])
+            pending = [rec for rec, _ in failed]
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _publish_versions(self) -> None:
+        metrics.model_version._metrics.clear()
+        for arm in self.config.arms:
+            for m in self.models.models_for(arm):
+                if m is not None:
+                    metrics.model_version.labels(arm.name, m.meta.name, m.meta.version).set(1)
+
+    # -- readiness -------------------------------------------------------- #
+    def status(self) -> dict:
+        """What /readyz shows beside the checks: degraded modes, models per arm, refused versions."""
+        arms = {}
+        for arm in self.config.arms:
+            arms[arm.name] = [m.name for m in self.models.models_for(arm) if m is not None]
+        providers = {name: m.provider for name, m in self.models.live.items()}
+        return {
+            "degraded": {"redis_down": not self.engine.redis_ok,
+                         "no_model": not any(arms.values()),
+                         "cpu_fallback": self.settings.device != "cpu" and any(
+                             p == "CPUExecutionProvider" for p in providers.values())},
+            "arms": arms, "providers": providers,
+            "previous": {n: m.name for n, m in self.models.previous.items()},
+            "refused": [f"{n}/{v}: {why[:200]}" for n, v, why in self.models.refused[-5:]],
+        }

@@ -1,0 +1,134 @@
+"""The feature store's scripts on a real Redis: idempotent, order-free decay, sessions by event time."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from streamrec.stream.feature_store import RedisFeatureStore
+from streamrec.stream.features import DecodedEvent, SourceEvent, decayed
+from streamrec.stream.keys import FeatureConfig, Keys
+from streamrec.stream.schemas import decode_event
+from streamrec.stream.synthetic import synthetic_stream
+
+pytestmark = pytest.mark.integration
+T0 = 1_767_225_600_000
+MIN = 60_000
+
+
+def decoded(events: list[dict], partition: int = 0, first_offset: int = 0) -> list[DecodedEvent]:
+    return [DecodedEvent(SourceEvent("events", partition, first_offset + i, e["user_id"].encode(),
+                                     json.dumps(e).encode(), e["ts"] if isinstance(e["ts"], int) else 0),
+                         decode_event(json.dumps(e).encode())) for i, e in enumerate(events)]
+
+
+def dump(redis, prefix: str) -> dict:
+    """Every key under a prefix with its content, prefix removed, for comparing two stores."""
+    out = {}
+    for key in redis.scan_iter(match=prefix + "*", count=1000):
+        kind = redis.type(key).decode()
+        name = key.decode()[len(prefix):]
+        if kind == "hash":
+            value = {k: v for k, v in redis.hgetall(key).items()}
+        elif kind == "zset":
+            value = {m: round(s, 6) for m, s in redis.zrange(key, 0, -1, withscores=True)}
+        elif kind == "set":
+            value = redis.smembers(key)
+        else:
+            value = redis.get(key)
+        out[name] = value
+    return out
+
+
+@pytest.fixture
+def stores(settings, redis):
+    made = []
+
+    def make(tag: str, cluster: bool = False) -> RedisFeatureStore:
+        store = RedisFeatureStore(settings.replace(redis_prefix=f"{settings.redis_prefix}{tag}:", redis_cluster=cluster))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        for key in redis.scan_iter(match=store.keys.prefix + "*", count=1000):
+            redis.delete(key)
+
+
+def test_per_slot_and_batched_scripts_leave_the_same_state(stores, redis):
+    records = [r for r in synthetic_stream(3000, users=100, items=300, seed=4, malformed_rate=0)]
+    batch = decoded([r.event for r in records])
+    cluster, standalone = stores("slot", cluster=True), stores("batch", cluster=False)
+    for k in range(0, len(batch), 250):
+        a = cluster.apply(batch[k:k + 250])
+        b = standalone.apply(batch[k:k + 250])
+        assert [o.status for o in a] == [o.status for o in b]
+    assert dump(redis, cluster.keys.prefix) == dump(redis, standalone.keys.prefix)
+
+
+def test_replaying_a_batch_changes_nothing(stores, redis):
+    store = stores("replay")
+    batch = decoded([r.event for r in synthetic_stream(500, users=20, items=50, seed=8, malformed_rate=0)])
+    first = store.apply(batch)
+    before = dump(redis, store.keys.prefix)
+    again = store.apply(batch)  # the same records from the same offsets: a crash replay
+    assert {o.status for o in again} <= {"replay", "dup"}
+    assert [o.effective for o in again if o.status == "replay"] == [o.status for o in first if o.status != "dup"]
+    after = dump(redis, store.keys.prefix)
+    assert before.keys() == after.keys()
+    assert {k: v for k, v in before.items() if ":ev:" not in k} == {k: v for k, v in after.items() if ":ev:" not in k}
+
+
+def test_duplicate_event_id_from_another_offset_is_dropped(stores, redis):
+    store = stores("dup")
+    ev = {"event_id": "e1", "type": "click", "user_id": "u", "item_id": "i", "ts": T0}
+    assert store.apply(decoded([ev]))[0].status == "applied"
+    assert store.apply(decoded([ev], first_offset=10))[0].status == "dup"
+    assert int(redis.hget(store.keys.item_stats("i"), "n:click")) == 1
+
+
+def test_decay_does_not_depend_on_arrival_order(stores, redis):
+    cfg = FeatureConfig()
+    events = [{"event_id": f"e{i}", "type": "view", "user_id": f"u{i % 3}", "item_id": "hot",
+               "ts": T0 + random.Random(i).randint(0, 4 * 3600_000)} for i in range(60)]
+    shuffled = random.Random(1).sample(events, len(events))
+    in_order, out_of_order = stores("ordered"), stores("shuffled")
+    in_order.apply(decoded(sorted(events, key=lambda e: e["ts"])))
+    out_of_order.apply(decoded(shuffled))
+    now = T0 + 5 * 3600_000
+    values = []
+    for store in (in_order, out_of_order):
+        stats = {k.decode(): float(v) for k, v in redis.hgetall(store.keys.item_stats("hot")).items()}
+        values.append(decayed(stats["d:view"], stats["_L"], now, cfg.item_half_life_ms))
+        top = redis.zrevrange(store.keys.trending, 0, 0)
+        assert top == [b"hot"]
+    direct = sum(2 ** (-(now - e["ts"]) / cfg.item_half_life_ms) for e in events)
+    assert values[0] == pytest.approx(direct, rel=1e-9)
+    assert values[1] == pytest.approx(direct, rel=1e-9)
+
+
+def test_sessions_follow_event_time_gaps_and_late_events_join_their_session(stores, redis):
+    store = stores("sessions")
+    keys: Keys = store.keys
+    ev = lambda i, ts, item: {"event_id": f"s{i}", "type": "view", "user_id": "u", "item_id": item, "ts": ts}  # noqa: E731
+    outcomes = store.apply(decoded([ev(1, T0, "a"), ev(2, T0 + 10 * MIN, "b"), ev(3, T0 + 60 * MIN, "c")]))
+    first, second = outcomes[0].session_id, outcomes[2].session_id
+    assert outcomes[1].session_id == first != second  # a 50-minute gap starts a new session
+    # A late event stamped between a and b belongs to the first session, not the current one.
+    late = store.apply(decoded([ev(4, T0 + 5 * MIN, "d")], first_offset=3))[0]
+    assert late.status == "applied" and late.session_id == first
+    seq = [m.split(b"\x1f")[0] for m in redis.zrange(keys.session_seq("u", first), 0, -1)]
+    assert seq == [b"a", b"d", b"b"]
+    assert late.neighbours == ["a"]  # only what came before it in event time
+    assert redis.zscore(keys.covis("a"), "d") is not None
+
+
+def test_events_older_than_the_lateness_are_refused(stores):
+    store = stores("late")
+    cfg = store.config
+    ev = lambda i, ts: {"event_id": f"l{i}", "type": "view", "user_id": "u", "item_id": "x", "ts": ts}  # noqa: E731
+    store.apply(decoded([ev(1, T0 + cfg.lateness_ms + 10 * MIN)]))
+    out = store.apply(decoded([ev(2, T0 + 11 * MIN), ev(3, T0)], first_offset=1))
+    assert [o.status for o in out] == ["applied", "too_late"]

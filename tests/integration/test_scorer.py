@@ -1,0 +1,215 @@
+"""The scorer against real Kafka and Redis, with a real worker subprocess in front of it:
+events through the SDK -> worker -> scorer -> one recommendation per event."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from streamrec.serving.config import ScorerConfig
+from streamrec.serving.scorer import Scorer
+from streamrec.stream import topics
+from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
+
+from .worker_helpers import read_topic
+
+pytestmark = pytest.mark.integration
+ITEMS = [f"i{i}" for i in range(40)]
+CATEGORIES = {item: f"c{i % 4}" for i, item in enumerate(ITEMS)}
+
+
+def build_models(settings, tmp_path, version: str, which=("sasrec", "ranker"), seed: int = 0) -> None:
+    """Tiny untrained models of the trainer's classes, exported (parity-checked) and published."""
+    import torch
+
+    from streamrec.trainer.dcn import DCNRanker
+    from streamrec.trainer.export import export_dcn, export_sasrec
+    from streamrec.trainer.publish import publish
+    from streamrec.trainer.sasrec import SASRec
+
+    torch.manual_seed(seed)
+    for name in which:
+        if name == "sasrec":
+            model = SASRec(item_buckets=200, cat_buckets=20, dim=8, layers=1, heads=1, max_len=10)
+            model.set_catalog(ITEMS, [CATEGORIES[i] for i in ITEMS])
+            exported = export_sasrec(model, tmp_path / f"seq-{version}", ITEMS, CATEGORIES)
+        else:
+            model = DCNRanker(user_buckets=100, item_buckets=200, cat_buckets=20, dim=4, hidden=(8,))
+            exported = export_dcn(model, tmp_path / f"dcn-{version}")
+        hashing = {h.namespace: h.describe() for h in vars(model).values() if hasattr(h, "describe")}
+        publish(settings, name, exported, kind=model.kind, metrics={"auc": 0.5}, data_window={},
+                hashing=hashing, version=version)
+
+
+class Running:
+    """A scorer running in a thread of the test process."""
+
+    def __init__(self, settings, **config):
+        self.scorer = Scorer(settings, ScorerConfig(**{"seed": 0, **config}), port=0)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.code = None
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.get("/readyz")[0] != 200:
+            time.sleep(0.2)
+
+    def _run(self):
+        self.code = self.scorer.run(install_signals=False)
+
+    def get(self, path: str):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.scorer.http.port}{path}", timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError:
+            return 0, b""
+
+    def stop(self) -> int:
+        self.scorer.stop()
+        self.thread.join(30)
+        return self.code
+
+
+def metric(body: bytes, name: str, **labels) -> float:
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.split()[-1])
+    return total
+
+
+@pytest.fixture
+def stack(fresh_settings, tmp_path):
+    s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
+    worker = start_worker(s)
+    yield s
+    assert stop_worker(worker) == 0
+
+
+def traffic(pub: EventPublisher, n: int, users: int = 12, purchase_every: int = 5, prefix: str = "u"):
+    """Sessions of views with a purchase now and then; returns [(event_id, user, item, type)]."""
+    sent = []
+    for k in range(n):
+        user = f"{prefix}{k % users}"
+        item = ITEMS[(k * 7 + k // users) % len(ITEMS)]
+        kind = "purchase" if k % purchase_every == purchase_every - 1 else "view"
+        eid = pub.publish(kind, user_id=user, item_id=item, session_id=f"s-{user}")
+        sent.append((eid, user, item, kind))
+    return sent
+
+
+def test_every_event_gets_a_recommendation_without_models(stack):
+    s = stack
+    with EventPublisher(s) as pub:  # trending and co-visitation exist before the scorer starts
+        traffic(pub, 60, prefix="warm")
+    running = Running(s)
+    try:
+        status, body = running.get("/readyz")
+        ready = json.loads(body)
+        assert status == 200 and ready["degraded"]["no_model"] is True and ready["arms"] == {"default": []}
+        with RecommendationConsumer(s) as recs, EventPublisher(s) as pub:
+            sent = traffic(pub, 40)
+            pub.flush()
+            for eid, user, item, kind in sent:
+                rec = recs.wait_for(eid, timeout=30)
+                assert rec.user_id == user and rec.models == [] and not rec.degraded
+                ids = [i.item_id for i in rec.items]
+                assert item not in ids, f"{kind} of {item} recommended back: {ids}"
+                assert len(ids) == len(set(ids)) and len(ids) == 10
+                assert {i.reason.split(':')[0] for i in rec.items} <= {"trending", "covisit"}
+                assert all(i.propensity == 1.0 for i in rec.items)
+        # Pull API: a known user, and an unknown user (cold start: trending).
+        code, body = running.get("/v1/recommendations/u1")
+        assert code == 200 and json.loads(body)["user_id"] == "u1"
+        code, body = running.get("/v1/recommendations/nobody-knows-me")
+        cold = json.loads(body)
+        assert code == 200 and [i["reason"] for i in cold["items"]] == ["trending"] * 10
+        assert running.get("/v1/recommendations/")[0] == 400
+        assert running.get("/healthz")[0] == 200
+        body = running.get("/metrics")[1]
+        assert metric(body, "streamrec_scorer_degraded_total", mode="no_model") >= 40
+        assert metric(body, "streamrec_scorer_degraded_total", mode="cold_start") >= 1
+    finally:
+        assert running.stop() == 0
+
+
+def test_ranks_with_models_and_hot_swaps_under_traffic_without_losing_a_request(stack, tmp_path):
+    s = stack
+    build_models(s, tmp_path, "v1")
+    with EventPublisher(s) as pub:
+        traffic(pub, 40, prefix="warm")
+    running = Running(s, exploration="softmax", temperature=0.5)
+    sent: list = []
+    try:
+        status = json.loads(running.get("/readyz")[1])
+        assert status["arms"]["default"] == ["sasrec@v1", "ranker@v1"], status
+        done = threading.Event()
+
+        def steady():
+            with EventPublisher(s) as pub:
+                while not done.is_set():
+                    sent.extend(traffic(pub, 5, prefix=f"t{len(sent)}-"))
+                    pub.flush()
+                    time.sleep(0.1)
+
+        t = threading.Thread(target=steady)
+        t.start()
+        try:
+            for v in ("v2", "v3"):
+                build_models(s, tmp_path, v, which=("ranker",), seed=int(v[1:]))
+                time.sleep(1.0)
+            # A corrupt version: the file no longer matches meta.json's sha256; refused, v3 keeps serving.
+            build_models(s, tmp_path / "bad", "v4", which=("ranker",), seed=4)
+            model = tmp_path / "registry" / "ranker" / "v4" / "model.onnx"
+            model.write_bytes(model.read_bytes()[:-16] + b"\0" * 16)
+            from streamrec.registry import Registry
+            from streamrec.trainer.publish import announce, announcement
+            announce(s, announcement(Registry(s.registry_uri), "ranker", "v4"))
+            time.sleep(2.0)
+        finally:
+            done.set()
+            t.join()
+        deadline = time.monotonic() + 60
+        wanted = {eid for eid, *_ in sent}
+        while time.monotonic() < deadline:
+            got = Counter(json.loads(m.value())["trigger_event_id"] for m in read_topic(s, topics.RECOMMENDATIONS))
+            if wanted <= set(got):
+                break
+            time.sleep(0.5)
+        missing = wanted - set(got)
+        assert not missing, f"{len(missing)} of {len(wanted)} events never answered"
+        twice = [e for e in wanted if got[e] > 1]
+        assert not twice, f"answered twice: {twice[:3]}"
+        recs = [json.loads(m.value()) for m in read_topic(s, topics.RECOMMENDATIONS)]
+        versions = Counter(tuple(r["models"]) for r in recs if r["trigger_event_id"] in wanted)
+        assert ("sasrec@v1", "ranker@v3") in versions and not any("ranker@v4" in v for v in versions), versions
+        for r in recs:
+            props = [i["propensity"] for i in r["items"]]
+            assert all(0 < p <= 1 for p in props)
+        status = json.loads(running.get("/readyz")[1])
+        assert status["arms"]["default"] == ["sasrec@v1", "ranker@v3"]
+        assert status["previous"] == {"ranker": "ranker@v2"}
+        assert any(r.startswith("ranker/v4") and "corrupt" in r for r in status["refused"]), status["refused"]
+        body = running.get("/metrics")[1]
+        assert metric(body, "streamrec_scorer_refused_versions_total", model="ranker") >= 1
+        assert metric(body, "streamrec_scorer_failed_requests_total") == 0
+        # Rollback: announcing the previous version swaps it back without loading.
+        from streamrec.registry import Registry
+        from streamrec.trainer.publish import announce, announcement
+        announce(s, announcement(Registry(s.registry_uri), "ranker", "v2"))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if json.loads(running.get("/readyz")[1])["arms"]["default"][1] == "ranker@v2":
+                break
+            time.sleep(0.2)
+        assert json.loads(running.get("/readyz")[1])["arms"]["default"][1] == "ranker@v2"
+    finally:
+        assert running.stop() == 0
