@@ -1,7 +1,405 @@
-"""`streamrec bench serve` (being written)."""
+"""`streamrec bench serve`: the scorer through real Kafka and Redis, and its core alone.
+
+Three measurements:
+
+1. core: the scoring engine without Kafka or Redis (features from memory),
+   batches of ``--batch`` requests, ``--candidates`` per request, on the
+   device of ``STREAMREC_DEVICE``: requests/s and the time per stage. This
+   is the one to run on a GPU (``--candidates 1000``).
+2. throughput: features written to Redis by the worker's own feature store,
+   then ``--requests`` score requests loaded at once into `score-requests`;
+   a `streamrec serve` subprocess answers them; the rate is recommendations
+   per second between the first produced request and the last answer.
+3. latency: score requests produced at ``--rate`` per second for
+   ``--seconds`` with their event time set at send; latency is the time until
+   the answering recommendation is read back from `recommendations`.
+
+Models are the current versions of ``sasrec`` and ``ranker`` in
+``--registry`` (default STREAMREC_REGISTRY_URI), announced on the benchmark's
+own `model-versions` topic; with none there, the scorer runs without models
+(trending and co-visitation) and the JSON says so. Writes JSON and a PNG
+under ``<home>/bench/``.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+from rich.console import Console
+
+from streamrec.registry import Announcement, Registry, RegistryError
+from streamrec.serving import metrics
+from streamrec.serving.config import ScorerConfig
+from streamrec.serving.engine import Engine
+from streamrec.serving.features import ItemStats, RequestContext
+from streamrec.serving.models import ModelStore
+from streamrec.settings import Settings
+from streamrec.stream import topics
+from streamrec.stream.schemas import ScoreRequest, encode
+from streamrec.stream.topics import create_topics, delete_topics
+
+console = Console(stderr=True)
+STAGES = ("redis_read", "retrieval", "ranking")
+
 
 def add_arguments(p) -> None:
-    p.set_defaults(func=lambda args: 1)
+    p.add_argument("--only", choices=["core", "kafka"], default=None, help="run one part (default: all)")
+    p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
+    p.add_argument("--batch", type=int, default=256, help="requests per batch (default 256)")
+    p.add_argument("--core-seconds", type=float, default=10.0, help="length of the core run (default 10)")
+    p.add_argument("--requests", type=int, default=20_000, help="score requests for the throughput run")
+    p.add_argument("--rate", type=int, default=500, help="offered requests/s for the latency run (default 500)")
+    p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
+    p.add_argument("--events", type=int, default=50_000, help="events applied to Redis first (default 50000)")
+    p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")
+    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
+    p.set_defaults(func=run)
+
+
+def bench_config(candidates: int, batch: int) -> ScorerConfig:
+    """Source sizes that fill ``candidates`` after de-duplication."""
+    return ScorerConfig(batch_max=batch, max_candidates=candidates, seq_candidates=candidates // 2 + 20,
+                        covis_candidates=min(50, candidates // 4), trending_candidates=candidates, seed=0)
+
+
+def announcements(registry_uri: str, names=("sasrec", "ranker")) -> list[Announcement]:
+    """The current version of each model in the registry, as `model-versions` records."""
+    reg = Registry(registry_uri)
+    out = []
+    for name in names:
+        try:
+            version = reg.resolve(name) if name in reg.models() else None
+        except RegistryError:
+            version = None
+        if version:
+            meta = reg.meta(name, version)
+            out.append(Announcement(name=name, version=version, uri=reg.location(name, version),
+                                    sha256=reg.digest(name, version), metrics=meta.metrics))
+    return out
+
+
+# --------------------------------------------------------------------------- core
+class MemoryFeatures:
+    """The `FeatureReader` interface over synthetic in-memory features (no Redis)."""
+
+    def __init__(self, items: list[str], seed: int = 0, sessions: int = 5000):
+        rng = np.random.default_rng(seed)
+        self.items = items
+        n = len(items)
+        self.categories = {it: f"c{k % 50}" for k, it in enumerate(items)}
+        pop = rng.zipf(1.3, size=20 * sessions) % n
+        self.sessions = [[items[j] for j in pop[k * 20: k * 20 + int(rng.integers(1, 20))]] for k in range(sessions)]
+        order = np.argsort(-np.bincount(pop, minlength=n))
+        self.trending = [(items[j], float(n - r)) for r, j in enumerate(order[:5000])]
+        self.covis = {it: [(items[j], float(w)) for j, w in zip(rng.integers(0, n, 50), rng.random(50))]
+                      for it in items}
+        self.index = {it: k for k, it in enumerate(items)}
+        self.views = rng.integers(0, 1000, n).astype(float)
+        self.last_ts = time.time() * 1000 - rng.integers(0, 10**8, n)
+
+    def contexts(self, requests, trending_n):
+        out = []
+        for r in requests:
+            items = self.sessions[int(r.session_id) % len(self.sessions)]
+            out.append(RequestContext(r, session_items=list(dict.fromkeys(items)), seen=set(items),
+                                      session_positive=len(items), user_positive=3 * len(items),
+                                      affinity={"c1": 0.5, "c2": 0.5}, known=True))
+        return out, self.trending[:trending_n]
+
+    def covisitation(self, items, per_item, now_ms, categories_of=()):
+        return {it: self.covis.get(it, [])[:per_item] for it in items}
+
+    def item_stats(self, items, with_stats=True):
+        s = ItemStats.empty(items)
+        rows = np.array([self.index.get(i, 0) for i in items])
+        s.views, s.clicks, s.impressions = self.views[rows], self.views[rows] / 10, self.views[rows] * 2
+        s.last_ts = self.last_ts[rows]
+        s.categories = [self.categories.get(i, "") for i in items]
+        return s
+
+
+def _stage_sums() -> dict[str, float]:
+    return {st: metrics.stage.labels(st)._sum.get() for st in STAGES}
+
+
+def core(settings: Settings, registry_uri: str, candidates: int, batch: int, seconds: float) -> dict:
+    """Requests/s of the engine alone, features from memory."""
+    cfg = bench_config(candidates, batch)
+    store = ModelStore(settings, cfg)
+    for ann in announcements(registry_uri):
+        store.offer(ann)
+    store.swap_pending()
+    seq = store.live.get(cfg.seq_model)
+    items = list(seq.item_ids) if seq is not None else [f"i{k}" for k in range(5000)]
+    if len(items) < candidates * 2:  # enough distinct items to fill every request
+        items += [f"x{k}" for k in range(candidates * 2 - len(items))]
+    engine = Engine(MemoryFeatures(items), store, cfg)
+    reqs = [ScoreRequest(event_id=f"e{k}", user_id=f"u{k}", session_id=str(k), item_id=items[k % len(items)],
+                         type="view", ts=int(time.time() * 1000), feature_version=1) for k in range(batch)]
+    engine.recommend(reqs)  # warm caches
+    before, done, n_cands = _stage_sums(), 0, []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        recs = engine.recommend(reqs)
+        done += len(recs)
+    elapsed = time.perf_counter() - start
+    after = _stage_sums()
+    per_req = {st: round((after[st] - before[st]) / done * 1e6, 1) for st in STAGES}
+    return {"requests_per_s": round(done / elapsed), "batch": batch, "candidates": candidates,
+            "models": [m.name for m in store.models_for(cfg.arms[0]) if m is not None],
+            "providers": {n: m.provider for n, m in store.live.items()},
+            "us_per_request_by_stage": per_req, "seconds": round(elapsed, 1)}
+
+
+# --------------------------------------------------------------------------- through Kafka
+def _fresh(settings: Settings) -> Settings:
+    run_id = uuid.uuid4().hex[:6]
+    s = settings.replace(topic_prefix=f"sbench{run_id}.", redis_prefix=f"sbench{run_id}:")
+    create_topics(s)
+    return s
+
+
+def _cleanup(s: Settings) -> None:
+    import redis
+
+    delete_topics(s)
+    r = redis.Redis.from_url(s.redis_url)
+    keys = list(r.scan_iter(match=f"{s.redis_prefix}*", count=5000))
+    for k in range(0, len(keys), 5000):
+        r.delete(*keys[k:k + 5000])
+
+
+def _features(s: Settings, events: int) -> list[tuple[str, str, str]]:
+    """Apply synthetic events with the worker's feature store; returns (user, session, item) triples."""
+    from streamrec.stream.feature_store import RedisFeatureStore
+    from streamrec.stream.features import DecodedEvent, SourceEvent
+    from streamrec.stream.schemas import decode_event
+    from streamrec.stream.synthetic import synthetic_stream
+
+    store = RedisFeatureStore(s)
+    triples = []
+    batch = []
+    for k, r in enumerate(synthetic_stream(events, users=2000, items=1000, seed=3, duplicate_rate=0,
+                                           malformed_rate=0)):
+        src = SourceEvent(s.topic(topics.EVENTS), 0, k, r.key.encode(), r.value, int(time.time() * 1000))
+        batch.append(DecodedEvent(src, decode_event(r.value)))
+        if len(batch) == 2000:
+            triples += [(d.event.user_id, o.session_id, d.event.item_id) for d, o in zip(batch, store.apply(batch))]
+            batch = []
+    if batch:
+        triples += [(d.event.user_id, o.session_id, d.event.item_id) for d, o in zip(batch, store.apply(batch))]
+    store.close()
+    return triples
+
+
+def _start_scorer(s: Settings, registry_uri: str, cfg: ScorerConfig, port: int) -> subprocess.Popen:
+    env = {**os.environ, **s.as_env(), "STREAMREC_SCORER_PORT": str(port), "STREAMREC_LOG_LEVEL": "WARNING",
+           "STREAMREC_REGISTRY_URI": registry_uri,
+           "STREAMREC_BENCH_SCORER": json.dumps({"max_candidates": cfg.max_candidates,
+                                                 "seq_candidates": cfg.seq_candidates,
+                                                 "covis_candidates": cfg.covis_candidates,
+                                                 "trending_candidates": cfg.trending_candidates,
+                                                 "batch_max": cfg.batch_max})}
+    code = ("import json, os, sys\n"
+            "from streamrec.settings import Settings\n"
+            "from streamrec.serving.config import ScorerConfig\n"
+            "from streamrec.serving.scorer import Scorer\n"
+            "cfg = json.loads(os.environ.pop('STREAMREC_BENCH_SCORER'))\n"
+            "sys.exit(Scorer(Settings.from_env(), ScorerConfig(**cfg)).run())\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scorer exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("scorer did not become ready in 120 s")
+
+
+class _Reader:
+    """Reads `recommendations` from the end, recording (seconds since start, latency ms) per answer."""
+
+    def __init__(self, s: Settings):
+        topic = s.topic(topics.RECOMMENDATIONS)
+        self.consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"sb-{uuid.uuid4().hex[:6]}",
+                                  "fetch.wait.max.ms": 5, "enable.auto.commit": False})
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, self.consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10)[1]) for p in parts])
+        self.series: list[tuple[float, float]] = []
+        self.last = 0.0
+        self.t0 = time.time()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            for m in self.consumer.consume(1000, timeout=0.1):
+                if m.error():
+                    continue
+                now = time.time()
+                ts = json.loads(m.value())["event_ts"]
+                self.series.append((now - self.t0, now * 1000 - ts))
+                self.last = now
+
+    def wait(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.series) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.consumer.close()
+
+
+def _producer(s: Settings) -> Producer:
+    return Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 1, "enable.idempotence": True,
+                     "partitioner": "murmur2_random", **topics.kafka_security(s)})
+
+
+def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: int, n: int, rate: int,
+                  seconds: int) -> dict:
+    import psutil
+
+    sys.setswitchinterval(0.0005)  # the paced producer and the reader share this process
+    s = _fresh(settings)
+    proc = None
+    try:
+        with console.status(f"writing features of {events} events to Redis..."):
+            triples = _features(s, events)
+        anns = announcements(registry_uri)
+        producer = _producer(s)
+        for ann in anns:
+            producer.produce(s.topic(topics.MODEL_VERSIONS), ann.encode(), key=ann.name.encode())
+        producer.flush(10)
+        with console.status("starting the scorer..."):
+            from streamrec.stream.bench import _free_port
+            proc = _start_scorer(s, registry_uri, cfg, _free_port())
+        rss = psutil.Process(proc.pid)
+        topic = s.topic(topics.SCORE_REQUESTS)
+        rng = np.random.default_rng(0)
+
+        def request(k: int) -> tuple[bytes, bytes]:
+            user, session, item = triples[int(rng.integers(len(triples)))]
+            r = ScoreRequest(event_id=f"r{k}", user_id=user, session_id=session, item_id=item, type="view",
+                             ts=int(time.time() * 1000), feature_version=1)
+            return user.encode(), encode(r)
+
+        # Throughput: everything at once.
+        reader = _Reader(s)
+        with console.status(f"throughput: {n} score requests..."):
+            start = time.time()
+            for k in range(n):
+                key, value = request(k)
+                while True:
+                    try:
+                        producer.produce(topic, value, key=key)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            producer.flush(60)
+            reader.wait(n, 120)
+        answered = len(reader.series)
+        thr = {"requests": n, "answered": answered,
+               "requests_per_s": round(answered / max(reader.last - start, 1e-9)) if answered else 0}
+        reader.close()
+        # Latency at a fixed offered rate.
+        reader = _Reader(s)
+        with console.status(f"latency: {rate} requests/s for {seconds} s..."):
+            total = rate * seconds
+            t0 = time.perf_counter()
+            peak_rss = 0
+            for k in range(total):
+                due = t0 + k / rate
+                while (wait := due - time.perf_counter()) > 0:
+                    producer.poll(min(wait, 0.002))
+                key, value = request(n + k)
+                producer.produce(topic, value, key=key)
+                if k % 500 == 0:
+                    peak_rss = max(peak_rss, rss.memory_info().rss)
+            producer.flush(30)
+            reader.wait(total, 60)
+        values = np.array([v for _, v in reader.series]) if reader.series else np.array([np.nan])
+        lat = {"rate": rate, "seconds": seconds, "sent": total, "answered": len(reader.series),
+               "p50_ms": round(float(np.percentile(values, 50)), 1),
+               "p95_ms": round(float(np.percentile(values, 95)), 1),
+               "p99_ms": round(float(np.percentile(values, 99)), 1), "series": reader.series}
+        reader.close()
+        return {"throughput": thr, "latency": lat, "models": [f"{a.name}@{a.version}" for a in anns],
+                "scorer_peak_rss_mb": round(peak_rss / 2**20)}
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        _cleanup(s)
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    lat = result.get("kafka", {}).get("latency")
+    if lat:
+        series = lat.pop("series")
+        if series:
+            t, v = zip(*series)
+            a.plot(t, v, ",", alpha=0.6)
+            a.set_yscale("log")
+            b.hist(v, bins=100, log=True)
+        a.set(title=f"score request -> recommendation, {lat['rate']}/s", xlabel="s", ylabel="ms")
+        b.set(title="latency distribution", xlabel="ms")
+        for q, colour in (("p50_ms", "orange"), ("p99_ms", "red")):
+            b.axvline(lat[q], color=colour, label=q)
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(args) -> int:
+    s = args.settings
+    registry_uri = args.registry or s.registry_uri
+    out = Path(args.out) if args.out else s.home_path / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "device": s.device}}
+    if args.only in (None, "core"):
+        with console.status(f"core: {args.candidates} candidates, batches of {args.batch}..."):
+            result["core"] = core(s, registry_uri, args.candidates, args.batch, args.core_seconds)
+        c = result["core"]
+        console.print(f"core: {c['requests_per_s']} requests/s at {args.candidates} candidates "
+                      f"({c['providers'] or 'no models'}); us/request {c['us_per_request_by_stage']}")
+    if args.only in (None, "kafka"):
+        cfg = bench_config(args.candidates, args.batch)
+        result["kafka"] = through_kafka(s, registry_uri, cfg, args.events, args.requests, args.rate, args.seconds)
+        k = result["kafka"]
+        lat = k["latency"]
+        console.print(f"through Kafka: {k['throughput']['requests_per_s']} requests/s "
+                      f"({k['throughput']['answered']}/{k['throughput']['requests']}); at {lat['rate']}/s "
+                      f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
+                      f"({lat['answered']}/{lat['sent']}); scorer RSS {k['scorer_peak_rss_mb']} MB")
+    _plot(result, out / "serve.png")
+    (out / "serve.json").write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out / 'serve.json'} and {out / 'serve.png'}")
+    return 0

@@ -82,6 +82,8 @@ class ScorerConfig:
     trending_candidates: int = 50
     content_candidates: int = 20
     """Items nearest the trigger item (item vectors) for cold users."""
+    max_candidates: int = 200
+    """Candidates ranked per request after the merge (the ranker's batch is requests x this)."""
     recent_items: int = 5
     """How many of the session's newest items feed co-visitation."""
     exploration: Literal["off", "epsilon", "softmax"] = "off"

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from streamrec.serving import ab, metrics
-from streamrec.serving.candidates import CONTENT, SEQ, TRENDING, Candidates, Source, covisitation, merge, top_k
+from streamrec.serving.candidates import CONTENT, SEQ, TRENDING, Candidates, Source, covisitation, merge
 from streamrec.serving.config import ScorerConfig
 from streamrec.serving.exploration import choose
 from streamrec.serving.features import FeatureReader, RequestContext, dense_matrix
@@ -36,7 +36,6 @@ from streamrec.serving.models import ModelStore
 from streamrec.stream.schemas import Recommendation, RecommendedItem, ScoreRequest
 
 log = logging.getLogger(__name__)
-MAX_CANDIDATES = 2000
 
 
 class Engine:
@@ -111,11 +110,12 @@ class Engine:
             for j, i in enumerate(idx):
                 user_vecs[i] = vecs[j]
                 sources[i].append(Source(SEQ, [seq.item_ids[t] for t in top[j]]))
-            cold = [i for i in idx if not contexts[i].known or len(contexts[i].session_items) <= 1]
+            cold = [i for i in idx if requests[i].item_id
+                    and (not contexts[i].known or len(contexts[i].session_items) <= 1)]
             if cold and cfg.content_candidates:
                 trig = [requests[i].item_id for i in cold]
                 tv = seq.item_vectors(trig, [cats.get(t, "") for t in trig])
-                near = top_k(tv @ seq.vectors.T, cfg.content_candidates + 1)
+                near, _ = seq.index.search(tv, cfg.content_candidates + 1)
                 for j, i in enumerate(cold):
                     sources[i].append(Source(CONTENT, [seq.item_ids[t] for t in near[j]]))
         cands: list[Candidates] = []
@@ -124,7 +124,7 @@ class Engine:
                               cfg.covis_candidates)
             exclude = ctx.seen | {ctx.request.item_id}
             # Priority of reasons: the session's own co-visitation, then the model, then the crowd.
-            cands.append(merge([cv, *sources[i], trend_src], exclude, MAX_CANDIDATES))
+            cands.append(merge([cv, *sources[i], trend_src], exclude, cfg.max_candidates))
         t2 = time.perf_counter()
         metrics.observe_stage("retrieval", t2 - t1)
 
@@ -184,7 +184,7 @@ class Engine:
         src = Source(TRENDING, [i for i, _ in self.snapshot], [s for _, s in self.snapshot])
         out = []
         for r in requests:
-            c = merge([src], {r.item_id}, MAX_CANDIDATES)
+            c = merge([src], {r.item_id}, self.config.max_candidates)
             metrics.degraded.labels("redis_down").inc()
             out.append(self._slate(r, c, _source_scores(c), [], ab.arm_of(r.user_id, self.config.arms).name,
                                    now_ms, degraded=True))

@@ -61,12 +61,16 @@ def _epsilon(greedy: np.ndarray, n: int, epsilon: float, rng: np.random.Generato
 
 def _softmax(scores: np.ndarray, greedy: np.ndarray, n: int, temperature: float, rng: np.random.Generator):
     logits = scores / temperature
-    logits = logits - logits.max()  # exp never overflows; ratios unchanged
+    # exp never overflows, and never underflows to 0 (a 0/0 propensity); below e^-700 is "never" anyway.
+    logits = np.maximum(logits - logits.max(), -700.0)
     gumbel = logits - np.log(-np.log(rng.random(logits.shape[0]).clip(1e-300, 1.0)))
     idx = np.argsort(-gumbel, kind="stable")[:n].astype(np.int64)
     w = np.exp(logits)
-    placed_before = np.concatenate([[0.0], np.cumsum(w[idx])[:-1]])
-    prop = w[idx] / (w.sum() - placed_before)
+    # Mass not yet placed at each slot, by additions only (a total minus a running sum cancels).
+    unplaced = np.ones(w.shape[0], bool)
+    unplaced[idx] = False
+    remaining = w[unplaced].sum() + np.cumsum(w[idx][::-1])[::-1]
+    prop = w[idx] / remaining
     explored = idx != greedy[:n]
     return idx, np.minimum(prop, 1.0), explored
 
@@ -89,6 +93,6 @@ def slot_distribution(scores: np.ndarray, placed: list[int], mode: Mode, *, epsi
         p[order[0]] += 1.0 - epsilon
     else:
         logits = scores / temperature
-        w = np.where(free, np.exp(logits - logits[free].max()), 0.0)
+        w = np.where(free, np.exp(np.maximum(logits - logits.max(), -700.0)), 0.0)
         p = w / w.sum()
     return p

@@ -25,8 +25,6 @@ swaps = Counter("streamrec_scorer_swaps_total", "Model versions swapped in", ["m
 refused = Counter("streamrec_scorer_refused_versions_total", "Model versions refused", ["model", "reason"])
 gpu_fallbacks = Counter("streamrec_scorer_gpu_fallbacks_total", "Times a GPU provider was replaced by the CPU")
 redis_up = Gauge("streamrec_scorer_redis_up", "1 while Redis answers the scorer")
-consumer_lag = Gauge("streamrec_scorer_consumer_lag", "score-requests not yet answered per partition",
-                     ["partition"])
 
 
 def observe_stage(name: str, seconds: float) -> None:

@@ -142,6 +142,23 @@ class _HashCache:
         return np.array(out, dtype=np.int64).reshape(len(ids), self.width)
 
 
+class ExactIndex:
+    """Exact inner-product top-K over an item matrix (numpy; fine up to about a million items).
+
+    The retrieval index is pluggable: anything with ``search(queries, k) ->
+    (indices, scores)`` (an ANN index for larger catalogs) can replace it on a
+    `SeqModel` (``model.index = ...``).
+    """
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self.vectors.T
+        idx = top_k(scores, k)
+        return idx, np.take_along_axis(scores, idx, axis=1)
+
+
 class SeqModel:
     """A loaded sequence-model version: user vectors, exact top-K retrieval, item vectors."""
 
@@ -157,11 +174,12 @@ class SeqModel:
         self.vectors = np.ascontiguousarray(np.load(folder / "item_vectors.npy", allow_pickle=False),
                                             dtype=np.float32)
         self.item_ids = [str(x) for x in np.load(folder / "item_ids.npy", allow_pickle=False)]
-        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.row_of = {item: i for i, item in enumerate(self.item_ids)}
         if self.vectors.shape[0] != len(self.item_ids):
             raise ModelError(f"{self.name}: {self.vectors.shape[0]} item vectors for {len(self.item_ids)} ids")
         self.max_len = int(meta.extra.get("max_len", 50))
         self.dim = self.vectors.shape[1]
+        self.index = ExactIndex(self.vectors)
         self.items = _HashCache(_hasher(meta, "item"))
         self.cats = _HashCache(_hasher(meta, "cat"), width=1)
         self.provider = self.encoder.provider
@@ -181,13 +199,11 @@ class SeqModel:
 
     def retrieve(self, user_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-K items by inner product: (indices into `item_ids` [b, k], scores [b, k])."""
-        scores = user_vecs @ self.vectors.T
-        idx = top_k(scores, k)
-        return idx, np.take_along_axis(scores, idx, axis=1)
+        return self.index.search(user_vecs, k)
 
     def item_vectors(self, items: Sequence[str], categories: Sequence[str]) -> np.ndarray:
         """Vectors of ``items``: from the exported matrix, or the item encoder for items it lacks."""
-        rows = np.array([self.index.get(i, -1) for i in items], dtype=np.int64)
+        rows = np.array([self.row_of.get(i, -1) for i in items], dtype=np.int64)
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         known = rows >= 0
         out[known] = self.vectors[rows[known]]

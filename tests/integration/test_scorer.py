@@ -25,7 +25,8 @@ ITEMS = [f"i{i}" for i in range(40)]
 CATEGORIES = {item: f"c{i % 4}" for i, item in enumerate(ITEMS)}
 
 
-def build_models(settings, tmp_path, version: str, which=("sasrec", "ranker"), seed: int = 0) -> None:
+def build_models(settings, tmp_path, version: str, which=("sasrec", "ranker"), seed: int = 0,
+                 send: bool = True) -> list:
     """Tiny untrained models of the trainer's classes, exported (parity-checked) and published."""
     import torch
 
@@ -35,6 +36,7 @@ def build_models(settings, tmp_path, version: str, which=("sasrec", "ranker"), s
     from streamrec.trainer.sasrec import SASRec
 
     torch.manual_seed(seed)
+    anns = []
     for name in which:
         if name == "sasrec":
             model = SASRec(item_buckets=200, cat_buckets=20, dim=8, layers=1, heads=1, max_len=10)
@@ -44,8 +46,9 @@ def build_models(settings, tmp_path, version: str, which=("sasrec", "ranker"), s
             model = DCNRanker(user_buckets=100, item_buckets=200, cat_buckets=20, dim=4, hidden=(8,))
             exported = export_dcn(model, tmp_path / f"dcn-{version}")
         hashing = {h.namespace: h.describe() for h in vars(model).values() if hasattr(h, "describe")}
-        publish(settings, name, exported, kind=model.kind, metrics={"auc": 0.5}, data_window={},
-                hashing=hashing, version=version)
+        anns.append(publish(settings, name, exported, kind=model.kind, metrics={"auc": 0.5}, data_window={},
+                            hashing=hashing, version=version, send=send)[1])
+    return anns
 
 
 class Running:

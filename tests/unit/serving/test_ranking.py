@@ -1,0 +1,48 @@
+"""ONNX sessions: provider choice, the IO-binding path (run on the CPU here), fallbacks."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from streamrec.serving.ranking import CPU, Graph, ModelError, providers_for
+
+
+@pytest.fixture
+def graph_path(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], w.ravel())])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path, w
+
+
+def test_provider_choice():
+    assert providers_for("cpu", ["CUDAExecutionProvider", CPU]) == [CPU]
+    assert providers_for("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]) == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+    assert providers_for("cuda", [CPU]) == [CPU]  # no GPU build: falls back, logged and counted
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cpu"])
+def test_io_binding_path_equals_plain_run(graph_path, device):
+    path, w = graph_path
+    x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    plain = Graph(path, device, io_binding=False)
+    bound = Graph(path, device, io_binding=True)
+    np.testing.assert_allclose(bound.run({"x": x}), plain.run({"x": x}), atol=1e-6)
+    np.testing.assert_allclose(plain.run({"x": x}), x @ w, atol=1e-5)
+    if not bound.on_gpu:
+        assert bound.provider == CPU
+
+
+def test_unloadable_graph_is_a_model_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(ModelError, match="bad.onnx"):
+        Graph(bad, "cpu")
