@@ -60,36 +60,61 @@ class Candidates:
 def merge(sources: Iterable[Source], exclude: set[str] | frozenset[str] = frozenset(),
           limit: int = 1000) -> Candidates:
     """Union of ``sources`` in priority order, each item once, without ``exclude``, at most ``limit``."""
-    out = Candidates()
-    seen = set(exclude)
+    items: list[str] = []
+    reasons: list[str] = []
     for src in sources:
-        for i, item in enumerate(src.items):
-            if item in seen:
+        items += src.items
+        reasons += src.reasons if src.reasons is not None else [src.reason] * len(src.items)
+    # dict operations run in C: order of first occurrence, and the reason of the first occurrence
+    # (a dict built from the reversed pairs keeps the value written last, i.e. the first one).
+    order = dict.fromkeys(items)
+    for item in exclude:
+        order.pop(item, None)
+    kept = list(order)[:limit]
+    reason_of = dict(zip(reversed(items), reversed(reasons)))
+    return Candidates(kept, [reason_of[i] for i in kept])
+
+
+class CovisTable:
+    """The co-visitation lists of a batch's recent items, with item ids in one batch vocabulary,
+    so each request's lists are summed with a few numpy calls instead of Python per pair."""
+
+    def __init__(self, lists: dict[str, Sequence[tuple[str, float]]]):
+        self.names: list[str] = []
+        vocab: dict[str, int] = {}
+        self.lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for src, pairs in lists.items():
+            if not pairs:
                 continue
-            seen.add(item)
-            out.items.append(item)
-            out.reasons.append(src.reason_of(i))
-            if len(out.items) >= limit:
-                return out
-    return out
+            ids = np.fromiter((vocab.setdefault(p[0], len(vocab)) for p in pairs), dtype=np.int64,
+                              count=len(pairs))
+            self.lists[src] = (ids, np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(pairs)))
+        self.names = list(vocab)
 
 
-def covisitation(neighbours: Sequence[tuple[str, Sequence[tuple[str, float]]]], limit: int) -> Source:
-    """Co-visited items of several recent items, summed by item, best first.
+def covisitation(table: CovisTable, recent: Sequence[str], limit: int) -> Source:
+    """Co-visited items of ``recent`` (the session's items, newest first), summed by item, best first.
 
-    ``neighbours`` is ``[(recent item, [(next item, weight), ...]), ...]`` with
-    weights already on a common time scale; the reason names the recent item
-    that contributed most.
+    Weights are on a common time scale; the reason names the newest recent
+    item that leads to the item.
     """
-    total: dict[str, float] = {}
-    best: dict[str, tuple[float, str]] = {}
-    for src_item, pairs in neighbours:
-        for item, w in pairs:
-            total[item] = total.get(item, 0.0) + w
-            if item not in best or w > best[item][0]:
-                best[item] = (w, src_item)
-    ranked = sorted(total, key=lambda i: (-total[i], i))[:limit]
-    return Source(COVISIT, ranked, [total[i] for i in ranked], [f"{COVISIT}:{best[i][1]}" for i in ranked])
+    lists = [(src, table.lists[src]) for src in recent if src in table.lists]
+    if not lists:
+        return Source(COVISIT, [], [])
+    names = table.names
+    if len(lists) == 1:  # the common case: one list, already sorted by Redis
+        src, (ids, w) = lists[0]
+        order = np.argsort(-w, kind="stable")[:limit]
+        return Source(COVISIT, [names[i] for i in ids[order].tolist()], w[order].tolist(),
+                      [f"{COVISIT}:{src}"] * len(order))
+    ids = np.concatenate([l[1][0] for l in lists])
+    weights = np.concatenate([l[1][1] for l in lists])
+    origin = np.repeat(np.arange(len(lists)), [len(l[1][0]) for l in lists])
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    total = np.bincount(inverse, weights=weights)
+    order = np.lexsort((first, -total))[:limit]  # by total weight, ties by first appearance
+    return Source(COVISIT, [names[i] for i in uniq[order].tolist()], total[order].tolist(),
+                  [f"{COVISIT}:{lists[o][0]}" for o in origin[first[order]].tolist()])
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

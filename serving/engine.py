@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from streamrec.serving import ab, metrics
-from streamrec.serving.candidates import CONTENT, SEQ, TRENDING, Candidates, Source, covisitation, merge
+from streamrec.serving.candidates import (CONTENT, SEQ, TRENDING, Candidates, CovisTable, Source, covisitation,
+                                          merge)
 from streamrec.serving.config import ScorerConfig
 from streamrec.serving.exploration import choose
 from streamrec.serving.features import FeatureReader, RequestContext, dense_matrix
@@ -88,8 +89,8 @@ class Engine:
             groups[arm.name].append(i)
         models = {arm.name: self.models.models_for(arm) for arm in arms}
         any_seq = any(m[0] is not None for m in models.values())
-        covis = self.reader.covisitation(recent, cfg.covis_candidates, now_ms,
-                                         session_items if any_seq else ())
+        covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms,
+                                                    session_items if any_seq else ()))
         t1 = time.perf_counter()
         metrics.observe_stage("redis_read", t1 - t0)
 
@@ -120,8 +121,7 @@ class Engine:
                     sources[i].append(Source(CONTENT, [seq.item_ids[t] for t in near[j]]))
         cands: list[Candidates] = []
         for i, ctx in enumerate(contexts):
-            cv = covisitation([(it, covis.get(it, [])) for it in ctx.recent(cfg.recent_items)],
-                              cfg.covis_candidates)
+            cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
             exclude = ctx.seen | {ctx.request.item_id}
             # Priority of reasons: the session's own co-visitation, then the model, then the crowd.
             cands.append(merge([cv, *sources[i], trend_src], exclude, cfg.max_candidates))
@@ -143,13 +143,14 @@ class Engine:
             seq, ranker = models[arm_name]
             if ranker is None:
                 continue
-            owner = np.concatenate([np.full(len(cands[i]), k, dtype=np.int64) for k, i in enumerate(idx)])
-            items = [it for i in idx for it in cands[i].items]
-            if not items:
+            sizes = [len(cands[i]) for i in idx]
+            if not sum(sizes):
                 continue
-            rows = np.fromiter((stats.index[it] for it in items), dtype=np.int64, count=len(items))
+            owner = np.repeat(np.arange(len(idx)), sizes)
+            items = [it for i in idx for it in cands[i].items]
+            # Everything per pair is gathered from per-item and per-request arrays (no Python per pair).
+            rows = np.fromiter(map(stats.index.__getitem__, items), dtype=np.int64, count=len(items))
             sub = [contexts[i] for i in idx]
-            cats = [stats.categories[r] for r in rows.tolist()]
             seq_score = None
             if seq is not None and "seq_score" in ranker.dense_features:
                 uv = np.stack([user_vecs[i] for i in idx])
@@ -157,10 +158,13 @@ class Engine:
                 seq_score = np.einsum("nd,nd->n", uv[owner], iv[rows])
             dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score)
             users = [requests[i].user_id for i in idx]
-            user_col = [users[k] for k in owner.tolist()]
-            prob = ranker.score(ranker.sparse(user_col, items, cats), dense)
-            self.models.samples["dcn"] = (user_col[:256], items[:256], cats[:256], dense[:256])
-            bounds = np.cumsum([0] + [len(cands[i]) for i in idx])
+            sparse = np.concatenate([ranker.users(users)[owner], ranker.items(unique)[rows],
+                                     ranker.cats(stats.categories)[rows]], axis=1)
+            prob = ranker.score(sparse, dense)
+            cats = stats.categories
+            self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], items[:256],
+                                          [cats[r] for r in rows[:256].tolist()], dense[:256])
+            bounds = np.cumsum([0] + sizes)
             for k, i in enumerate(idx):
                 scores[i] = prob[bounds[k]:bounds[k + 1]]
         t4 = time.perf_counter()
@@ -174,8 +178,9 @@ class Engine:
                 metrics.degraded.labels("no_model").inc()
             if not contexts[i].known:
                 metrics.degraded.labels("cold_start").inc()
-            for source, n in cands[i].counts().items():
-                metrics.candidates.labels(source).observe(n)
+            if i % 8 == 0:  # a sample describes the distribution; counting every request costs throughput
+                for source, n in cands[i].counts().items():
+                    metrics.candidates.labels(source).observe(n)
             out.append(self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False))
         return out
 

@@ -213,10 +213,18 @@ def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, conte
         elif name == "session_length":
             cols[name] = np.log1p(np.array([c.session_positive for c in contexts], dtype=np.float64))[owner]
         elif name == "category_affinity":
-            cats = stats.categories
+            # [requests, categories] affinity table, gathered per pair by (owner, category of the item).
+            vocab: dict[str, int] = {}
+            cat_idx = np.fromiter((vocab.setdefault(c, len(vocab)) for c in stats.categories), dtype=np.int64,
+                                  count=len(stats.categories))
+            table = np.zeros((len(contexts), len(vocab) + 1))
+            for k, c in enumerate(contexts):
+                for cat, share in c.affinity.items():
+                    j = vocab.get(cat)
+                    if j is not None:
+                        table[k, j] = share
             ulen = np.array([c.user_positive for c in contexts], dtype=np.float64)[owner]
-            share = np.array([contexts[o].affinity.get(cats[r], 0.0) for o, r in zip(owner.tolist(), rows.tolist())],
-                             dtype=np.float64)
+            share = table[owner, cat_idx[rows]] if m else np.zeros(0)
             cols[name] = (share * ulen + 0.1) / (ulen + 1.0)
         elif name == "seq_score":
             cols[name] = seq_score if seq_score is not None else np.zeros(m)

@@ -124,22 +124,31 @@ def _hasher(meta: ModelMeta, namespace: str, fallback_buckets: int | None = None
 
 
 class _HashCache:
-    """Hashed rows of ids seen before (the hot path sees the same items again and again)."""
+    """Hashed rows of ids seen before, in one numpy table (the hot path sees the same items again and again)."""
 
     def __init__(self, hasher: IdHasher, width: int = 2, cap: int = 2_000_000):
         self.hasher, self.width, self.cap = hasher, width, cap
-        self.rows: dict[str, tuple[int, ...]] = {}
+        self.row: dict[str, int] = {}
+        self.table = np.zeros((1024, width), dtype=np.int64)
 
     def __call__(self, ids: Sequence[str]) -> np.ndarray:
-        rows, get = self.rows, self.rows.get
-        out = [get(i) for i in ids]
-        if None in out:
-            if len(rows) > self.cap:
-                rows.clear()
-            for j, i in enumerate(ids):
-                if out[j] is None:
-                    out[j] = rows[i] = self.hasher.one(i)[: self.width]
-        return np.array(out, dtype=np.int64).reshape(len(ids), self.width)
+        """``[len(ids), width]`` int64 bucket indices."""
+        get = self.row.get
+        rows = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        if (rows < 0).any():
+            if len(self.row) > self.cap:  # bounded memory: start over
+                self.row.clear()
+                return self(ids)
+            for j in np.flatnonzero(rows < 0).tolist():
+                key = ids[j]
+                r = self.row.get(key)
+                if r is None:
+                    r = self.row[key] = len(self.row)
+                    if r >= self.table.shape[0]:
+                        self.table = np.concatenate([self.table, np.zeros_like(self.table)])
+                    self.table[r] = self.hasher.one(key)[: self.width]
+                rows[j] = r
+        return self.table[rows]
 
 
 class ExactIndex:

@@ -162,7 +162,7 @@ class Scorer:
             delay = min(delay * 2, 5.0)
 
     def _publish_versions(self) -> None:
-        metrics.model_version._metrics.clear()
+        metrics.model_version.clear()
         for arm in self.config.arms:
             for m in self.models.models_for(arm):
                 if m is not None:

@@ -55,6 +55,15 @@ def _script(entry: str, cfg: dict) -> str:
     return "\n".join(parts + [ENTRIES[entry]])
 
 
+def redis_client(settings: Settings):
+    """A Redis client for the settings: a cluster-aware one when STREAMREC_REDIS_CLUSTER is on."""
+    if settings.redis_cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+
 class Stopping(Exception):
     """Raised out of a retry loop when the service is asked to stop."""
 
@@ -68,7 +77,7 @@ class RedisFeatureStore:
         self.keys = Keys(settings.redis_prefix)
         self.config = config or FeatureConfig()
         cfg = features.script_config(self.config)
-        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.client = redis_client(settings)
         self.per_slot = settings.redis_cluster
         self._scripts = {name: _script(name, cfg) for name in ENTRIES}
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
@@ -119,16 +128,14 @@ class RedisFeatureStore:
             if self.stop_event.is_set():
                 raise Stopping()
             try:
-                pipe = self.client.pipeline(transaction=False)
-                for script, calls in groups:
-                    for key, arg in calls:
-                        if key:
-                            pipe.evalsha(self._sha[script], 1, key, arg)
-                        else:  # a batched call on a standalone server: keys are in the argument
-                            pipe.evalsha(self._sha[script], 0, arg)
-                results = pipe.execute(raise_on_error=False)
+                commands = [(self._sha[script], key, arg) for script, calls in groups for key, arg in calls]
+                results = self._evalsha_all(commands)
                 if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
                     self._load_scripts()  # Redis restarted or flushed its script cache
+                    continue
+                if self.per_slot and any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK"))
+                                         for r in results):
+                    self.client.nodes_manager.initialize()  # slots moved: learn the new layout, retry
                     continue
                 errors = [r for r in results if isinstance(r, Exception)]
                 if errors:  # retryable ones are caught below; a script error is a bug: fail loudly
@@ -141,7 +148,37 @@ class RedisFeatureStore:
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _evalsha_all(self, commands: list[tuple[str, str, str]]) -> list:
+        """Run EVALSHA commands pipelined; on a cluster, one pipeline per node owning the keys
+        (redis-py does not pipeline scripts across a cluster itself)."""
+        if not self.per_slot:
+            pipe = self.client.pipeline(transaction=False)
+            for sha, key, arg in commands:
+                if key:
+                    pipe.evalsha(sha, 1, key, arg)
+                else:  # a batched call on a standalone server: keys are in the argument
+                    pipe.evalsha(sha, 0, arg)
+            return pipe.execute(raise_on_error=False)
+        by_node: dict[str, tuple[object, list[int]]] = {}
+        for i, (_, key, _) in enumerate(commands):
+            node = self.client.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        results: list = [None] * len(commands)
+        for node, idx in by_node.values():
+            pipe = node.redis_connection.pipeline(transaction=False)
+            for i in idx:
+                sha, key, arg = commands[i]
+                pipe.evalsha(sha, 1, key, arg)
+            for i, r in zip(idx, pipe.execute(raise_on_error=False)):
+                results[i] = r
+        return results
+
     def _load_scripts(self) -> None:
+        if self.per_slot:  # every primary needs the scripts
+            for node in self.client.get_primaries():
+                for name, src in self._scripts.items():
+                    self._sha[name] = node.redis_connection.script_load(src)
+            return
         for name, src in self._scripts.items():
             self._sha[name] = self.client.script_load(src)
 

@@ -46,8 +46,8 @@ def dump(redis, prefix: str) -> dict:
 def stores(settings, redis):
     made = []
 
-    def make(tag: str, cluster: bool = False) -> RedisFeatureStore:
-        store = RedisFeatureStore(settings.replace(redis_prefix=f"{settings.redis_prefix}{tag}:", redis_cluster=cluster))
+    def make(tag: str) -> RedisFeatureStore:
+        store = RedisFeatureStore(settings.replace(redis_prefix=f"{settings.redis_prefix}{tag}:"))
         made.append(store)
         return store
 
@@ -55,17 +55,6 @@ def stores(settings, redis):
     for store in made:
         for key in redis.scan_iter(match=store.keys.prefix + "*", count=1000):
             redis.delete(key)
-
-
-def test_per_slot_and_batched_scripts_leave_the_same_state(stores, redis):
-    records = [r for r in synthetic_stream(3000, users=100, items=300, seed=4, malformed_rate=0)]
-    batch = decoded([r.event for r in records])
-    cluster, standalone = stores("slot", cluster=True), stores("batch", cluster=False)
-    for k in range(0, len(batch), 250):
-        a = cluster.apply(batch[k:k + 250])
-        b = standalone.apply(batch[k:k + 250])
-        assert [o.status for o in a] == [o.status for o in b]
-    assert dump(redis, cluster.keys.prefix) == dump(redis, standalone.keys.prefix)
 
 
 def test_replaying_a_batch_changes_nothing(stores, redis):
@@ -132,3 +121,78 @@ def test_events_older_than_the_lateness_are_refused(stores):
     store.apply(decoded([ev(1, T0 + cfg.lateness_ms + 10 * MIN)]))
     out = store.apply(decoded([ev(2, T0 + 11 * MIN), ev(3, T0)], first_offset=1))
     assert [o.status for o in out] == ["applied", "too_late"]
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """A real three-node Redis Cluster on loopback (redis-server in cluster mode)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis as redis_lib
+
+    def free_port() -> int:
+        # The cluster bus listens on port + 10000, so stay low and check both.
+        import random
+
+        while True:
+            port = random.randint(20000, 29999)
+            try:
+                for p in (port, port + 10000):
+                    with socket.socket() as sock:
+                        sock.bind(("127.0.0.1", p))
+                return port
+            except OSError:
+                continue
+
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for port in ports:
+        folder = tmp_path / str(port)
+        folder.mkdir()
+        procs.append(subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                                       "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"],
+                                      cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    redis_lib.Redis(port=port).ping()
+                    break
+                except redis_lib.ConnectionError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True)
+        deadline = time.monotonic() + 20
+        while redis_lib.Redis(port=ports[0], decode_responses=True).cluster("info").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "cluster did not form"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_redis_cluster_holds_the_same_features_as_one_server(settings, stores, redis, redis_cluster):
+    from redis.cluster import RedisCluster
+
+    records = [r for r in synthetic_stream(1500, users=80, items=200, seed=6, malformed_rate=0)]
+    batch = decoded([r.event for r in records])
+    on_cluster = RedisFeatureStore(settings.replace(redis_url=redis_cluster, redis_cluster=True))
+    single = stores("single")
+    for k in range(0, len(batch), 300):
+        assert [o.status for o in on_cluster.apply(batch[k:k + 300])] == \
+               [o.status for o in single.apply(batch[k:k + 300])]
+    on_cluster.put_item_meta("i1", {"category": "c"})
+    single.put_item_meta("i1", {"category": "c"})
+    cluster_client = RedisCluster.from_url(redis_cluster)
+    assert dump(cluster_client, on_cluster.keys.prefix) == dump(redis, single.keys.prefix)
+    assert on_cluster.forget("u1", T0 + 10**9) > 0
+    assert not [k for k in cluster_client.scan_iter(match=on_cluster.keys.prefix + "{u:u1}:*")
+                if not k.endswith(b":forgotten")]

@@ -170,7 +170,7 @@ def test_ranks_with_models_and_hot_swaps_under_traffic_without_losing_a_request(
                 build_models(s, tmp_path, v, which=("ranker",), seed=int(v[1:]))
                 time.sleep(1.0)
             # A corrupt version: the file no longer matches meta.json's sha256; refused, v3 keeps serving.
-            build_models(s, tmp_path / "bad", "v4", which=("ranker",), seed=4)
+            build_models(s, tmp_path / "bad", "v4", which=("ranker",), seed=4, send=False)
             model = tmp_path / "registry" / "ranker" / "v4" / "model.onnx"
             model.write_bytes(model.read_bytes()[:-16] + b"\0" * 16)
             from streamrec.registry import Registry

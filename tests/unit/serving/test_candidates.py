@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from streamrec.serving.candidates import Source, covisitation, merge, top_k
+from streamrec.serving.candidates import CovisTable, Source, covisitation, merge, top_k
 
 
 def test_merge_keeps_first_reason_dedups_and_filters():
@@ -21,12 +21,17 @@ def test_merge_limit_and_empty_sources():
     assert len(c) == 7 and c.items[-1] == "i6"
 
 
-def test_covisitation_sums_over_recent_items_and_names_the_strongest():
-    src = covisitation([("x", [("a", 1.0), ("b", 3.0)]), ("y", [("a", 2.5), ("c", 0.5)])], limit=10)
+def test_covisitation_sums_over_recent_items_and_names_the_newest_source():
+    table = CovisTable({"x": [("b", 3.0), ("a", 1.0)], "y": [("a", 2.5), ("c", 0.5)], "z": []})
+    src = covisitation(table, ["x", "y", "z", "unknown"], limit=10)
     assert src.items == ["a", "b", "c"]
     assert src.scores == [3.5, 3.0, 0.5]
-    assert src.reasons == ["covisit:y", "covisit:x", "covisit:y"]
-    assert covisitation([("x", [("a", 1.0), ("b", 3.0)])], limit=1).items == ["b"]
+    assert src.reasons == ["covisit:x", "covisit:x", "covisit:y"]  # x is the newest recent item
+    one = covisitation(table, ["x", "z"], limit=1)
+    assert one.items == ["b"] and one.reasons == ["covisit:x"] and one.scores == [3.0]
+    assert covisitation(table, ["z"], limit=5).items == []
+    tie = covisitation(CovisTable({"x": [("p", 1.0)], "y": [("q", 1.0)]}), ["x", "y"], limit=5)
+    assert tie.items == ["p", "q"]
 
 
 def test_top_k_matches_full_sort():
