@@ -96,8 +96,8 @@ class ScorerConfig:
     """Redis socket timeout: past it the batch is served degraded from the trending snapshot."""
     redis_retry_s: float = 1.0
     """After a Redis failure, how long batches go straight to the degraded path before trying again."""
-    snapshot_refresh_s: float = 2.0
-    """How often the in-memory trending snapshot is refreshed from Redis."""
+    item_stats_ttl_s: float = 1.0
+    """How long candidate item statistics (and removals) read from Redis are reused."""
     seed: int | None = None
     """Seed of the exploration sampler (tests); None = fresh entropy."""
     extra: dict = field(default_factory=dict)

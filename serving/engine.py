@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -108,9 +109,10 @@ class Engine:
             self.models.samples["sasrec"] = (seqs[:64], cats)
             extra = max(len(contexts[i].seen) for i in idx)
             top, _scores = seq.retrieve(vecs, cfg.seq_candidates + extra)
+            ids = seq.item_array
             for j, i in enumerate(idx):
                 user_vecs[i] = vecs[j]
-                sources[i].append(Source(SEQ, [seq.item_ids[t] for t in top[j]]))
+                sources[i].append(Source(SEQ, ids[top[j]].tolist()))
             cold = [i for i in idx if requests[i].item_id
                     and (not contexts[i].known or len(contexts[i].session_items) <= 1)]
             if cold and cfg.content_candidates:
@@ -118,7 +120,7 @@ class Engine:
                 tv = seq.item_vectors(trig, [cats.get(t, "") for t in trig])
                 near, _ = seq.index.search(tv, cfg.content_candidates + 1)
                 for j, i in enumerate(cold):
-                    sources[i].append(Source(CONTENT, [seq.item_ids[t] for t in near[j]]))
+                    sources[i].append(Source(CONTENT, ids[near[j]].tolist()))
         cands: list[Candidates] = []
         for i, ctx in enumerate(contexts):
             cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
@@ -129,7 +131,7 @@ class Engine:
         metrics.observe_stage("retrieval", t2 - t1)
 
         # Round trip 3: removed items, stats and categories for the ranker.
-        unique = list(dict.fromkeys(i for c in cands for i in c.items))
+        unique = list(dict.fromkeys(chain.from_iterable(c.items for c in cands)))
         any_ranker = any(m[1] is not None for m in models.values())
         stats = self.reader.item_stats(unique, with_stats=any_ranker)
         if stats.removed.any():
@@ -147,7 +149,7 @@ class Engine:
             if not sum(sizes):
                 continue
             owner = np.repeat(np.arange(len(idx)), sizes)
-            items = [it for i in idx for it in cands[i].items]
+            items = list(chain.from_iterable(cands[i].items for i in idx))
             # Everything per pair is gathered from per-item and per-request arrays (no Python per pair).
             rows = np.fromiter(map(stats.index.__getitem__, items), dtype=np.int64, count=len(items))
             sub = [contexts[i] for i in idx]

@@ -16,6 +16,7 @@ of `streamrec.trainer.features` (which the ranker was trained on).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -42,6 +43,21 @@ def _f(v, default: float = 0.0) -> float:
         return float(v) if v is not None else default
     except (TypeError, ValueError):
         return default
+
+
+def _top(pipe, key: str, n: int) -> None:
+    # A raw command: redis-py 8 re-encodes every score of a `zrevrange(withscores=True)` reply to
+    # bytes and back (~2 us each); the raw reply is parsed by `_pairs` instead.
+    pipe.execute_command("ZREVRANGE", key, 0, max(n - 1, 0), "WITHSCORES")
+
+
+def _pairs(raw) -> list[tuple[bytes, float]]:
+    """(member, score) pairs of a raw WITHSCORES reply, RESP2 (flat) or RESP3 (nested)."""
+    if not raw:
+        return []
+    if isinstance(raw[0], (list, tuple)):
+        return [(m, float(sc)) for m, sc in raw]
+    return [(raw[j], float(raw[j + 1])) for j in range(0, len(raw), 2)]
 
 
 @dataclass
@@ -88,8 +104,11 @@ class ItemStats:
 class FeatureReader:
     """Reads features for batches of requests from Redis (a `redis.Redis` or cluster client)."""
 
-    def __init__(self, client, keys: Keys, config: FeatureConfig | None = None, seq_cap: int = 50):
+    def __init__(self, client, keys: Keys, config: FeatureConfig | None = None, seq_cap: int = 50,
+                 stats_ttl_s: float = 1.0):
         self.client = client
+        self.stats_ttl_s = stats_ttl_s
+        self._stats: dict[str, tuple] = {}
         self.keys = keys
         self.config = config or FeatureConfig()
         self.seq_cap = seq_cap
@@ -107,7 +126,7 @@ class FeatureReader:
             pipe.hmget(k.session(r.user_id, r.session_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hmget(k.user(r.user_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hgetall(k.affinity(r.user_id))
-        pipe.zrevrange(k.trending, 0, max(trending_n - 1, 0), withscores=True)
+        _top(pipe, k.trending, trending_n)
         raw = pipe.execute()
         out = []
         for i, r in enumerate(requests):
@@ -127,7 +146,7 @@ class FeatureReader:
             total = sum(shares.values())
             ctx.affinity = {c: v / total for c, v in shares.items()} if total > 0 else {}
             out.append(ctx)
-        trending = [(_s(m), float(s)) for m, s in raw[-1]]
+        trending = [(_s(m), s) for m, s in _pairs(raw[-1])]
         return out, trending
 
     # -- round trip 2 --------------------------------------------------------- #
@@ -144,7 +163,7 @@ class FeatureReader:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for item in items:
-            pipe.zrevrange(k.covis(item), 0, per_item - 1, withscores=True)
+            _top(pipe, k.covis(item), per_item)
             pipe.hget(k.item_hw(item), "_L")
         for item in missing:
             pipe.hget(k.item_meta(item), "category")
@@ -154,42 +173,62 @@ class FeatureReader:
             pairs, landmark = raw[2 * j], raw[2 * j + 1]
             # Forward decay: stored = w * 2^((t - L)/hl); its value now is stored * 2^((L - now)/hl).
             f = math.pow(2.0, (_f(landmark, now_ms) - now_ms) / hl)
-            out[item] = [(_s(m), float(s) * f) for m, s in pairs]
+            out[item] = [(_s(m), s * f) for m, s in _pairs(pairs)]
         for item, cat in zip(missing, raw[2 * len(items):]):
             self.categories[item] = _s(cat) if cat is not None else ""
         return out
 
     # -- round trip 3 --------------------------------------------------------- #
     def item_stats(self, items: Sequence[str], with_stats: bool = True) -> ItemStats:
-        """Statistics, categories and removal flags of ``items`` (unique) in one round trip."""
+        """Statistics, categories and removal flags of ``items`` (unique) in at most one round trip.
+
+        Rows read less than ``stats_ttl_s`` ago come from memory: item
+        statistics move slowly, and a batch's candidates repeat the previous
+        batch's (the same trending and co-visited items), so this spares Redis
+        most of the reads. A removal from the catalog takes effect within the TTL.
+        """
         stats = ItemStats.empty(items)
         if not items:
             return stats
+        now = time.monotonic()
+        cache, get = self._stats, self._stats.get
+        rows = [get(i) for i in items]
+        missing = [i for i, r in zip(items, rows) if r is None or r[0] < now or (with_stats and r[2] is None)]
+        if missing:
+            self._read_stats(missing, with_stats, now + self.stats_ttl_s)
+            rows = [get(i) for i in items]
+        stats.removed = np.fromiter((r[1] for r in rows), dtype=bool, count=len(rows))
+        if with_stats:
+            block = np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), 4)
+            stats.views, stats.clicks, stats.impressions, stats.last_ts = block.T.copy()
+            stats.categories = [r[3] for r in rows]
+        if len(cache) > 1_000_000:  # bounded memory on a huge catalog
+            cache.clear()
+        return stats
+
+    def _read_stats(self, items: Sequence[str], with_stats: bool, expires: float) -> None:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.smismember(k.removed, list(items))
-        missing = [i for i in items if i not in self.categories] if with_stats else []
         if with_stats:
             for item in items:
                 pipe.hmget(k.item_stats(item), *STAT_FIELDS)
-        for item in missing:
-            pipe.hget(k.item_meta(item), "category")
+                pipe.hget(k.item_meta(item), "category")
         raw = pipe.execute()
-        stats.removed = np.array([bool(x) for x in raw[0]], dtype=bool)
-        if with_stats:
-            n = len(items)
-            block = np.array([[_f(v, np.nan) for v in row] for row in raw[1:1 + n]], dtype=np.float64)
-            counts = np.nan_to_num(block[:, :-2])
-            stats.views = counts.sum(1)  # every positive interaction, as the trainer counts them
-            stats.clicks = counts[:, POSITIVE.index("click")]
-            stats.impressions = np.nan_to_num(block[:, -2])
-            stats.last_ts = block[:, -1]
-            for item, cat in zip(missing, raw[1 + n:]):
-                self.categories[item] = _s(cat) if cat is not None else ""
-            stats.categories = [self.categories.get(i, "") for i in items]
-        if len(self.categories) > 1_000_000:  # bounded memory on a huge catalog
-            self.categories.clear()
-        return stats
+        removed = raw[0]
+        for j, item in enumerate(items):
+            row = None
+            cat = ""
+            if with_stats:
+                values = [_f(v, np.nan) for v in raw[1 + 2 * j]]
+                counts = [0.0 if math.isnan(v) else v for v in values[:-2]]
+                # views = every positive interaction, as the trainer counts them
+                row = (sum(counts), counts[POSITIVE.index("click")],
+                       0.0 if math.isnan(values[-2]) else values[-2], values[-1])
+                meta = raw[2 + 2 * j]
+                cat = _s(meta) if meta is not None else ""
+                self.categories[item] = cat
+            self._stats[item] = (expires, bool(removed[j]), row, cat)
 
 
 def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, contexts: Sequence[RequestContext],

@@ -72,6 +72,9 @@ class Graph:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        # Idle ONNX Runtime threads spin by default, burning the cores that Redis, Kafka and the
+        # scorer's own Python thread need between runs; on a small machine that costs more than it saves.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - a GPU provider that fails to start: use the CPU
@@ -184,6 +187,7 @@ class SeqModel:
                                             dtype=np.float32)
         self.item_ids = [str(x) for x in np.load(folder / "item_ids.npy", allow_pickle=False)]
         self.row_of = {item: i for i, item in enumerate(self.item_ids)}
+        self.item_array = np.array(self.item_ids, dtype=object)  # fancy-indexed by retrieval results
         if self.vectors.shape[0] != len(self.item_ids):
             raise ModelError(f"{self.name}: {self.vectors.shape[0]} item vectors for {len(self.item_ids)} ids")
         self.max_len = int(meta.extra.get("max_len", 50))

@@ -43,7 +43,8 @@ class Scorer:
         cfg = self.config
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=cfg.redis_timeout_s,
                                           socket_connect_timeout=cfg.redis_timeout_s)
-        self.reader = FeatureReader(self.redis, Keys(settings.redis_prefix), FeatureConfig.from_settings(settings))
+        self.reader = FeatureReader(self.redis, Keys(settings.redis_prefix), FeatureConfig.from_settings(settings),
+                                    stats_ttl_s=cfg.item_stats_ttl_s)
         self.models = ModelStore(settings, cfg, io_binding=io_binding)
         self.engine = Engine(self.reader, self.models, cfg)
         self.topic_in = settings.topic(topics.SCORE_REQUESTS)
@@ -67,6 +68,7 @@ class Scorer:
         self.stopping = threading.Event()
         self.consuming = threading.Event()
         self.batches = 0
+        self._last_offsets: dict[tuple[str, int], int] = {}
         self.http = ScorerHttp(self, settings.http_host, settings.scorer_port if port is None else port)
 
     # ------------------------------------------------------------------ #
@@ -95,10 +97,20 @@ class Scorer:
                     self._publish_versions()
         finally:
             self.http.stop()
-            self.consumer.close()  # commits nothing more: every answered batch is committed already
+            self._commit_last()
+            self.consumer.close()
             self.producer.flush(10)
             self.models.stop()
         return 0
+
+    def _commit_last(self) -> None:
+        if not self._last_offsets:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self._last_offsets.items()],
+                                 asynchronous=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. partitions revoked meanwhile: the next owner re-answers
+            log.warning("final commit failed: %s", exc)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, and leave the loop."""
@@ -132,8 +144,11 @@ class Scorer:
             metrics.recommendations.labels(r.variant).inc()
             metrics.end_to_end.observe(max(0.0, done - r.event_ts / 1000))
         if offsets:
+            # Asynchronous: the next batch need not wait for the broker; commits stay in order, and
+            # `run` commits the last offsets synchronously before it closes the consumer.
+            self._last_offsets.update(offsets)
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                 asynchronous=False)
+                                 asynchronous=True)
         self.batches += 1
         metrics.observe_stage("batch", time.perf_counter() - started)
 

@@ -70,6 +70,8 @@ class Signature(msgspec.Struct, frozen=True):
 
 
 class FileEntry(msgspec.Struct, frozen=True):
+    """Checksum and size of one file of a version."""
+
     sha256: str
     bytes: int
 

@@ -49,6 +49,7 @@ class FitResult:
 
     @property
     def samples_per_s(self) -> float:
+        """Training rows per second of pure training time (validation excluded)."""
         return self.samples / self.seconds if self.seconds else 0.0
 
 
