@@ -12,7 +12,9 @@ Three measurements:
    per second between the first produced request and the last answer.
 3. latency: score requests produced at ``--rate`` per second for
    ``--seconds`` with their event time set at send; latency is the time until
-   the answering recommendation is read back from `recommendations`.
+   the answering recommendation is read back from `recommendations`. With
+   ``--with-worker``, also events at the same rate through a real worker:
+   event time -> recommendation, the whole path an app sees.
 
 Models are the current versions of ``sasrec`` and ``ranker`` in
 ``--registry`` (default STREAMREC_REGISTRY_URI), announced on the benchmark's
@@ -50,20 +52,6 @@ from streamrec.stream.topics import create_topics, delete_topics
 
 console = Console(stderr=True)
 STAGES = ("redis_read", "retrieval", "ranking")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--only", choices=["core", "kafka"], default=None, help="run one part (default: all)")
-    p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
-    p.add_argument("--batch", type=int, default=256, help="requests per batch (default 256)")
-    p.add_argument("--core-seconds", type=float, default=10.0, help="length of the core run (default 10)")
-    p.add_argument("--requests", type=int, default=20_000, help="score requests for the throughput run")
-    p.add_argument("--rate", type=int, default=500, help="offered requests/s for the latency run (default 500)")
-    p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
-    p.add_argument("--events", type=int, default=50_000, help="events applied to Redis first (default 50000)")
-    p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")
-    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
-    p.set_defaults(func=run)
 
 
 def bench_config(candidates: int, batch: int) -> ScorerConfig:
@@ -250,7 +238,9 @@ class _Reader:
 
     def _run(self):
         while not self.stop.is_set():
-            for m in self.consumer.consume(1000, timeout=0.1):
+            # consume() returns only when it has num_messages or the timeout passed: a short
+            # timeout keeps that wait out of the measured latency.
+            for m in self.consumer.consume(1000, timeout=0.002):
                 if m.error():
                     continue
                 now = time.time()
@@ -274,8 +264,55 @@ def _producer(s: Settings) -> Producer:
                      "partitioner": "murmur2_random", **topics.kafka_security(s)})
 
 
+def _summary(reader: "_Reader", rate: int, seconds: int, total: int) -> dict:
+    values = np.array([v for _, v in reader.series]) if reader.series else np.array([np.nan])
+    return {"rate": rate, "seconds": seconds, "sent": total, "answered": len(reader.series),
+            "p50_ms": round(float(np.percentile(values, 50)), 1),
+            "p95_ms": round(float(np.percentile(values, 95)), 1),
+            "p99_ms": round(float(np.percentile(values, 99)), 1), "series": reader.series}
+
+
+def _with_worker(s: Settings, rate: int, seconds: int) -> dict:
+    """Events (not score requests) at ``rate``: event time -> recommendation, through a real worker."""
+    from streamrec.stream.bench import start_worker, stop_worker
+    from streamrec.stream.synthetic import synthetic_stream
+
+    worker = start_worker(s, 1)
+    try:
+        producer = _producer(s)
+        reader = _Reader(s)
+        total = rate * seconds
+        topic = s.topic(topics.EVENTS)
+        warm = rate * 2
+        records = synthetic_stream(total + warm, users=2000, items=1000, seed=5, duplicate_rate=0, malformed_rate=0)
+        with console.status("warming up the worker (its group join and first fetches are not measured)..."):
+            for _ in range(warm):
+                r = next(records)
+                producer.produce(topic, json.dumps(dict(r.event, ts=int(time.time() * 1000))).encode(), key=r.key)
+            producer.flush(30)
+            reader.wait(warm, 60)
+            time.sleep(1.0)
+            reader.series.clear()
+        with console.status(f"event -> recommendation through the worker: {rate} events/s for {seconds} s..."):
+            t0 = time.perf_counter()
+            for k, r in enumerate(records):
+                due = t0 + k / rate
+                while (wait := due - time.perf_counter()) > 0:
+                    producer.poll(min(wait, 0.002))
+                ev = dict(r.event, ts=int(time.time() * 1000))
+                producer.produce(topic, json.dumps(ev).encode(), key=r.key)
+            producer.flush(30)
+            reader.wait(total, 60)
+        out = _summary(reader, rate, seconds, total)
+        out.pop("series")
+        reader.close()
+        return out
+    finally:
+        stop_worker(worker)
+
+
 def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: int, n: int, rate: int,
-                  seconds: int) -> dict:
+                  seconds: int, with_worker: bool = False) -> dict:
     import psutil
 
     sys.setswitchinterval(0.0005)  # the paced producer and the reader share this process
@@ -336,14 +373,13 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
                     peak_rss = max(peak_rss, rss.memory_info().rss)
             producer.flush(30)
             reader.wait(total, 60)
-        values = np.array([v for _, v in reader.series]) if reader.series else np.array([np.nan])
-        lat = {"rate": rate, "seconds": seconds, "sent": total, "answered": len(reader.series),
-               "p50_ms": round(float(np.percentile(values, 50)), 1),
-               "p95_ms": round(float(np.percentile(values, 95)), 1),
-               "p99_ms": round(float(np.percentile(values, 99)), 1), "series": reader.series}
+        lat = _summary(reader, rate, seconds, total)
         reader.close()
-        return {"throughput": thr, "latency": lat, "models": [f"{a.name}@{a.version}" for a in anns],
-                "scorer_peak_rss_mb": round(peak_rss / 2**20)}
+        result = {"throughput": thr, "latency": lat, "models": [f"{a.name}@{a.version}" for a in anns],
+                  "scorer_peak_rss_mb": round(peak_rss / 2**20)}
+        if with_worker:
+            result["latency_with_worker"] = _with_worker(s, rate, seconds)
+        return result
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -392,13 +428,18 @@ def run(args) -> int:
                       f"({c['providers'] or 'no models'}); us/request {c['us_per_request_by_stage']}")
     if args.only in (None, "kafka"):
         cfg = bench_config(args.candidates, args.batch)
-        result["kafka"] = through_kafka(s, registry_uri, cfg, args.events, args.requests, args.rate, args.seconds)
+        result["kafka"] = through_kafka(s, registry_uri, cfg, args.events, args.requests, args.rate, args.seconds,
+                                        args.with_worker)
         k = result["kafka"]
         lat = k["latency"]
         console.print(f"through Kafka: {k['throughput']['requests_per_s']} requests/s "
                       f"({k['throughput']['answered']}/{k['throughput']['requests']}); at {lat['rate']}/s "
                       f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
                       f"({lat['answered']}/{lat['sent']}); scorer RSS {k['scorer_peak_rss_mb']} MB")
+        if "latency_with_worker" in k:
+            w = k["latency_with_worker"]
+            console.print(f"event -> recommendation through the worker at {w['rate']}/s: p50 {w['p50_ms']} ms, "
+                          f"p95 {w['p95_ms']} ms, p99 {w['p99_ms']} ms ({w['answered']}/{w['sent']})")
     _plot(result, out / "serve.png")
     (out / "serve.json").write_text(json.dumps(result, indent=2))
     console.print(f"wrote {out / 'serve.json'} and {out / 'serve.png'}")

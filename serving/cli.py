@@ -34,9 +34,27 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def register_bench(bench) -> None:
-    from streamrec.serving.bench import add_arguments
+def cmd_bench_serve(args) -> int:
+    from streamrec.serving.bench import run
 
+    return run(args)
+
+
+def register_bench(bench) -> None:
+    # Arguments only: the benchmark's imports (onnxruntime...) load when it runs, so every other
+    # `streamrec` command, the worker's included, starts without them.
     p = bench.add_parser("serve", help="scorer throughput and event-to-recommendation latency "
                                        "(through real Kafka/Redis), and the scorer core alone")
-    add_arguments(p)
+    p.add_argument("--only", choices=["core", "kafka"], default=None, help="run one part (default: all)")
+    p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
+    p.add_argument("--batch", type=int, default=256, help="requests per batch (default 256)")
+    p.add_argument("--core-seconds", type=float, default=10.0, help="length of the core run (default 10)")
+    p.add_argument("--requests", type=int, default=20_000, help="score requests for the throughput run")
+    p.add_argument("--rate", type=int, default=500, help="offered requests/s for the latency run (default 500)")
+    p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
+    p.add_argument("--events", type=int, default=50_000, help="events applied to Redis first (default 50000)")
+    p.add_argument("--with-worker", action="store_true",
+                   help="also measure event -> recommendation with a real worker in front (same rate)")
+    p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")
+    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
+    p.set_defaults(func=cmd_bench_serve)

@@ -97,7 +97,7 @@ class ScorerConfig:
     redis_retry_s: float = 1.0
     """After a Redis failure, how long batches go straight to the degraded path before trying again."""
     item_stats_ttl_s: float = 1.0
-    """How long candidate item statistics (and removals) read from Redis are reused."""
+    """How long item statistics, removals and co-visitation lists read from Redis are reused."""
     seed: int | None = None
     """Seed of the exploration sampler (tests); None = fresh entropy."""
     extra: dict = field(default_factory=dict)

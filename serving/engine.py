@@ -62,14 +62,17 @@ class Engine:
         if time.monotonic() >= self._redis_retry_at:
             try:
                 return self._full(requests, now_ms)
-            except Exception as exc:  # noqa: BLE001 - Redis errors: serve degraded, retry later
-                if not _is_redis_error(exc):
-                    raise
-                log.warning("Redis unavailable (%s); serving the trending snapshot", exc)
-                self.redis_ok = False
-                metrics.redis_up.set(0)
-                self._redis_retry_at = time.monotonic() + self.config.redis_retry_s
-        return self._degraded(requests, now_ms)
+            except Exception as exc:  # noqa: BLE001 - every request gets an answer, whatever failed
+                if _is_redis_error(exc):
+                    log.warning("Redis unavailable (%s); serving the trending snapshot", exc)
+                    self.redis_ok = False
+                    metrics.redis_up.set(0)
+                    self._redis_retry_at = time.monotonic() + self.config.redis_retry_s
+                else:  # a bug or a model failing at run time: answer from the snapshot, loudly
+                    log.exception("scoring a batch of %d failed; serving the trending snapshot", len(requests))
+                    metrics.failed.labels(type(exc).__name__).inc(len(requests))
+                    return self._degraded(requests, now_ms, "scoring_error")
+        return self._degraded(requests, now_ms, "redis_down")
 
     # ------------------------------------------------------------------ #
     def _full(self, requests: Sequence[ScoreRequest], now_ms: int) -> list[Recommendation]:
@@ -186,13 +189,13 @@ class Engine:
             out.append(self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False))
         return out
 
-    def _degraded(self, requests: Sequence[ScoreRequest], now_ms: int) -> list[Recommendation]:
-        """Redis is down: the last trending snapshot, minus the trigger item."""
+    def _degraded(self, requests: Sequence[ScoreRequest], now_ms: int, mode: str) -> list[Recommendation]:
+        """Redis is down (or scoring failed): the last trending snapshot, minus the trigger item."""
         src = Source(TRENDING, [i for i, _ in self.snapshot], [s for _, s in self.snapshot])
         out = []
         for r in requests:
             c = merge([src], {r.item_id}, self.config.max_candidates)
-            metrics.degraded.labels("redis_down").inc()
+            metrics.degraded.labels(mode).inc()
             out.append(self._slate(r, c, _source_scores(c), [], ab.arm_of(r.user_id, self.config.arms).name,
                                    now_ms, degraded=True))
         return out

@@ -109,6 +109,7 @@ class FeatureReader:
         self.client = client
         self.stats_ttl_s = stats_ttl_s
         self._stats: dict[str, tuple] = {}
+        self._covis: dict[str, tuple] = {}
         self.keys = keys
         self.config = config or FeatureConfig()
         self.seq_cap = seq_cap
@@ -154,28 +155,39 @@ class FeatureReader:
                      categories_of: Sequence[str] = ()) -> dict[str, list[tuple[str, float]]]:
         """Co-visited next items of each item in ``items`` with weights decayed to ``now_ms``.
 
-        Also reads the category of ``categories_of`` items not cached yet (same round trip).
+        Also reads the category of ``categories_of`` items not cached yet (same
+        round trip). Lists read less than ``stats_ttl_s`` ago come from memory:
+        the event that triggered a request only adds itself to its
+        predecessors' lists, and it is never recommended back anyway.
         """
         k = self.keys
         hl = self.config.covis_half_life_ms
         missing = [i for i in dict.fromkeys(categories_of) if i not in self.categories]
-        if not items and not missing:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
-        for item in items:
-            _top(pipe, k.covis(item), per_item)
-            pipe.hget(k.item_hw(item), "_L")
-        for item in missing:
-            pipe.hget(k.item_meta(item), "category")
-        raw = pipe.execute()
+        mono = time.monotonic()
+        cache = self._covis
+        stale = [i for i in items if (c := cache.get(i)) is None or c[0] < mono or c[3] < per_item]
+        if stale or missing:
+            pipe = self.client.pipeline(transaction=False)
+            for item in stale:
+                _top(pipe, k.covis(item), per_item)
+                pipe.hget(k.item_hw(item), "_L")
+            for item in missing:
+                pipe.hget(k.item_meta(item), "category")
+            raw = pipe.execute()
+            for j, item in enumerate(stale):
+                pairs, landmark = raw[2 * j], raw[2 * j + 1]
+                cache[item] = (mono + self.stats_ttl_s, _f(landmark, now_ms),
+                               [(_s(m), sc) for m, sc in _pairs(pairs)], per_item)
+            for item, cat in zip(missing, raw[2 * len(stale):]):
+                self.categories[item] = _s(cat) if cat is not None else ""
+            if len(cache) > 1_000_000:
+                cache.clear()
         out = {}
-        for j, item in enumerate(items):
-            pairs, landmark = raw[2 * j], raw[2 * j + 1]
+        for item in items:
+            _, landmark, pairs, _ = cache[item]
             # Forward decay: stored = w * 2^((t - L)/hl); its value now is stored * 2^((L - now)/hl).
-            f = math.pow(2.0, (_f(landmark, now_ms) - now_ms) / hl)
-            out[item] = [(_s(m), s * f) for m, s in _pairs(pairs)]
-        for item, cat in zip(missing, raw[2 * len(items):]):
-            self.categories[item] = _s(cat) if cat is not None else ""
+            f = math.pow(2.0, (landmark - now_ms) / hl)
+            out[item] = [(m, sc * f) for m, sc in pairs[:per_item]]
         return out
 
     # -- round trip 3 --------------------------------------------------------- #

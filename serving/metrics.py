@@ -8,7 +8,9 @@ _STAGE = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 requests = Counter("streamrec_scorer_requests_total", "Score requests read from score-requests")
 recommendations = Counter("streamrec_scorer_recommendations_total", "Recommendations produced and acknowledged",
                           ["variant"])
-failed = Counter("streamrec_scorer_failed_requests_total", "Requests that could not be answered", ["reason"])
+failed = Counter("streamrec_scorer_failed_requests_total",
+                 "Requests not scored normally: unreadable, or answered from the snapshot after an error",
+                 ["reason"])
 degraded = Counter("streamrec_scorer_degraded_total", "Recommendations served in a degraded mode", ["mode"])
 end_to_end = Histogram("streamrec_scorer_end_to_end_seconds",
                        "Event time to recommendation acknowledged by the broker", buckets=_LAT)

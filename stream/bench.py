@@ -46,6 +46,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rate", type=int, default=2000, help="offered events/s for the latency run (default 2000)")
     p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="worker process counts to run")
+    p.add_argument("--engines", nargs="+", default=["faust", "confluent"], choices=["faust", "confluent"],
+                   help="worker engines to measure (default both)")
     p.add_argument("--skip-bare", action="store_true", help="do not measure bare faust")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=run)
@@ -106,11 +108,12 @@ def _outputs(s: Settings, consumer: Consumer) -> int:
     return total
 
 
-def start_worker(s: Settings, processes: int = 1, port: int | None = None) -> subprocess.Popen:
+def start_worker(s: Settings, processes: int = 1, port: int | None = None, engine: str = "faust") -> subprocess.Popen:
     """Start `streamrec worker` as a child process and wait until it is ready."""
     port = port or _free_port()
     env = {**os.environ, **s.as_env(), "STREAMREC_WORKER_PORT": str(port), "STREAMREC_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--processes", str(processes)],
+    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--processes", str(processes),
+                             "--engine", engine],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     ports = [port + i for i in range(processes)]
@@ -168,14 +171,14 @@ class RssSampler(threading.Thread):
 
 
 # --------------------------------------------------------------------------- runs
-def throughput(settings: Settings, n: int, processes: int) -> dict:
+def throughput(settings: Settings, n: int, processes: int, engine: str = "faust") -> dict:
     s = _fresh(settings)
     try:
         records = list(synthetic_stream(n, seed=processes))
         _load(s, records)
         expected = sum(1 for r in records if r.kind != "duplicate")
         consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-watch"})
-        proc = start_worker(s, processes)
+        proc = start_worker(s, processes, engine=engine)
         rss = RssSampler(proc.pid)
         rss.start()
         first = None
@@ -194,7 +197,7 @@ def throughput(settings: Settings, n: int, processes: int) -> dict:
         stop_worker(proc)
         consumer.close()
         rate = (seen - first_seen) / (last - first) if first and last > first else 0.0
-        return {"processes": processes, "records": n, "outputs": seen, "expected_outputs": expected,
+        return {"engine": engine, "processes": processes, "records": n, "outputs": seen, "expected_outputs": expected,
                 "events_per_s": round(rate), "peak_rss_mb": round(rss.peak / 2**20, 1)}
     finally:
         _cleanup(s)
@@ -236,14 +239,14 @@ def bare_faust(settings: Settings, n: int) -> dict:
         _cleanup(s)
 
 
-def latency(settings: Settings, rate: int, seconds: int) -> dict:
+def latency(settings: Settings, rate: int, seconds: int, engine: str = "faust") -> dict:
     # The paced producer and the reader share this process: without a short GIL switch
     # interval the reader would wait up to 5 ms per hand-over and inflate every figure.
     sys.setswitchinterval(0.0005)
     s = _fresh(settings)
     lat: list[tuple[float, float]] = []
     try:
-        proc = start_worker(s, 1)
+        proc = start_worker(s, 1, engine=engine)
         consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                              "fetch.wait.max.ms": 5})
         # Assigned, not subscribed: a group join would hold the first seconds of answers back.
@@ -308,7 +311,7 @@ def latency(settings: Settings, rate: int, seconds: int) -> dict:
         consumer.close()
         stop_worker(proc)
         values = np.array([v for _, v in lat]) if lat else np.array([np.nan])
-        return {"rate": rate, "seconds": seconds, "sent": total, "answered": len(lat),
+        return {"engine": engine, "rate": rate, "seconds": seconds, "sent": total, "answered": len(lat),
                 "p50_ms": round(float(np.percentile(values, 50)), 1),
                 "p95_ms": round(float(np.percentile(values, 95)), 1),
                 "p99_ms": round(float(np.percentile(values, 99)), 1), "series": lat}
@@ -322,17 +325,18 @@ def _plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = result["latency"].pop("series")
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    if series:
-        t, v = zip(*series)
-        a.plot(t, v, ",", alpha=0.6)
-        a.set_yscale("log")
-        b.hist(v, bins=100, log=True)
-    a.set(title=f"event -> features applied, {result['latency']['rate']} ev/s", xlabel="s", ylabel="ms")
+    for lat in result["latency"]:
+        series = lat.pop("series")
+        if series:
+            t, v = zip(*series)
+            a.plot(t, v, ".", markersize=1, alpha=0.5, label=lat["engine"])
+            b.hist(v, bins=100, log=True, histtype="step", label=f"{lat['engine']}: p50 {lat['p50_ms']}, "
+                                                               f"p99 {lat['p99_ms']} ms")
+    rate = result["latency"][0]["rate"] if result["latency"] else 0
+    a.set(title=f"event -> features applied and announced, {rate} ev/s", xlabel="s", ylabel="ms", yscale="log")
     b.set(title="latency distribution", xlabel="ms")
-    for q in ("p50_ms", "p99_ms"):
-        b.axvline(result["latency"][q], color="red" if q == "p99_ms" else "orange", label=q)
+    a.legend()
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -342,24 +346,29 @@ def run(args) -> int:
     s = args.settings
     out = Path(args.out) if args.out else s.home_path / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "throughput": []}
-    for p in args.processes:
-        with console.status(f"throughput, {p} worker process(es), {args.events} records..."):
-            r = throughput(s, args.events, p)
-        console.print(f"throughput ({p} process(es)): {r['events_per_s']} events/s, peak RSS {r['peak_rss_mb']} MB")
-        result["throughput"].append(r)
+    result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                "load_before": os.getloadavg()[0]}, "throughput": [], "latency": []}
+    for engine in args.engines:
+        for p in args.processes:
+            with console.status(f"throughput, {engine}, {p} worker process(es), {args.events} records..."):
+                r = throughput(s, args.events, p, engine)
+            console.print(f"throughput ({engine}, {p} process(es)): {r['events_per_s']} events/s, "
+                          f"peak RSS {r['peak_rss_mb']} MB")
+            result["throughput"].append(r)
     if not args.skip_bare:
         with console.status("bare faust, same records, no work..."):
             result["bare_faust"] = bare_faust(s, args.events)
         console.print(f"bare faust: {result['bare_faust']['events_per_s']} events/s")
-        one = next((r for r in result["throughput"] if r["processes"] == 1), None)
+        one = next((r for r in result["throughput"] if r["processes"] == 1 and r["engine"] == "faust"), None)
         if one and result["bare_faust"]["events_per_s"]:
             result["worker_vs_bare_faust"] = round(one["events_per_s"] / result["bare_faust"]["events_per_s"], 3)
-    with console.status(f"latency at {args.rate} events/s for {args.seconds} s..."):
-        result["latency"] = latency(s, args.rate, args.seconds)
-    lat = result["latency"]
-    console.print(f"latency at {args.rate}/s: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
-                  f"({lat['answered']}/{lat['sent']} answered)")
+    for engine in args.engines:
+        with console.status(f"latency, {engine}, at {args.rate} events/s for {args.seconds} s..."):
+            lat = latency(s, args.rate, args.seconds, engine)
+        console.print(f"latency ({engine}) at {args.rate}/s: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
+                      f"p99 {lat['p99_ms']} ms ({lat['answered']}/{lat['sent']} answered)")
+        result["latency"].append(lat)
+    result["machine"]["load_after"] = os.getloadavg()[0]
     _plot(result, out / "features.png")
     (out / "features.json").write_text(json.dumps(result, indent=2))
     console.print(f"wrote {out / 'features.json'} and {out / 'features.png'}")

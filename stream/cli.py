@@ -18,7 +18,7 @@ def cmd_worker(args) -> int:
     logging.basicConfig(level=args.settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return run_processes(args.settings, args.processes)
+        return run_processes(args.settings, args.processes, args.engine)
     except PortInUse as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -72,6 +72,8 @@ def register(sub) -> None:
                                    "dead-letter bad ones. Health/metrics on STREAMREC_WORKER_PORT.")
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes in one consumer group (ports WORKER_PORT, +1, ...); default 1")
+    p.add_argument("--engine", choices=["faust", "confluent"], default="faust",
+                   help="consuming engine: faust-streaming (default) or a plain confluent-kafka consumer")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("forget", help="delete every feature of a user and drop their older events",

@@ -1,6 +1,9 @@
-"""The stream worker: a faust-streaming app, the single writer of features.
+"""The stream worker, the single writer of features: its common service part and the
+faust-streaming engine (the default). `streamrec.stream.confluent_worker` is the
+same worker on a plain confluent-kafka consumer, for comparison and for users
+who want it.
 
-Two agents: one takes batches from `events` and hands them to
+Faust runs two agents: one takes batches from `events` and hands them to
 `EventProcessor` (decode, Redis, score requests), one applies `catalog`
 records. Batches run in a worker thread so faust keeps fetching meanwhile;
 events are acknowledged (and so committed by faust) only after their batch
@@ -49,20 +52,63 @@ def check_partitions(settings: Settings) -> None:
                          "partition of the same number, so give these topics equal partitions")
 
 
-class StreamWorker:
-    """Owns the faust app, the processors and the HTTP endpoints of one worker process."""
+class WorkerService:
+    """What every engine shares: processors, HTTP endpoints, lag reporting, start-up checks."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.processor = EventProcessor(settings)
         self.catalog = CatalogProcessor(settings, self.processor.store, self.processor.producer)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
-        self.started = threading.Event()
         self.http = HealthServer(settings.http_host, settings.worker_port, checks={
             "redis": self.processor.store.ping,
-            "consuming": lambda: self.started.is_set() and not self.app.rebalancing,
+            "consuming": self.consuming,
         }, port_setting="STREAMREC_WORKER_PORT")
+
+    def consuming(self) -> bool:
+        raise NotImplementedError
+
+    def group_id(self) -> str:
+        return f"{self.settings.topic_prefix}streamrec-worker"
+
+    def _report_lag(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        topic = self.settings.topic(topics.EVENTS)
+        consumer = self.processor.ledger.consumer
+        for partition, offset in list(self.processor.last_offsets.items()):
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2, cached=False)
+                metrics.consumer_lag.labels(str(partition)).set(max(0, high - offset - 1))
+            except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
+                pass
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        check_partitions(self.settings)
+        metrics.redis_up.set(1 if self.processor.store.ping() else 0)
+        self.http.start()
+        log.info("worker: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
+        try:
+            return self.consume()
+        finally:
+            self.http.stop()
+            self.processor.close()
+
+    def consume(self) -> int:
+        raise NotImplementedError
+
+
+class StreamWorker(WorkerService):
+    """The faust-streaming engine."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        self.started = threading.Event()
         self.app = self._build_app()
+
+    def consuming(self) -> bool:
+        return self.started.is_set() and not self.app.rebalancing
 
     def _build_app(self):
         import faust
@@ -71,7 +117,7 @@ class StreamWorker:
         datadir = s.home_path / "worker-data"
         datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
-            f"{s.topic_prefix}streamrec-worker",
+            self.group_id(),
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
             web_enabled=False,
             datadir=str(datadir),
@@ -131,29 +177,12 @@ class StreamWorker:
         for ev in batch:
             await stream.ack(ev)
 
-    def _report_lag(self) -> None:
-        from confluent_kafka import TopicPartition
-
-        topic = self.settings.topic(topics.EVENTS)
-        consumer = self.processor.ledger.consumer
-        for partition, offset in list(self.processor.last_offsets.items()):
-            try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2, cached=False)
-                metrics.consumer_lag.labels(str(partition)).set(max(0, high - offset - 1))
-            except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
-                pass
-
-    def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the exit code."""
+    def consume(self) -> int:
         import faust
 
-        check_partitions(self.settings)
         # The batch thread and faust's loop share the GIL; Python's default 5 ms switch
         # interval made every Redis reply wait for the loop (p50 1.2 s at 2,000 ev/s, 0.1 s after).
         sys.setswitchinterval(0.0005)
-        metrics.redis_up.set(1 if self.processor.store.ping() else 0)
-        self.http.start()
-        log.info("worker: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
         worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True,
                               redirect_stdouts=False, override_logging=False)
 
@@ -169,20 +198,26 @@ class StreamWorker:
             code = exc.code or 0
         else:
             code = 0
-        self.http.stop()
         self.executor.shutdown(wait=True)
-        self.processor.close()
         return int(code)
 
 
-def run_processes(settings: Settings, processes: int) -> int:
+ENGINES = ("faust", "confluent")
+
+
+def run_processes(settings: Settings, processes: int, engine: str = "faust") -> int:
     """Run N worker processes in one consumer group, each with its own HTTP port."""
     if processes <= 1:
+        if engine == "confluent":
+            from streamrec.stream.confluent_worker import ConfluentWorker
+
+            return ConfluentWorker(settings).run()
         return StreamWorker(settings).run()
     children = []
     for i in range(processes):
         env = {**os.environ, **settings.as_env(), "STREAMREC_WORKER_PORT": str(settings.worker_port + i)}
-        children.append(subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker"], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--engine", engine],
+                                         env=env))
 
     def forward(signum, _frame):
         for child in children:

@@ -74,3 +74,39 @@ def test_cold_start_with_models_uses_content_and_seq_and_ranks_with_the_ranker(f
     (tmp_path / "registry" / "ranker" / "v2" / "meta.json").write_text("{}")
     assert not store.offer(bad)
     assert store.swap_pending() == [] and store.live["ranker"].name == "ranker@v1"
+    # A model failing at run time: every request is still answered, from the snapshot, marked degraded.
+    def broken(*_):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    store.live["ranker"].score = broken
+    recs = engine.recommend([request("u9", ITEMS[1], "c3")])
+    assert recs[0].degraded and recs[0].trigger_event_id == "c3" and len(recs[0].items) == 8
+
+
+def test_ab_arms_bind_users_to_pinned_versions(fresh_settings, redis, tmp_path):
+    from streamrec.serving import ab
+
+    from .test_scorer import ITEMS, build_models
+
+    s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
+    keys = Keys(s.redis_prefix)
+    redis.zadd(keys.trending, {f"t{i}": 100 - i for i in range(30)})
+    build_models(s, tmp_path, "v1", which=("ranker",), send=False)
+    live = build_models(s, tmp_path, "v2", which=("ranker",), send=False)[0]
+    from streamrec.serving.config import parse_arms
+
+    cfg = ScorerConfig(arms=parse_arms("old=50:ranker@v1,new=50"), seed=0)
+    store = ModelStore(s, cfg)
+    store.offer(live)
+    store.swap_pending()
+    store.pin(cfg.arms)
+    engine = Engine(FeatureReader(redis_lib.Redis.from_url(s.redis_url), keys), store, cfg)
+    users = [f"user-{k}" for k in range(40)]
+    recs = engine.recommend([request(u, ITEMS[k % len(ITEMS)], f"e{k}") for k, u in enumerate(users)])
+    seen = set()
+    for u, rec in zip(users, recs):
+        arm = ab.arm_of(u, cfg.arms).name
+        assert rec.variant == arm
+        assert rec.models == (["ranker@v1"] if arm == "old" else ["ranker@v2"])
+        seen.add(arm)
+    assert seen == {"old", "new"}

@@ -40,7 +40,8 @@ def rec(ev: dict) -> Record:
     return Record(key=ev["user_id"], value=json.dumps(ev).encode(), kind="valid", event=ev)
 
 
-def test_features_equal_the_direct_computation(fresh_settings, redis):
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
+def test_features_equal_the_direct_computation(fresh_settings, redis, engine):
     s = fresh_settings
     records = list(synthetic_stream(6000, users=300, items=500, seed=42))
     # Out of order within the allowed lateness, then one beyond it, for one user.
@@ -52,7 +53,7 @@ def test_features_equal_the_direct_computation(fresh_settings, redis):
     assert exp.dead["too_late"] == 1 and exp.dead["bad_json"] > 0 and len(exp.answered) > 5000
     publish(s, records)
     port = free_port()
-    proc = start_worker(s, port=port)
+    proc = start_worker(s, port=port, engine=engine)
     try:
         assert wait_outputs(s, exp.outputs) == exp.outputs
         time.sleep(1.0)  # nothing more may come
@@ -82,19 +83,20 @@ def test_features_equal_the_direct_computation(fresh_settings, redis):
     assert json.loads(dead["too_late"])["event_id"] == "too-late"
 
 
-def test_kill_9_in_the_middle_of_100k_events(fresh_settings, redis):
+@pytest.mark.parametrize("engine,events", [("faust", 100_000), ("confluent", 40_000)])
+def test_kill_9_in_the_middle_of_a_stream(fresh_settings, redis, engine, events):
     s = fresh_settings
-    records = list(synthetic_stream(100_000, users=5000, items=20000, seed=9))
+    records = list(synthetic_stream(events, users=5000, items=20000, seed=9))
     exp = reference(records)
     publish(s, records)
     port = free_port()
-    proc = start_worker(s, port=port)
+    proc = start_worker(s, port=port, engine=engine)
     # Wait until the worker is well into the stream, then kill it without warning.
     reached = wait_outputs(s, exp.outputs // 3, timeout=300)
     assert reached < exp.outputs, "the worker finished before it could be killed; use more events"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    proc = start_worker(s, port=port)
+    proc = start_worker(s, port=port, engine=engine)
     try:
         assert wait_outputs(s, exp.outputs, timeout=400) == exp.outputs
         time.sleep(1.0)
@@ -105,12 +107,13 @@ def test_kill_9_in_the_middle_of_100k_events(fresh_settings, redis):
     check_counters(redis, Keys(s.redis_prefix), exp)
 
 
-def test_two_workers_share_partitions_and_one_takes_over(fresh_settings, redis):
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
+def test_two_workers_share_partitions_and_one_takes_over(fresh_settings, redis, engine):
     s = fresh_settings
     records = list(synthetic_stream(30_000, users=2000, items=3000, seed=5))
     exp = reference(records)
     ports = [free_port(), free_port()]
-    procs = [start_worker(s, port=p) for p in ports]
+    procs = [start_worker(s, port=p, engine=engine) for p in ports]
     deadline = time.monotonic() + 60  # the group settles: every partition owned by one of the two
     while True:
         owned = [metric(p, "streamrec_worker_assigned_partitions") for p in ports]

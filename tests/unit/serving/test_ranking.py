@@ -46,3 +46,22 @@ def test_unloadable_graph_is_a_model_error(tmp_path):
     bad.write_bytes(b"not a graph")
     with pytest.raises(ModelError, match="bad.onnx"):
         Graph(bad, "cpu")
+
+
+def test_gpu_error_at_run_time_falls_back_to_the_cpu_for_good(graph_path):
+    from streamrec.serving import metrics
+
+    path, w = graph_path
+    g = Graph(path, "cpu", io_binding=True)
+    g.on_gpu = True  # pretend the session runs on CUDA and the device fails
+
+    def fail(feeds):
+        raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+
+    g._run_bound = fail
+    before = metrics.gpu_fallbacks._value.get()
+    x = np.ones((2, 4), dtype=np.float32)
+    np.testing.assert_allclose(g.run({"x": x}), x @ w, atol=1e-5)
+    assert g.provider == CPU and not g.io_binding and not g.on_gpu
+    assert metrics.gpu_fallbacks._value.get() == before + 1
+    np.testing.assert_allclose(g.run({"x": x}), x @ w, atol=1e-5)  # stays on the CPU path

@@ -1,0 +1,105 @@
+"""The stream worker on a plain confluent-kafka consumer.
+
+Same processors, same guarantees as the faust engine (`streamrec.stream.worker`):
+a batch is applied to Redis and answered on Kafka before its offsets are
+committed. It skips faust's per-event machinery, which on this project's
+2-core machine is the worker's main cost; `streamrec bench features --engine`
+measures both. Select it with ``streamrec worker --engine confluent``; engines
+are not mixed within one running consumer group (their group protocols
+differ), but either can resume from the other's committed offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError
+
+from streamrec.settings import Settings
+from streamrec.stream import topics
+from streamrec.stream import worker_metrics as metrics
+from streamrec.stream.feature_store import Stopping
+from streamrec.stream.features import SourceEvent
+from streamrec.stream.worker import WorkerService
+
+log = logging.getLogger(__name__)
+GIVE_UP_AFTER_S = 20.0  # on SIGTERM, how long a batch stuck on Redis may keep the process
+
+
+class ConfluentWorker(WorkerService):
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.stopping = threading.Event()
+        self.assigned = threading.Event()
+        self.events_topic = settings.topic(topics.EVENTS)
+        self.catalog_topic = settings.topic(topics.CATALOG)
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": self.group_id(),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Range splits each topic on its own, so `events` partitions spread over the workers
+            # (a sticky assignor balancing counts could hand one worker only `catalog`).
+            "partition.assignment.strategy": "range",
+            "fetch.wait.max.ms": 10,
+            **topics.kafka_security(settings),
+        })
+
+    def consuming(self) -> bool:
+        return self.assigned.is_set() and not self.stopping.is_set()
+
+    def _on_assign(self, consumer, partitions) -> None:
+        mine = {tp.partition for tp in partitions if tp.topic == self.events_topic}
+        metrics.assigned_partitions.set(len(mine))
+        log.info("events partitions assigned: %s", sorted(mine))
+        self.assigned.set()
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # Called inside consume(), so no batch is in hand: everything processed is committed.
+        metrics.assigned_partitions.set(0)
+
+    def _stop(self, *_) -> None:
+        self.stopping.set()
+        self.http.stopping = True
+        # A batch waiting for Redis gives up after a while; what it did not finish is not committed.
+        threading.Timer(GIVE_UP_AFTER_S, self.processor.store.stop_event.set).start()
+
+    def consume(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        s = self.settings
+        self.consumer.subscribe([self.events_topic, self.catalog_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        last_lag = 0.0
+        code = 0
+        try:
+            while not self.stopping.is_set():
+                msgs = self.consumer.consume(s.worker_batch_max, timeout=s.worker_batch_wait_ms / 1000)
+                events, catalog = [], []
+                for m in msgs:
+                    if m.error():
+                        if m.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consume: %s", m.error())
+                        continue
+                    ts = m.timestamp()[1]
+                    record = SourceEvent(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                         ts if ts > 0 else int(time.time() * 1000))
+                    (events if m.topic() == self.events_topic else catalog).append(record)
+                if not (events or catalog):
+                    continue
+                try:
+                    if catalog:
+                        self.catalog.process(catalog)
+                    self.processor.process(events)
+                except Stopping:
+                    break  # not committed: the next owner replays it, idempotently
+                self.consumer.commit(asynchronous=False)
+                if time.monotonic() - last_lag > 5:
+                    self._report_lag()
+                    last_lag = time.monotonic()
+        finally:
+            self.consumer.close()  # leaves the group at once, so partitions move without delay
+        return code
