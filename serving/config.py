@@ -12,7 +12,7 @@ scorer runs against any version of `streamrec.settings.Settings`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Literal
 
 
@@ -100,7 +100,6 @@ class ScorerConfig:
     """How long item statistics, removals and co-visitation lists read from Redis are reused."""
     seed: int | None = None
     """Seed of the exploration sampler (tests); None = fresh entropy."""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.exploration not in ("off", "epsilon", "softmax"):
@@ -117,7 +116,7 @@ class ScorerConfig:
         """Take ``scorer_<field>`` from ``settings`` where present (arms from ``scorer_ab_arms``)."""
         values = {}
         for f in fields(cls):
-            if f.name in ("arms", "extra"):
+            if f.name == "arms":
                 continue
             v = getattr(settings, f"scorer_{f.name}", None)
             if v is not None:

@@ -33,7 +33,7 @@ from streamrec.serving.candidates import (CONTENT, SEQ, TRENDING, Candidates, Co
                                           merge)
 from streamrec.serving.config import ScorerConfig
 from streamrec.serving.exploration import choose
-from streamrec.serving.features import FeatureReader, RequestContext, dense_matrix
+from streamrec.serving.features import FeatureReader, dense_matrix
 from streamrec.serving.models import ModelStore
 from streamrec.stream.schemas import Recommendation, RecommendedItem, ScoreRequest
 
@@ -227,4 +227,5 @@ def _is_redis_error(exc: Exception) -> bool:
     import redis
 
     return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                            redis.exceptions.BusyLoadingError, OSError))
+                            redis.exceptions.BusyLoadingError, redis.exceptions.RedisClusterException,
+                            redis.exceptions.ClusterDownError, OSError))

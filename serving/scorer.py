@@ -33,6 +33,16 @@ from streamrec.stream.keys import FeatureConfig, Keys
 log = logging.getLogger(__name__)
 
 
+def redis_client(settings: Settings, timeout_s: float):
+    """A Redis client with a short timeout (past it a batch is served degraded); cluster-aware
+    when ``Settings.redis_cluster`` is on (the pipelines then split by slot)."""
+    if getattr(settings, "redis_cluster", False):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
 class Scorer:
     """Owns the consumer, producer, engine, model store and HTTP endpoints of one scorer process."""
 
@@ -41,8 +51,7 @@ class Scorer:
         self.settings = settings
         self.config = config or ScorerConfig.from_settings(settings)
         cfg = self.config
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=cfg.redis_timeout_s,
-                                          socket_connect_timeout=cfg.redis_timeout_s)
+        self.redis = redis_client(settings, cfg.redis_timeout_s)
         self.reader = FeatureReader(self.redis, Keys(settings.redis_prefix), FeatureConfig.from_settings(settings),
                                     stats_ttl_s=cfg.item_stats_ttl_s)
         self.models = ModelStore(settings, cfg, io_binding=io_binding)

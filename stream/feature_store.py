@@ -123,30 +123,20 @@ class RedisFeatureStore:
 
         Retrying is safe: every script is idempotent (event markers, offset guards).
         """
-        delay = 0.05
         while True:
-            if self.stop_event.is_set():
-                raise Stopping()
-            try:
-                commands = [(self._sha[script], key, arg) for script, calls in groups for key, arg in calls]
-                results = self._evalsha_all(commands)
-                if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                    self._load_scripts()  # Redis restarted or flushed its script cache
-                    continue
-                if self.per_slot and any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK"))
-                                         for r in results):
-                    self.client.nodes_manager.initialize()  # slots moved: learn the new layout, retry
-                    continue
-                errors = [r for r in results if isinstance(r, Exception)]
-                if errors:  # retryable ones are caught below; a script error is a bug: fail loudly
-                    raise errors[0]
-                self._on_health(True)
-                return results
-            except RETRYABLE as exc:
-                self._on_health(False)
-                log.warning("Redis unavailable (%s); retrying in %.2f s", exc, delay)
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, 5.0)
+            commands = [(self._sha[script], key, arg) for script, calls in groups for key, arg in calls]
+            results = self._with_retry(lambda: self._evalsha_all(commands))
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                self._with_retry(self._load_scripts)  # Redis restarted or flushed its script cache
+                continue
+            if self.per_slot and any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK"))
+                                     for r in results):
+                self.client.nodes_manager.initialize()  # slots moved: learn the new layout, retry
+                continue
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:  # a script error is a bug, not an outage: fail loudly
+                raise errors[0]
+            return results
 
     def _evalsha_all(self, commands: list[tuple[str, str, str]]) -> list:
         """Run EVALSHA commands pipelined; on a cluster, one pipeline per node owning the keys
@@ -210,6 +200,7 @@ class RedisFeatureStore:
         return pipe.execute()
 
     def _with_retry(self, fn):
+        """Call `fn` until Redis answers, backing off to 5 s; health follows the outcome."""
         delay = 0.05
         while True:
             if self.stop_event.is_set():

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 
 import pytest
-from confluent_kafka import Consumer
 
 from streamrec.cli import main
 from streamrec.registry import Announcement, Registry
 from streamrec.stream.topics import MODEL_VERSIONS
 
+from .helpers import read_topic
+
 pytestmark = pytest.mark.integration
-
-
-def read_announcements(settings, expected: int, timeout: float = 30.0) -> list:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([settings.topic(MODEL_VERSIONS)])
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < expected and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            out.append(msg)
-    consumer.close()
-    return out
 
 
 @pytest.fixture
@@ -44,7 +30,7 @@ def test_train_publishes_both_models_and_announces_them(reg_settings, tmp_path):
     trained = train_all(inter, TrainConfig.tiny(epochs=1))
     results = publish_trained(reg_settings, trained)
 
-    msgs = read_announcements(reg_settings, 2)
+    msgs = read_topic(reg_settings, MODEL_VERSIONS)
     assert sorted(m.key().decode() for m in msgs) == ["ranker", "sasrec"]
     registry = Registry(reg_settings.registry_uri)
     for msg in msgs:
@@ -68,6 +54,6 @@ def test_promote_and_rollback_announce_the_version_they_make_current(reg_setting
     assert main(["models", "promote", "ranker", "v1"]) == 0
     assert main(["models", "promote", "ranker", "v2"]) == 0
     assert main(["models", "rollback", "ranker"]) == 0
-    msgs = read_announcements(reg_settings, 3)
+    msgs = read_topic(reg_settings, MODEL_VERSIONS)
     assert [Announcement.decode(m.value()).version for m in msgs] == ["v1", "v2", "v1"]
     assert registry.current("ranker") == "v1"

@@ -18,7 +18,7 @@ from streamrec.stream import topics
 from streamrec.stream.bench import start_worker, stop_worker
 from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
 
-from .worker_helpers import read_topic
+from .helpers import read_topic
 
 pytestmark = pytest.mark.integration
 ITEMS = [f"i{i}" for i in range(40)]

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from streamrec.stream import schemas, topics
 from streamrec.stream.schemas import EventError
 from streamrec.stream.sdk import EventPublisher, PublishError, RecommendationConsumer
 
+from .helpers import read_topic
+
 pytestmark = pytest.mark.integration
-
-
-def read_all(settings, topic: str, expected: int, timeout: float = 30.0) -> list:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"read-{time.time()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([settings.topic(topic)])
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < expected and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            out.append(msg)
-    consumer.close()
-    return out
 
 
 def test_every_event_type_goes_through_the_broker_keyed_by_user(fresh_settings):
@@ -39,7 +26,7 @@ def test_every_event_type_goes_through_the_broker_keyed_by_user(fresh_settings):
             pub.impression("u3", ["i4", "i5"], ts="2026-01-01T10:00:00Z"),
         ]
     assert pub.delivered == 7
-    msgs = read_all(fresh_settings, topics.EVENTS, 7)
+    msgs = read_topic(fresh_settings, topics.EVENTS)
     decoded = {schemas.decode_event(m.value()).event_id: (m.key(), schemas.decode_event(m.value())) for m in msgs}
     assert set(decoded) == set(ids)
     key, click = decoded[ids[1]]

@@ -17,7 +17,7 @@ from streamrec.stream.features import decayed, expected_decayed
 from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.synthetic import Record, synthetic_stream
 
-from .worker_helpers import (check_counters, check_outputs, output_count, publish, read_topic, reference,
+from .helpers import (check_counters, check_outputs, output_count, publish, read_topic, reference,
                              wait_outputs)
 
 pytestmark = pytest.mark.integration
