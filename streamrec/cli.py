@@ -21,6 +21,7 @@ console = Console(stderr=True)
 # Packages whose cli module registers subcommands; a package whose optional
 # dependencies are missing (torch in the serving image) is skipped quietly.
 SUBCOMMAND_MODULES = ("streamrec.stream.cli", "streamrec.serving.cli", "streamrec.trainer.cli",
+                      "streamrec.trainer.online_cli",
                       "streamrec.demo")
 
 
@@ -118,12 +119,6 @@ def cmd_schema(args) -> int:
     return 0
 
 
-def cmd_learn(args) -> int:
-    console.print("[yellow]not implemented yet:[/] the online trainer (`streamrec learn`) is planned work; "
-                  "train offline with `streamrec train` and publish with the registry meanwhile")
-    return 2
-
-
 def cmd_deploy(args) -> int:
     from streamrec.deploy.prometheus_config import compose_config_text
     print(compose_config_text(), end="")
@@ -162,9 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the event JSON Schema (as shipped for non-Python producers)")
     p.set_defaults(func=cmd_schema)
-
-    p = sub.add_parser("learn", help="online trainer (not implemented yet)")
-    p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("deploy", help="generate deployment files from the code")
     p.add_argument("what", choices=["prometheus-config"],

@@ -1,0 +1,58 @@
+"""Feature reads of the scorer: the same answers from one Redis server and from a Redis Cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.serving.features import FeatureReader
+from streamrec.serving.scorer import redis_client
+from streamrec.stream.feature_store import RedisFeatureStore
+from streamrec.stream.features import DecodedEvent, SourceEvent
+from streamrec.stream.keys import Keys
+from streamrec.stream.schemas import ScoreRequest, decode_event
+from streamrec.stream.synthetic import synthetic_stream
+
+from .test_feature_store import redis_cluster  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.integration
+
+
+def load(store: RedisFeatureStore, n: int = 1500) -> list[ScoreRequest]:
+    batch = [DecodedEvent(SourceEvent("events", 0, k, r.key.encode(), r.value, 0), decode_event(r.value))
+             for k, r in enumerate(synthetic_stream(n, users=60, items=80, seed=9, duplicate_rate=0,
+                                                    malformed_rate=0))]
+    outcomes = store.apply(batch)
+    store.put_item_meta("i1", {"category": "shoes"})
+    store.remove_item("i2")
+    return [ScoreRequest(event_id=d.event.event_id, user_id=d.event.user_id, session_id=o.session_id,
+                         item_id=d.event.item_id, type=d.event.type, ts=d.event.ts_ms, feature_version=o.feature_version)
+            for d, o in list(zip(batch, outcomes))[-40:]]
+
+
+def read_all(reader: FeatureReader, requests: list[ScoreRequest]):
+    contexts, trending = reader.contexts(requests, 30)
+    recent = sorted({i for c in contexts for i in c.recent(3)})
+    now = max(r.ts for r in requests)
+    covis = reader.covisitation(recent, 10, now, [i for c in contexts for i in c.session_items])
+    items = sorted({i for i, _ in trending} | {"i1", "i2"})
+    stats = reader.item_stats(items)
+    return ([(c.session_items, c.session_positive, c.user_positive, c.known, sorted(c.affinity.items()))
+             for c in contexts], trending, covis, stats.removed.tolist(), stats.views.tolist(),
+            stats.categories, items)
+
+
+def test_cluster_and_single_server_give_the_same_features(settings, redis_cluster):  # noqa: F811
+    single = settings.replace(redis_prefix=f"{settings.redis_prefix}sf1:")
+    cluster = settings.replace(redis_prefix=f"{settings.redis_prefix}sf2:", redis_url=redis_cluster,
+                               redis_cluster=True)
+    answers = []
+    for s in (single, cluster):
+        store = RedisFeatureStore(s)
+        requests = load(store)
+        store.close()
+        answers.append(read_all(FeatureReader(redis_client(s, 2.0), Keys(s.redis_prefix)), requests))
+    one, many = answers
+    assert one == many
+    contexts, trending, covis, removed, views, cats, items = one
+    assert all(c[3] and c[0] for c in contexts) and trending and any(covis.values())
+    assert removed[items.index("i2")] and cats[items.index("i1")] == "shoes"
