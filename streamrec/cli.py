@@ -120,8 +120,11 @@ def cmd_schema(args) -> int:
 
 
 def cmd_deploy(args) -> int:
+    from streamrec.deploy.observability import dashboard_text, rules_text
     from streamrec.deploy.prometheus_config import compose_config_text
-    print(compose_config_text(), end="")
+    render = {"prometheus-config": compose_config_text, "prometheus-rules": rules_text,
+              "grafana-dashboard": dashboard_text}[args.what]
+    print(render(), end="")
     return 0
 
 
@@ -159,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("deploy", help="generate deployment files from the code")
-    p.add_argument("what", choices=["prometheus-config"],
-                   help="prometheus-config: the docker-compose scrape config (deploy/prometheus/prometheus.yml)")
+    p.add_argument("what", choices=["prometheus-config", "prometheus-rules", "grafana-dashboard"],
+                   help="prometheus-config: deploy/prometheus/prometheus.yml; prometheus-rules: "
+                        "deploy/prometheus/rules/streamrec.yml; grafana-dashboard: "
+                        "deploy/grafana/dashboards/streamrec.json")
     p.set_defaults(func=cmd_deploy)
 
     bench = sub.add_parser("bench", help="benchmarks against the real services; JSON and a PNG")
