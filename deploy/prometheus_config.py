@@ -39,8 +39,12 @@ def compose_targets(settings: Settings) -> dict[str, str]:
 
 
 def write_local_config(settings: Settings, path: Path) -> None:
+    """The local stack's config: targets on 127.0.0.1, the shipped alert rules."""
+    from importlib import resources
+
+    rules = resources.files("streamrec.deploy").joinpath("prometheus", "rules")
     # JSON is valid YAML, and needs no YAML library at run time.
-    path.write_text(json.dumps(scrape_config(local_targets(settings)), indent=2) + "\n")
+    path.write_text(json.dumps(scrape_config(local_targets(settings), [f"{rules}/*.yml"]), indent=2) + "\n")
 
 
 def compose_config_text(settings: Settings | None = None) -> str:
