@@ -85,6 +85,7 @@ class WorkerService:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         check_partitions(self.settings)
+        metrics.initialise()
         metrics.redis_up.set(1 if self.processor.store.ping() else 0)
         self.http.start()
         log.info("worker: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)

@@ -20,3 +20,17 @@ event_lag = Histogram("streamrec_worker_event_time_lag_seconds", "Now minus even
 consumer_lag = Gauge("streamrec_worker_consumer_lag", "Records not yet processed per partition", ["partition"])
 redis_up = Gauge("streamrec_worker_redis_up", "1 while Redis answers the worker")
 assigned_partitions = Gauge("streamrec_worker_assigned_partitions", "Partitions of `events` this process owns")
+
+
+def initialise() -> None:
+    """Create every labelled series at zero, so dashboards and alerts see them before the first event."""
+    from streamrec.stream.schemas import EVENT_TYPES
+
+    for t in EVENT_TYPES:
+        applied.labels(t)
+        deduplicated.labels(t)
+    for reason in ("bad_json", "not_utf8", "too_large", "invalid", "invalid_field", "missing_field",
+                   "unknown_field", "unknown_type", "bad_ts", "future_ts", "too_late", "forgotten_user"):
+        dead_lettered.labels(reason)
+    for kind in ("upserted", "removed"):
+        catalog_updates.labels(kind)

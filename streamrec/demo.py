@@ -138,7 +138,7 @@ def _latency_reader(settings: Settings, stats: LiveStats, stop: threading.Event)
                          "auto.offset.reset": "latest", "fetch.wait.max.ms": 10, **topics.kafka_security(settings)})
     consumer.subscribe([settings.topic(topics.SCORE_REQUESTS)])
     while not stop.is_set():
-        for m in consumer.consume(500, timeout=0.2):
+        for m in consumer.consume(500, timeout=0.005):  # waits for all 500 or the timeout
             if not m.error():
                 stats.latencies.append(time.time() * 1000 - json.loads(m.value())["ts"])
     consumer.close()

@@ -59,6 +59,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dedup_ttl_s: int = 6 * 3600
     """How long event ids are remembered to drop duplicates (about 100 bytes each in Redis)."""
 
+    # --- scorer ---------------------------------------------------------------------
+    scorer_batch_max: int = 256
+    """Most score requests scored together."""
+    scorer_batch_wait_ms: int = 2
+    """Longest the scorer waits to fill a batch."""
+    scorer_top_n: int = 10
+    """Items per recommendation."""
+    scorer_max_candidates: int = 200
+    """Candidates ranked per request after merging the sources."""
+    scorer_seq_candidates: int = 100
+    """Sequence-model retrieval candidates (inner-product top-K)."""
+    scorer_covis_candidates: int = 50
+    scorer_trending_candidates: int = 50
+    scorer_content_candidates: int = 20
+    """Content-similar candidates for cold users."""
+    scorer_recent_items: int = 5
+    """Session items whose co-visitation feeds candidates."""
+    scorer_exploration: Literal["off", "epsilon", "softmax"] = "off"
+    """Serving policy: every item carries its propensity under it."""
+    scorer_epsilon: float = 0.1
+    scorer_temperature: float = 1.0
+    scorer_ab_arms: str = ""
+    """A/B arms: "NAME=WEIGHT[:model@version...],..."; empty = one arm "default"."""
+    scorer_seq_model: str = "sasrec"
+    """Registry name of the sequence model."""
+    scorer_ranker_model: str = "ranker"
+    """Registry name of the ranker."""
+    scorer_redis_timeout_s: float = 0.25
+    """Past this, a batch is served degraded from the in-memory trending snapshot."""
+    scorer_redis_retry_s: float = 1.0
+    scorer_item_stats_ttl_s: float = 1.0
+    """How long item statistics and co-visitation lists read from Redis are reused."""
+
     # --- service HTTP ports (health, readiness, metrics) --------------------
     http_host: str = "127.0.0.1"
     """Interface the services' HTTP endpoints bind to."""

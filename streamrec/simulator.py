@@ -1,0 +1,349 @@
+"""A closed-loop user simulator that talks to streamrec through Kafka only, like a real app.
+
+Each simulated user has hidden tastes (a vector in a latent space that drifts
+a little every session), browses in sessions, publishes events with the SDK,
+waits for the recommendation that answers its latest event, and reacts to it
+with a hidden click model: a cascade over the slate with position bias,
+attraction from the hidden tastes, and fatigue (every click in a session makes
+the next less likely). A click may lead to add_to_cart and purchase; each is
+published with the slate's ``rec_id`` and the item's ``position``. The
+catalog is published on the `catalog` topic, with new items appearing over
+time.
+
+Nothing in streamrec reads the hidden model: it is only used to report the
+*true* reward per A/B variant (the recommendation's ``variant``), both as
+realised (what the users did) and expected (the hidden click model's mean
+reward of the slate, a low-variance measure of its quality).
+
+The world is pure (`World`: no Kafka, no clock), so it is tested alone:
+
+>>> w = World(SimConfig(users=5, items=20, seed=1))
+>>> user = w.users[0]
+>>> view = w.next_event(user, now_ms=1_767_225_600_000)
+>>> view["type"], view["item_id"] in w.item_ids
+('view', True)
+>>> World(SimConfig(users=5, items=20, seed=1)).item_vecs.tobytes() == w.item_vecs.tobytes()
+True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REWARD_WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0, "skip": 0.0}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The hidden world and the load: population, catalog, click model, rate."""
+
+    users: int = 200
+    items: int = 300
+    categories: int = 12
+    dim: int = 8
+    seed: int = 0
+    rate: float = 50.0
+    """Most events per second the population publishes."""
+    seconds: float = 60.0
+    new_item_every_s: float = 5.0
+    """A new item joins the catalog this often (0: never)."""
+    drift: float = 0.05
+    """Std of the random step of a user's taste at each new session (then renormalised)."""
+    session_steps: float = 6.0
+    """Mean slates a session looks at before it ends (geometric)."""
+    gap_s: float = 1.0
+    """Think time between sessions of one user."""
+    attraction_scale: float = 3.0
+    attraction_bias: float = -1.5
+    position_decay: float = 0.8
+    """Examination probability of rank r is ``1 / (1 + r) ** position_decay``."""
+    fatigue: float = 0.7
+    """Each click in the session multiplies the next click probabilities by this."""
+    p_cart: float = 0.3
+    p_purchase: float = 0.3
+    slate_seen: int = 10
+    """Ranks a user can see at most."""
+    wait_s: float = 5.0
+    """How long a user waits for a recommendation before giving up on the session."""
+    bucket_s: float = 10.0
+    """Width of the time buckets of the report."""
+
+
+@dataclass
+class SimUser:
+    user_id: str
+    taste: np.ndarray
+    session: int = 0
+    steps_left: int = 0
+    clicks: int = 0
+    """Clicks in the current session (fatigue)."""
+
+    @property
+    def session_id(self) -> str:
+        return f"{self.user_id}-s{self.session}"
+
+
+class World:
+    """The hidden state: user tastes, item vectors, the click model. Seeded, deterministic."""
+
+    def __init__(self, cfg: SimConfig):
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.centroids = self._unit(self.rng.normal(size=(cfg.categories, cfg.dim)))
+        self.item_ids: list[str] = []
+        self.item_cat: list[int] = []
+        self.item_vecs = np.zeros((0, cfg.dim))
+        self.row: dict[str, int] = {}
+        for _ in range(cfg.items):
+            self.add_item()
+        self.users = []
+        for u in range(cfg.users):
+            cats = self.rng.choice(cfg.categories, size=2, replace=False)
+            taste = self.centroids[cats[0]] + 0.5 * self.centroids[cats[1]] + 0.3 * self.rng.normal(size=cfg.dim)
+            self.users.append(SimUser(f"sim-u{u}", self._unit(taste)))
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def add_item(self) -> dict:
+        """A new item (hidden vector near its category's centroid); returns its catalog record."""
+        n = len(self.item_ids)
+        cat = int(self.rng.integers(self.cfg.categories))
+        vec = self._unit(self.centroids[cat] + 0.6 * self.rng.normal(size=self.cfg.dim))
+        item_id = f"sim-i{n}"
+        self.item_ids.append(item_id)
+        self.item_cat.append(cat)
+        self.item_vecs = np.vstack([self.item_vecs, vec[None]])
+        self.row[item_id] = n
+        return {"item_id": item_id, "category": f"cat{cat}", "tags": [f"t{cat}", f"t{n % 7}"],
+                "title": f"simulated item {n}"}
+
+    def catalog(self) -> list[dict]:
+        return [{"item_id": i, "category": f"cat{c}", "tags": [f"t{c}", f"t{n % 7}"], "title": f"simulated item {n}"}
+                for n, (i, c) in enumerate(zip(self.item_ids, self.item_cat))]
+
+    # -- the hidden click model -------------------------------------------------- #
+    def attraction(self, user: SimUser, items: list[str]) -> np.ndarray:
+        """P(click | examined) of each item for the user now (unknown items: 0)."""
+        rows = np.array([self.row.get(i, -1) for i in items], dtype=np.int64)
+        a = np.zeros(len(items))
+        known = rows >= 0
+        if known.any():
+            logit = self.cfg.attraction_scale * (self.item_vecs[rows[known]] @ user.taste) + self.cfg.attraction_bias
+            a[known] = 1.0 / (1.0 + np.exp(-logit))
+        return a
+
+    def examination(self, n: int) -> np.ndarray:
+        return 1.0 / (1.0 + np.arange(n)) ** self.cfg.position_decay
+
+    def click_probs(self, user: SimUser, items: list[str]) -> np.ndarray:
+        """Probability that the user clicks each rank (cascade: the first click ends the scan)."""
+        items = items[: self.cfg.slate_seen]
+        p = self.attraction(user, items) * self.examination(len(items)) * self.cfg.fatigue ** user.clicks
+        not_before = np.concatenate([[1.0], np.cumprod(1.0 - p)[:-1]])
+        return p * not_before
+
+    def expected_reward(self, user: SimUser, items: list[str]) -> float:
+        """Mean reward of showing ``items`` to the user now (click, cart and purchase weighted)."""
+        c = self.cfg
+        per_click = (REWARD_WEIGHTS["click"] + c.p_cart * (REWARD_WEIGHTS["add_to_cart"]
+                                                           + c.p_purchase * REWARD_WEIGHTS["purchase"]))
+        return float(self.click_probs(user, items).sum() * per_click)
+
+    def react(self, user: SimUser, items: list[str]) -> list[tuple[str, str, int]]:
+        """What the user does with a slate: [(type, item_id, position)], empty when nothing is clicked."""
+        probs = self.click_probs(user, items)
+        u = self.rng.random()
+        cum = np.cumsum(probs)
+        pos = int(np.searchsorted(cum, u, side="right"))
+        if pos >= len(probs):
+            return []
+        item = items[pos]
+        user.clicks += 1
+        out = [("click", item, pos)]
+        if self.rng.random() < self.cfg.p_cart:
+            out.append(("add_to_cart", item, pos))
+            if self.rng.random() < self.cfg.p_purchase:
+                out.append(("purchase", item, pos))
+        return out
+
+    # -- sessions ----------------------------------------------------------------- #
+    def start_session(self, user: SimUser) -> None:
+        user.session += 1
+        user.clicks = 0
+        user.steps_left = int(self.rng.geometric(1.0 / max(self.cfg.session_steps, 1.0)))
+        user.taste = self._unit(user.taste + self.cfg.drift * self.rng.normal(size=self.cfg.dim))
+
+    def browse(self, user: SimUser, k: int = 30) -> str:
+        """An item the user finds by themselves (search, home page): by taste among a random few."""
+        n = len(self.item_ids)
+        cand = self.rng.choice(n, size=min(k, n), replace=False)
+        logits = 4.0 * (self.item_vecs[cand] @ user.taste)
+        p = np.exp(logits - logits.max())
+        return self.item_ids[int(cand[self.rng.choice(len(cand), p=p / p.sum())])]
+
+    def next_event(self, user: SimUser, now_ms: int) -> dict:
+        """The organic view that opens a session step (fields for `EventPublisher.publish`)."""
+        if user.steps_left <= 0:
+            self.start_session(user)
+        return {"type": "view", "user_id": user.user_id, "item_id": self.browse(user),
+                "session_id": user.session_id, "ts": now_ms}
+
+
+@dataclass
+class Tally:
+    """Slates shown and true reward, by variant and time bucket."""
+
+    bucket_s: float
+    t0: float
+    cells: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+
+    def add(self, variant: str, now: float, realised: float, expected: float, clicked: bool) -> None:
+        c = self.cells[(variant, int((now - self.t0) // self.bucket_s))]
+        c["slates"] += 1
+        c["clicks"] += clicked
+        c["reward"] += realised
+        c["reward_sq"] += realised * realised
+        c["expected"] += expected
+
+    def report(self) -> dict:
+        """{variant: {"buckets": [...], "total": {...}}}; CTR = clicks / slates, CI = 95% normal."""
+        out: dict = {}
+        for (variant, b), c in sorted(self.cells.items()):
+            out.setdefault(variant, {"buckets": []})["buckets"].append({"t_s": b * self.bucket_s, **_summary(c)})
+        for variant, v in out.items():
+            tot: dict = defaultdict(float)
+            for (var, _), c in self.cells.items():
+                if var == variant:
+                    for k, x in c.items():
+                        tot[k] += x
+            v["total"] = _summary(tot)
+        return out
+
+
+def _summary(c) -> dict:
+    n = max(c["slates"], 1.0)
+    mean = c["reward"] / n
+    var = max(c["reward_sq"] / n - mean * mean, 0.0)
+    half = 1.96 * math.sqrt(var / n)
+    return {"slates": int(c["slates"]), "clicks": int(c["clicks"]), "ctr": c["clicks"] / n,
+            "reward_per_slate": mean, "reward_ci95": [mean - half, mean + half],
+            "expected_reward_per_slate": c["expected"] / n}
+
+
+class Simulation:
+    """Drives a `World` against the live system: catalog, events and recommendations through Kafka."""
+
+    def __init__(self, settings, cfg: SimConfig, on_tick: Callable[[dict], None] | None = None):
+        self.settings = settings
+        self.cfg = cfg
+        self.world = World(cfg)
+        self.on_tick = on_tick
+        self.stats = defaultdict(int)
+        self._stop = False
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def publish_catalog(self, producer, records: list[dict]) -> None:
+        from streamrec.stream.schemas import CatalogItem, encode
+        from streamrec.stream.topics import CATALOG
+
+        topic = self.settings.topic(CATALOG)
+        for r in records:
+            producer.produce(topic, encode(CatalogItem(**r, created_ts=int(time.time() * 1000))),
+                             key=r["item_id"].encode())
+        producer.flush(30)
+
+    def run(self) -> dict:
+        """Run for ``cfg.seconds``; returns the report (true reward per variant over time)."""
+        from confluent_kafka import Producer
+
+        from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
+        from streamrec.stream.topics import kafka_security
+
+        cfg, world = self.cfg, self.world
+        cat_producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "linger.ms": 5,
+                                 **kafka_security(self.settings)})
+        self.publish_catalog(cat_producer, world.catalog())
+        t0 = time.monotonic()
+        tally = Tally(cfg.bucket_s, t0)
+        ready = {u.user_id: t0 + i / max(cfg.rate, 1e-9) for i, u in enumerate(world.users)}
+        by_id = {u.user_id: u for u in world.users}
+        waiting: dict[str, tuple[str, float]] = {}  # trigger event id -> (user, deadline)
+        next_item = t0 + cfg.new_item_every_s if cfg.new_item_every_s > 0 else math.inf
+        budget, last = 0.0, t0
+        with RecommendationConsumer(self.settings) as recs, EventPublisher(self.settings) as pub:
+            while not self._stop and (now := time.monotonic()) - t0 < cfg.seconds:
+                if now >= next_item:
+                    self.publish_catalog(cat_producer, [world.add_item()])
+                    self.stats["new_items"] += 1
+                    next_item += cfg.new_item_every_s
+                budget = min(budget + (now - last) * cfg.rate, cfg.rate)  # at most 1 s of burst
+                last = now
+                due = [uid for uid, t in ready.items() if t <= now]
+                for uid in due[: int(budget)]:
+                    user = by_id[uid]
+                    fields = world.next_event(user, int(time.time() * 1000))
+                    fields.pop("ts")
+                    eid = pub.publish(fields.pop("type"), **fields)
+                    del ready[uid]
+                    waiting[eid] = (uid, now + cfg.wait_s)
+                    budget -= 1
+                    self.stats["events"] += 1
+                pub.producer.poll(0)
+                rec = recs.poll(0.02)
+                while rec is not None:
+                    self._answer(rec, waiting, by_id, ready, pub, tally)
+                    rec = recs.poll(0)
+                now = time.monotonic()
+                for eid in [e for e, (_, d) in waiting.items() if d < now]:
+                    uid, _ = waiting.pop(eid)
+                    by_id[uid].steps_left = 0
+                    ready[uid] = now + cfg.gap_s
+                    self.stats["timeouts"] += 1
+                if self.on_tick is not None:
+                    self.on_tick({"elapsed_s": now - t0, **self.stats})
+            pub.flush()
+        cat_producer.flush(10)
+        return {"config": asdict(cfg), "seconds": time.monotonic() - t0, "counts": dict(self.stats),
+                "variants": tally.report()}
+
+    def _answer(self, rec, waiting, by_id, ready, pub, tally) -> None:
+        got = waiting.pop(rec.trigger_event_id, None)
+        if got is None:
+            return  # a slate for an event we did not wait on (a click's, another app's)
+        uid, _ = got
+        user = by_id[uid]
+        self.stats["slates"] += 1
+        items = [it.item_id for it in rec.items]
+        expected = self.world.expected_reward(user, items)
+        actions = self.world.react(user, items)
+        realised = sum(REWARD_WEIGHTS[a] for a, _, _ in actions)
+        tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions))
+        for kind, item, pos in actions:
+            pub.publish(kind, user_id=uid, item_id=item, session_id=user.session_id, rec_id=rec.rec_id,
+                        position=pos)
+            self.stats[kind] += 1
+        user.steps_left -= 1
+        ready[uid] = time.monotonic() + (0.0 if user.steps_left > 0 else self.cfg.gap_s)
+
+
+def run_simulation(settings, cfg: SimConfig, on_tick=None) -> dict:
+    """Run a simulation against the live system and return its report."""
+    return Simulation(settings, cfg, on_tick).run()
+
+
+def format_report(report: dict) -> str:
+    return json.dumps(report, indent=2)

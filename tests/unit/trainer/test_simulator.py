@@ -1,0 +1,69 @@
+"""The hidden world of the simulator: seeded, a cascade click model with position bias and fatigue."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+
+from streamrec import simulator
+from streamrec.simulator import SimConfig, Tally, World
+
+
+def test_doctests():
+    assert doctest.testmod(simulator).failed == 0
+
+
+def test_same_seed_same_world_and_choices():
+    a, b = World(SimConfig(users=10, items=50, seed=3)), World(SimConfig(users=10, items=50, seed=3))
+    ev_a = [a.next_event(u, 0)["item_id"] for u in a.users]
+    ev_b = [b.next_event(u, 0)["item_id"] for u in b.users]
+    assert ev_a == ev_b
+    assert World(SimConfig(users=10, items=50, seed=4)).item_vecs.tobytes() != a.item_vecs.tobytes()
+
+
+def test_position_bias_and_fatigue_lower_click_probability():
+    w = World(SimConfig(users=3, items=40, seed=0))
+    user = w.users[0]
+    item = w.item_ids[int(np.argmax(w.item_vecs @ user.taste))]
+    top = w.click_probs(user, [item])[0]
+    low = w.click_probs(user, w.item_ids[:5] + [item])[-1]
+    assert low < top
+    user.clicks = 3
+    assert w.click_probs(user, [item])[0] < top
+
+
+def test_better_slate_has_higher_expected_reward():
+    w = World(SimConfig(users=3, items=100, seed=0))
+    user = w.users[1]
+    order = np.argsort(-(w.item_vecs @ user.taste))
+    best = [w.item_ids[i] for i in order[:10]]
+    worst = [w.item_ids[i] for i in order[-10:]]
+    assert w.expected_reward(user, best) > 2 * w.expected_reward(user, worst)
+
+
+def test_react_uses_positions_of_the_slate_and_unknown_items_are_never_clicked():
+    w = World(SimConfig(users=2, items=20, seed=0))
+    user = w.users[0]
+    for _ in range(50):
+        for kind, item, pos in w.react(user, ["nope"] * 3 + w.item_ids[:5]):
+            assert item != "nope" and pos >= 3
+            assert kind in ("click", "add_to_cart", "purchase")
+
+
+def test_new_items_join_the_catalog():
+    w = World(SimConfig(users=1, items=5, seed=0))
+    rec = w.add_item()
+    assert rec["item_id"] == "sim-i5" and len(w.catalog()) == 6 and rec["category"].startswith("cat")
+
+
+def test_tally_reports_per_variant_with_ci():
+    t = Tally(bucket_s=10, t0=0.0)
+    for i in range(20):
+        t.add("a", i, realised=1.0 if i % 2 else 0.0, expected=0.5, clicked=bool(i % 2))
+        t.add("b", i, realised=0.0, expected=0.1, clicked=False)
+    rep = t.report()
+    assert rep["a"]["total"]["ctr"] == 0.5 and rep["b"]["total"]["ctr"] == 0.0
+    assert len(rep["a"]["buckets"]) == 2
+    lo, hi = rep["a"]["total"]["reward_ci95"]
+    assert lo < 0.5 < hi

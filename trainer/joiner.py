@@ -1,0 +1,234 @@
+"""Reward joining: recommendations + the interactions carrying their ``rec_id`` -> training samples.
+
+A slate (one recommendation) stays open for ``window_ms`` of event time after
+it was created; interactions with its ``rec_id`` and a ``position`` that
+arrive meanwhile add their reward (weights per type, e.g. click 1,
+add_to_cart 2, purchase 5, skip 0) to the item at that position; the same
+``(rec_id, item, type)`` counts once (duplicates from retries or replays are
+ignored). An interaction may arrive before its recommendation (the two topics
+are read independently): it waits, bounded, in a pending buffer. When the
+event-time watermark passes the end of a slate's window, the slate is closed
+and emitted as a `Slate` sample; an interaction for a slate closed already,
+or older than the window, is counted as late and dropped.
+
+Time is event time only (the newest timestamp seen on either topic), never the
+wall clock, so replaying the same records from a checkpoint gives the same
+samples: that is what makes a restart neither lose nor double-count rewards.
+The whole state is plain data (`state()` / `from_state()`), saved together
+with the Kafka offsets it covers.
+
+>>> j = Joiner(JoinConfig(window_ms=1000))
+>>> j.add_recommendation({"rec_id": "r1", "user_id": "u", "session_id": "s", "variant": "a",
+...     "created_ts": 0, "items": [{"item_id": "x", "propensity": 0.5}, {"item_id": "y", "propensity": 0.2}]})
+[]
+>>> j.add_interaction({"event_id": "e1", "type": "click", "rec_id": "r1", "position": 1, "item_id": "y", "ts": 10})
+[]
+>>> [s.rewards for s in j.add_interaction({"event_id": "e2", "type": "view", "item_id": "z", "ts": 2000})]
+[[0.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """Attribution window, reward weights and memory bounds of the joiner."""
+
+    window_ms: int = 30_000
+    click: float = 1.0
+    add_to_cart: float = 2.0
+    purchase: float = 5.0
+    skip: float = 0.0
+    max_open: int = 100_000
+    """Open slates kept at most; beyond it the oldest are closed early (counted)."""
+    max_pending: int = 50_000
+    """Interactions waiting for their recommendation, at most; beyond it the oldest are dropped (counted)."""
+    max_closed: int = 200_000
+    """Closed rec_ids remembered to recognise late interactions."""
+
+    def weight(self, kind: str) -> float | None:
+        """Reward weight of an interaction type, None for types that are not feedback on a slate."""
+        return {"click": self.click, "add_to_cart": self.add_to_cart, "purchase": self.purchase,
+                "skip": self.skip}.get(kind)
+
+
+@dataclass
+class Slate:
+    """One joined recommendation: what was shown, with what propensity, and the reward per item."""
+
+    rec_id: str
+    user_id: str
+    session_id: str
+    variant: str
+    created_ts: int
+    items: list[str]
+    propensities: list[float]
+    scores: list[float]
+    reasons: list[str]
+    models: list[str]
+    trigger_event_id: str = ""
+    rewards: list[float] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Interactions joined, by type."""
+    seen: list[str] = field(default_factory=list)
+    """Keys ``item|type`` already counted (dedup)."""
+
+    @property
+    def reward(self) -> float:
+        return float(sum(self.rewards))
+
+
+class Joiner:
+    """The join state machine; feed it decoded records, collect closed `Slate` samples."""
+
+    def __init__(self, cfg: JoinConfig | None = None):
+        self.cfg = cfg or JoinConfig()
+        self.open: OrderedDict[str, Slate] = OrderedDict()  # by creation order
+        self.pending: OrderedDict[str, list[dict]] = OrderedDict()  # rec_id -> interactions before the rec
+        self.closed: OrderedDict[str, None] = OrderedDict()
+        self.watermark = 0
+        self.counts: Counter = Counter()
+        """joined, duplicates, late, evicted, pending_dropped, slates, rewards by type (reward:<type>)..."""
+
+    # -- input ------------------------------------------------------------------ #
+    def add_recommendation(self, rec: dict) -> list[Slate]:
+        """Open a slate for a recommendation (a dict as on the topic); returns slates closed by time."""
+        rid = rec["rec_id"]
+        if rid in self.open or rid in self.closed:
+            self.counts["duplicate_recommendations"] += 1
+            return []
+        items = rec.get("items", [])
+        slate = Slate(rec_id=rid, user_id=rec.get("user_id", ""), session_id=rec.get("session_id", ""),
+                      variant=rec.get("variant", "default"), created_ts=int(rec.get("created_ts") or 0),
+                      items=[i["item_id"] for i in items],
+                      propensities=[float(i.get("propensity", 1.0)) for i in items],
+                      scores=[float(i.get("score", 0.0)) for i in items],
+                      reasons=[str(i.get("reason", "")) for i in items], models=list(rec.get("models", [])),
+                      trigger_event_id=rec.get("trigger_event_id", ""), rewards=[0.0] * len(items))
+        self.open[rid] = slate
+        self.counts["slates"] += 1
+        for ev in self.pending.pop(rid, []):
+            self._apply(slate, ev)
+        while len(self.open) > self.cfg.max_open:
+            self.counts["evicted"] += 1
+            self._close(next(iter(self.open)))
+        return self._advance(slate.created_ts)
+
+    def add_interaction(self, ev: dict) -> list[Slate]:
+        """Apply an event (a dict as on the topic); returns slates closed by the time it carries."""
+        ts = _ts(ev.get("ts"))
+        out = self._advance(ts)
+        rid = ev.get("rec_id")
+        if not rid or self.cfg.weight(ev.get("type", "")) is None:
+            return out
+        if rid in self.closed or ts < self.watermark - self.cfg.window_ms:
+            self.counts["late"] += 1
+            return out
+        slate = self.open.get(rid)
+        if slate is None:
+            self.pending.setdefault(rid, []).append(ev)
+            self.counts["pending"] += 1
+            while sum(1 for _ in ()) or len(self.pending) > self.cfg.max_pending:
+                self.pending.popitem(last=False)
+                self.counts["pending_dropped"] += 1
+            return out
+        if ts > slate.created_ts + self.cfg.window_ms:
+            self.counts["late"] += 1
+            return out
+        self._apply(slate, ev)
+        return out
+
+    def _apply(self, slate: Slate, ev: dict) -> None:
+        kind = ev["type"]
+        pos = ev.get("position")
+        item = ev.get("item_id")
+        if pos is None or not 0 <= pos < len(slate.items) or (item is not None and slate.items[pos] != item):
+            # Position missing or inconsistent: attribute by item id when it is on the slate.
+            if item in slate.items:
+                pos = slate.items.index(item)
+            else:
+                self.counts["unattributable"] += 1
+                return
+        key = f"{slate.items[pos]}|{kind}"
+        if key in slate.seen:
+            self.counts["duplicates"] += 1
+            return
+        slate.seen.append(key)
+        slate.rewards[pos] += self.cfg.weight(kind)
+        slate.kinds[kind] = slate.kinds.get(kind, 0) + 1
+        self.counts["joined"] += 1
+        self.counts[f"reward:{kind}"] += 1
+
+    # -- time ---------------------------------------------------------------------- #
+    def _advance(self, ts: int) -> list[Slate]:
+        if ts <= self.watermark:
+            return []
+        self.watermark = ts
+        out = []
+        horizon = ts - self.cfg.window_ms
+        # Slates open in creation order; close from the front while they are past their window.
+        while self.open:
+            rid, slate = next(iter(self.open.items()))
+            if slate.created_ts > horizon:
+                break
+            out.append(self._close(rid))
+        # Pending interactions whose slate never came within the window are dropped as late.
+        for rid in [r for r, evs in self.pending.items() if all(_ts(e.get("ts")) < horizon for e in evs)][:1000]:
+            self.counts["late"] += len(self.pending.pop(rid))
+        return [s for s in out if s is not None]
+
+    def _close(self, rid: str) -> Slate:
+        slate = self.open.pop(rid)
+        self.closed[rid] = None
+        while len(self.closed) > self.cfg.max_closed:
+            self.closed.popitem(last=False)
+        self._closed_out.append(slate)
+        return slate
+
+    @property
+    def _closed_out(self) -> list:
+        # Slates closed by eviction are returned with the next batch of time-closed ones.
+        if not hasattr(self, "_evicted"):
+            self._evicted: list[Slate] = []
+        return self._evicted
+
+    def drain(self) -> list[Slate]:
+        """Slates closed since the last drain (by time or by the memory bound)."""
+        out, self._evicted = self._closed_out, []
+        return out
+
+    def flush(self) -> list[Slate]:
+        """Close every open slate now (end of a run)."""
+        for rid in list(self.open):
+            self._close(rid)
+        return self.drain()
+
+    # -- checkpoint -------------------------------------------------------------- #
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this joiner is (JSON-serialisable)."""
+        return {"watermark": self.watermark, "counts": dict(self.counts),
+                "open": [asdict(s) for s in self.open.values()], "pending": list(self.pending.items()),
+                "closed": list(self.closed), "unreported": [asdict(s) for s in self._closed_out]}
+
+    @classmethod
+    def from_state(cls, state: dict, cfg: JoinConfig | None = None) -> "Joiner":
+        j = cls(cfg)
+        j.watermark = int(state["watermark"])
+        j.counts = Counter(state["counts"])
+        j.open = OrderedDict((s["rec_id"], Slate(**s)) for s in state["open"])
+        j.pending = OrderedDict((r, evs) for r, evs in state["pending"])
+        j.closed = OrderedDict((r, None) for r in state["closed"])
+        j._evicted = [Slate(**s) for s in state.get("unreported", [])]
+        return j
+
+
+def _ts(ts) -> int:
+    if isinstance(ts, (int, float)):
+        return int(ts)
+    if isinstance(ts, str) and ts:
+        from datetime import datetime
+        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+    return 0
