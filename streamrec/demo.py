@@ -1,10 +1,12 @@
 """`streamrec demo`: the product end to end on this machine, shown live.
 
-Starts the local stack (if needed) and the services as child processes, runs
-a population of simulated shoppers that publish events through the SDK, and
-shows what happens: events/s, features applied, dead letters, latency from
-event to features (and to recommendation when the scorer runs), a user's live
-session. Stops everything cleanly at the end (or on Ctrl-C).
+Starts the local stack (if needed), trains initial models on synthetic
+history, starts the worker and the scorer as child processes, runs a
+population of simulated shoppers that publish events through the SDK and read
+the recommendation answering each, and shows what happens: events/s, features
+applied, dead letters, latency from event to features and to recommendation,
+the models serving, a shopper's live session and the last recommendation with
+its reasons. Stops everything cleanly at the end (or on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class LiveStats:
     bad_sent: int = 0
     started: float = field(default_factory=time.monotonic)
     latencies: deque = field(default_factory=lambda: deque(maxlen=5000))
+    rec_latencies: deque = field(default_factory=lambda: deque(maxlen=5000))
+    recommendations: int = 0
+    last_rec: object = None
     recent_sent: deque = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -112,7 +117,7 @@ def _shoppers(settings: Settings, stats: LiveStats, rate: float, stop: threading
     from streamrec.stream.sdk import EventPublisher
     from streamrec.stream.synthetic import synthetic_stream
 
-    records = synthetic_stream(10**9, users=2000, items=5000, seed=seed, duplicate_rate=0.02,
+    records = synthetic_stream(10**9, users=2000, items=CATALOG_ITEMS, seed=seed, duplicate_rate=0.02,
                                malformed_rate=0.005)
     with EventPublisher(settings) as pub:
         start = time.perf_counter()
@@ -144,7 +149,26 @@ def _latency_reader(settings: Settings, stats: LiveStats, stop: threading.Event)
     consumer.close()
 
 
-def _view(settings: Settings, stats: LiveStats, worker: Service, seconds: float, redis) -> Group:
+def _recommendation_reader(settings: Settings, stats: LiveStats, stop: threading.Event) -> None:
+    from streamrec.stream.sdk import RecommendationConsumer
+
+    with RecommendationConsumer(settings) as recs:
+        while not stop.is_set():
+            rec = recs.poll(0.05)
+            if rec is not None:
+                stats.recommendations += 1
+                stats.rec_latencies.append(time.time() * 1000 - rec.event_ts)
+                stats.last_rec = rec
+
+
+def _percentiles(values) -> str:
+    lat = np.array(values)
+    return (f"p50 {np.percentile(lat, 50):.1f}   p95 {np.percentile(lat, 95):.1f}   "
+            f"p99 {np.percentile(lat, 99):.1f}")
+
+
+def _view(settings: Settings, stats: LiveStats, worker: Service, scorer: Service | None, seconds: float,
+          redis) -> Group:
     from streamrec.stream.keys import Keys
 
     elapsed = time.monotonic() - stats.started
@@ -160,10 +184,14 @@ def _view(settings: Settings, stats: LiveStats, worker: Service, seconds: float,
                   f"  (malformed sent: {stats.bad_sent})")
     table.add_row("score requests produced", f"{_sum(m, 'streamrec_worker_score_requests_total'):,.0f}")
     if stats.latencies:
-        lat = np.array(stats.latencies)
-        table.add_row("event -> features applied (ms)",
-                      f"p50 {np.percentile(lat, 50):.1f}   p95 {np.percentile(lat, 95):.1f}   "
-                      f"p99 {np.percentile(lat, 99):.1f}")
+        table.add_row("event -> features applied (ms)", _percentiles(stats.latencies))
+    if scorer is not None:
+        sm = _metrics(scorer.port)
+        table.add_row("recommendations received (scorer -> Kafka -> app)", f"{stats.recommendations:,}")
+        if stats.rec_latencies:
+            table.add_row("event -> recommendation received (ms)", _percentiles(stats.rec_latencies))
+        table.add_row("degraded answers", f"{_sum(sm, 'streamrec_scorer_degraded_total'):,.0f}")
+        table.add_row("model swaps", f"{_sum(sm, 'streamrec_scorer_swaps_total'):,.0f}")
     parts = [table]
     if stats.recent_sent:
         user = stats.recent_sent[-1]["user_id"]
@@ -181,6 +209,13 @@ def _view(settings: Settings, stats: LiveStats, worker: Service, seconds: float,
                 f"recent: {' → '.join(f'{i} ({t})' for i, t in reversed(items)) or '-'}\n"
                 f"trending now: {', '.join(trending) or '-'}")
         parts.append(Panel(body, title="live features of the latest shopper (Redis)"))
+    rec = stats.last_rec
+    if rec is not None:
+        items = "\n".join(f"{i + 1:2d}. {it.item_id:<8} score {it.score:.3f}  p {it.propensity:.2f}  {it.reason}"
+                          for i, it in enumerate(rec.items[:5]))
+        parts.append(Panel(f"{rec.user_id} after {rec.trigger_event_id} · arm {rec.variant} · "
+                           f"models {', '.join(rec.models) or 'none'}{' · DEGRADED' if rec.degraded else ''}\n"
+                           + items, title="latest recommendation"))
     return Group(*parts)
 
 
@@ -193,8 +228,9 @@ def cmd_demo(args) -> int:
     base: Settings = args.settings
     sys.setswitchinterval(0.0005)  # shoppers, latency reader and the live view share the GIL
     run = uuid.uuid4().hex[:6]
-    settings = base.replace(topic_prefix=f"{base.topic_prefix}demo{run}.", redis_prefix=f"{base.redis_prefix}demo{run}:")
-    logdir = settings.home_path / "demo"
+    logdir = base.home_path / "demo" / run
+    settings = base.replace(topic_prefix=f"{base.topic_prefix}demo{run}.", redis_prefix=f"{base.redis_prefix}demo{run}:",
+                            registry_uri=str(logdir / "registry"))
     logdir.mkdir(parents=True, exist_ok=True)
     try:
         with console.status("starting the local stack (Kafka, Redis)..."):
@@ -205,25 +241,32 @@ def cmd_demo(args) -> int:
         return 1
     console.print(f"Kafka {settings.kafka_bootstrap}, Redis {settings.redis_url}; topics prefixed "
                   f"[bold]{settings.topic_prefix}[/]; logs in {logdir}")
+    if not args.no_models and _train_initial_models(settings, logdir) != 0:
+        console.print("[red]error:[/] training the initial models failed; see the output above")
+        return 1
     worker = _start("worker", ["worker"], settings, settings.worker_port, logdir)
+    scorer = _start("scorer", ["serve"], settings, settings.scorer_port, logdir)
     stop = threading.Event()
     stats = LiveStats()
     threads = []
     code = 0
     try:
-        with console.status("starting the stream worker..."):
+        with console.status("starting the stream worker and the scorer..."):
             _wait_ready(worker)
+            _wait_ready(scorer)
         threads = [threading.Thread(target=_latency_reader, args=(settings, stats, stop), daemon=True),
+                   threading.Thread(target=_recommendation_reader, args=(settings, stats, stop), daemon=True),
                    threading.Thread(target=_shoppers, args=(settings, stats, args.rate, stop, args.seed), daemon=True)]
         for t in threads:
             t.start()
         stats.started = time.monotonic()
         redis = redis_lib.Redis.from_url(settings.redis_url)
         seconds = args.seconds
-        with Live(_view(settings, stats, worker, seconds, redis), console=console, refresh_per_second=2) as live:
+        with Live(_view(settings, stats, worker, scorer, seconds, redis), console=console,
+                  refresh_per_second=2) as live:
             while time.monotonic() - stats.started < seconds:
                 time.sleep(0.5)
-                live.update(_view(settings, stats, worker, seconds, redis))
+                live.update(_view(settings, stats, worker, scorer, seconds, redis))
     except KeyboardInterrupt:
         console.print("interrupted; stopping")
     except RuntimeError as exc:
@@ -233,9 +276,26 @@ def cmd_demo(args) -> int:
         stop.set()
         for t in threads:
             t.join(10)
-        rc = _stop(worker)
-        console.print(f"worker stopped (exit {rc})")
+        for svc in (scorer, worker):
+            console.print(f"{svc.name} stopped (exit {_stop(svc)})")
     return code
+
+
+CATALOG_ITEMS = 1000
+
+
+def _train_initial_models(settings: Settings, logdir) -> int:
+    """Synthetic history, then `streamrec train` (SASRec + DCN-V2, exported, published, announced)."""
+    data = logdir / "history"
+    env = {**os.environ, **settings.as_env()}
+    console.rule("training initial models on synthetic history")
+    steps = [["data", "synth", "--users", "1500", "--items", str(CATALOG_ITEMS), "--out", str(data)],
+             ["train", "--data", str(data / "events.jsonl"), "--epochs", "2"]]
+    for step in steps:
+        code = subprocess.call([sys.executable, "-m", "streamrec.cli", *step], env=env)
+        if code != 0:
+            return code
+    return 0
 
 
 def register(sub) -> None:
@@ -246,4 +306,6 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=60, help="how long to run (default 60)")
     p.add_argument("--rate", type=float, default=300, help="events per second from the shoppers (default 300)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated population")
+    p.add_argument("--no-models", action="store_true",
+                   help="skip training: the scorer serves trending and co-visitation (degraded, no model)")
     p.set_defaults(func=cmd_demo)

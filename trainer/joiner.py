@@ -75,6 +75,8 @@ class Slate:
     """Interactions joined, by type."""
     seen: list[str] = field(default_factory=list)
     """Keys ``item|type`` already counted (dedup)."""
+    features: dict = field(default_factory=dict)
+    """What the consumer attached when the slate opened (the learner: ranker features, session items)."""
 
     @property
     def reward(self) -> float:
@@ -90,6 +92,7 @@ class Joiner:
         self.pending: OrderedDict[str, list[dict]] = OrderedDict()  # rec_id -> interactions before the rec
         self.closed: OrderedDict[str, None] = OrderedDict()
         self.watermark = 0
+        self._out: list[Slate] = []
         self.counts: Counter = Counter()
         """joined, duplicates, late, evicted, pending_dropped, slates, rewards by type (reward:<type>)..."""
 
@@ -107,7 +110,8 @@ class Joiner:
                       propensities=[float(i.get("propensity", 1.0)) for i in items],
                       scores=[float(i.get("score", 0.0)) for i in items],
                       reasons=[str(i.get("reason", "")) for i in items], models=list(rec.get("models", [])),
-                      trigger_event_id=rec.get("trigger_event_id", ""), rewards=[0.0] * len(items))
+                      trigger_event_id=rec.get("trigger_event_id", ""), rewards=[0.0] * len(items),
+                      features=rec.get("features") or {})
         self.open[rid] = slate
         self.counts["slates"] += 1
         for ev in self.pending.pop(rid, []):
@@ -115,31 +119,34 @@ class Joiner:
         while len(self.open) > self.cfg.max_open:
             self.counts["evicted"] += 1
             self._close(next(iter(self.open)))
-        return self._advance(slate.created_ts)
+        self._advance(slate.created_ts)
+        return self.drain()
 
     def add_interaction(self, ev: dict) -> list[Slate]:
         """Apply an event (a dict as on the topic); returns slates closed by the time it carries."""
         ts = _ts(ev.get("ts"))
-        out = self._advance(ts)
+        self._advance(ts)
+        self._interaction(ev, ts)
+        return self.drain()
+
+    def _interaction(self, ev: dict, ts: int) -> None:
         rid = ev.get("rec_id")
         if not rid or self.cfg.weight(ev.get("type", "")) is None:
-            return out
+            return
         if rid in self.closed or ts < self.watermark - self.cfg.window_ms:
             self.counts["late"] += 1
-            return out
+            return
         slate = self.open.get(rid)
         if slate is None:
             self.pending.setdefault(rid, []).append(ev)
             self.counts["pending"] += 1
-            while sum(1 for _ in ()) or len(self.pending) > self.cfg.max_pending:
-                self.pending.popitem(last=False)
-                self.counts["pending_dropped"] += 1
-            return out
+            while len(self.pending) > self.cfg.max_pending:
+                self.counts["pending_dropped"] += len(self.pending.popitem(last=False)[1])
+            return
         if ts > slate.created_ts + self.cfg.window_ms:
             self.counts["late"] += 1
-            return out
+            return
         self._apply(slate, ev)
-        return out
 
     def _apply(self, slate: Slate, ev: dict) -> None:
         kind = ev["type"]
@@ -163,41 +170,35 @@ class Joiner:
         self.counts[f"reward:{kind}"] += 1
 
     # -- time ---------------------------------------------------------------------- #
-    def _advance(self, ts: int) -> list[Slate]:
+    def _advance(self, ts: int) -> None:
         if ts <= self.watermark:
-            return []
+            return
         self.watermark = ts
-        out = []
         horizon = ts - self.cfg.window_ms
         # Slates open in creation order; close from the front while they are past their window.
         while self.open:
             rid, slate = next(iter(self.open.items()))
             if slate.created_ts > horizon:
                 break
-            out.append(self._close(rid))
+            self._close(rid)
         # Pending interactions whose slate never came within the window are dropped as late.
-        for rid in [r for r, evs in self.pending.items() if all(_ts(e.get("ts")) < horizon for e in evs)][:1000]:
+        # (oldest first: the buffer is in arrival order, close enough to event order to stop early)
+        while self.pending:
+            rid, evs = next(iter(self.pending.items()))
+            if max(_ts(e.get("ts")) for e in evs) >= horizon:
+                break
             self.counts["late"] += len(self.pending.pop(rid))
-        return [s for s in out if s is not None]
 
-    def _close(self, rid: str) -> Slate:
+    def _close(self, rid: str) -> None:
         slate = self.open.pop(rid)
         self.closed[rid] = None
         while len(self.closed) > self.cfg.max_closed:
             self.closed.popitem(last=False)
-        self._closed_out.append(slate)
-        return slate
-
-    @property
-    def _closed_out(self) -> list:
-        # Slates closed by eviction are returned with the next batch of time-closed ones.
-        if not hasattr(self, "_evicted"):
-            self._evicted: list[Slate] = []
-        return self._evicted
+        self._out.append(slate)
 
     def drain(self) -> list[Slate]:
         """Slates closed since the last drain (by time or by the memory bound)."""
-        out, self._evicted = self._closed_out, []
+        out, self._out = self._out, []
         return out
 
     def flush(self) -> list[Slate]:
@@ -211,7 +212,7 @@ class Joiner:
         """Everything needed to continue exactly where this joiner is (JSON-serialisable)."""
         return {"watermark": self.watermark, "counts": dict(self.counts),
                 "open": [asdict(s) for s in self.open.values()], "pending": list(self.pending.items()),
-                "closed": list(self.closed), "unreported": [asdict(s) for s in self._closed_out]}
+                "closed": list(self.closed), "unreported": [asdict(s) for s in self._out]}
 
     @classmethod
     def from_state(cls, state: dict, cfg: JoinConfig | None = None) -> "Joiner":
@@ -221,7 +222,7 @@ class Joiner:
         j.open = OrderedDict((s["rec_id"], Slate(**s)) for s in state["open"])
         j.pending = OrderedDict((r, evs) for r, evs in state["pending"])
         j.closed = OrderedDict((r, None) for r in state["closed"])
-        j._evicted = [Slate(**s) for s in state.get("unreported", [])]
+        j._out = [Slate(**s) for s in state.get("unreported", [])]
         return j
 
 

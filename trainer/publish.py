@@ -74,6 +74,10 @@ def publish_trained(settings: Settings, trained, seq_name: str = "sasrec", ranke
         seq = export_sasrec(trained.sasrec, f"{tmp}/seq", trained.catalog, trained.categories,
                             trained.split.test_history)
         dcn = export_dcn(trained.dcn, f"{tmp}/dcn")
+        # The torch weights travel with the version, so `streamrec learn` can fine-tune what is served.
+        from streamrec.trainer.weights import WEIGHTS, save_weights
+        seq.files[WEIGHTS] = save_weights(trained.sasrec, f"{tmp}/seq")
+        dcn.files[WEIGHTS] = save_weights(trained.dcn, f"{tmp}/dcn")
         for name, exported, model, metrics in (
                 (seq_name, seq, trained.sasrec, trained.seq_metrics["sasrec"]),
                 (ranker_name, dcn, trained.dcn, trained.ranker_metrics["dcn-v2"])):

@@ -1,0 +1,119 @@
+"""Reward joining: out-of-order and duplicate interactions, late drops, bounded memory, checkpoints."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import random
+
+from streamrec.trainer import joiner
+from streamrec.trainer.joiner import JoinConfig, Joiner
+
+
+def rec(rid: str, ts: int, items=("a", "b", "c"), variant="v"):
+    return {"rec_id": rid, "user_id": "u", "session_id": "s", "variant": variant, "created_ts": ts,
+            "trigger_event_id": f"t-{rid}",
+            "items": [{"item_id": i, "propensity": 0.5, "score": 1.0, "reason": "seq"} for i in items]}
+
+
+def ev(eid: str, kind: str, rid: str | None, pos: int | None, item: str, ts: int):
+    return {"event_id": eid, "type": kind, "user_id": "u", "item_id": item, "ts": ts, "rec_id": rid,
+            "position": pos}
+
+
+def test_doctests():
+    assert doctest.testmod(joiner).failed == 0
+
+
+def test_rewards_weighted_by_type_and_position():
+    j = Joiner(JoinConfig(window_ms=100))
+    j.add_recommendation(rec("r1", 0))
+    j.add_interaction(ev("e1", "click", "r1", 2, "c", 5))
+    j.add_interaction(ev("e2", "add_to_cart", "r1", 2, "c", 6))
+    j.add_interaction(ev("e3", "purchase", "r1", 2, "c", 7))
+    j.add_interaction(ev("e4", "skip", "r1", 0, "a", 8))
+    out = j.add_interaction(ev("e5", "view", None, None, "z", 101))
+    assert [s.rewards for s in out] == [[0.0, 0.0, 8.0]]
+    assert j.counts["reward:click"] == 1 and j.counts["reward:purchase"] == 1 and j.counts["reward:skip"] == 1
+
+
+def test_interaction_before_its_recommendation_is_joined():
+    j = Joiner(JoinConfig(window_ms=100))
+    j.add_interaction(ev("e1", "click", "r1", 1, "b", 10))
+    j.add_recommendation(rec("r1", 5))
+    assert [s.rewards for s in j.flush()] == [[0.0, 1.0, 0.0]]
+
+
+def test_duplicates_count_once():
+    j = Joiner(JoinConfig(window_ms=100))
+    j.add_recommendation(rec("r1", 0))
+    for _ in range(3):
+        j.add_interaction(ev("e1", "click", "r1", 0, "a", 5))
+    j.add_interaction(ev("e9", "click", "r1", 0, "a", 6))  # same click re-sent with a new id
+    j.add_recommendation(rec("r1", 0))  # replayed recommendation
+    assert [s.rewards for s in j.flush()] == [[1.0, 0.0, 0.0]]
+    assert j.counts["duplicates"] == 3 and j.counts["duplicate_recommendations"] == 1
+
+
+def test_late_interactions_are_counted_and_dropped():
+    j = Joiner(JoinConfig(window_ms=100))
+    j.add_recommendation(rec("r1", 0))
+    j.add_recommendation(rec("r2", 150))
+    closed = j.add_interaction(ev("e1", "click", "r1", 0, "a", 160))  # r1 closed at watermark 150
+    assert [s.rec_id for s in closed] == [] and j.counts["late"] == 1
+    j.add_interaction(ev("e2", "click", "r2", 0, "a", 240))  # inside r2's window
+    j.add_interaction(ev("e3", "click", "r2", 1, "b", 130))  # older than watermark - window
+    assert [s.rewards for s in j.flush()] == [[1.0, 0.0, 0.0]]  # r1 closed when r2 came
+    assert j.counts["late"] == 2
+    # A click whose slate never arrives is dropped as late once the window passes.
+    j2 = Joiner(JoinConfig(window_ms=100))
+    j2.add_interaction(ev("e1", "click", "ghost", 0, "a", 0))
+    j2.add_interaction(ev("e2", "view", None, None, "a", 500))
+    assert not j2.pending and j2.counts["late"] == 1
+
+
+def test_memory_is_bounded():
+    j = Joiner(JoinConfig(window_ms=10**9, max_open=50, max_pending=20, max_closed=30))
+    for i in range(200):
+        j.add_recommendation(rec(f"r{i}", i))
+        j.add_interaction(ev(f"x{i}", "click", f"missing{i}", 0, "a", i))
+    assert len(j.open) <= 50 and len(j.pending) <= 20 and len(j.closed) <= 30
+    assert j.counts["evicted"] == 150 and j.counts["pending_dropped"] == 180
+
+
+def _stream(n=300, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        t = i * 10
+        out.append(("rec", rec(f"r{i}", t)))
+        for k in range(rng.randint(0, 2)):
+            lag = rng.randint(-15, 80)  # negative: the interaction overtakes its recommendation
+            out.append(("ev", ev(f"e{i}-{k}", rng.choice(["click", "add_to_cart", "purchase"]), f"r{i}",
+                                 rng.randint(0, 2), None, t + lag)))
+    # out of order: shuffle locally
+    for i in range(0, len(out) - 3, 3):
+        if rng.random() < 0.5:
+            out[i], out[i + 2] = out[i + 2], out[i]
+    return out
+
+
+def _feed(j, records):
+    got = []
+    for kind, r in records:
+        got += j.add_recommendation(r) if kind == "rec" else j.add_interaction({**r, "item_id": None})
+    return got
+
+
+def test_checkpoint_restart_neither_loses_nor_double_counts():
+    records = _stream()
+    ref = Joiner(JoinConfig(window_ms=100))
+    expected = _feed(ref, records) + ref.flush()
+    a = Joiner(JoinConfig(window_ms=100))
+    first = _feed(a, records[:217])
+    state = json.loads(json.dumps(a.state()))  # through JSON, as on disk
+    b = Joiner.from_state(state, JoinConfig(window_ms=100))
+    rest = _feed(b, records[217:]) + b.flush()
+    assert [(s.rec_id, s.rewards) for s in first + rest] == [(s.rec_id, s.rewards) for s in expected]
+    assert b.counts == ref.counts
+    assert sum(s.reward for s in expected) > 0

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the online trainer, declared once (STYLE.md point 9)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+samples_joined = Counter("streamrec_learner_samples_joined_total", "Slates joined and closed (training samples)")
+items_joined = Counter("streamrec_learner_items_joined_total", "Shown items in joined slates")
+rewards = Counter("streamrec_learner_rewards_total", "Interactions joined to a slate, by type", ["type"])
+window_drops = Counter("streamrec_learner_window_drops_total",
+                       "Interactions dropped: late (outside the attribution window), duplicate, unattributable",
+                       ["reason"])
+filtered = Counter("streamrec_learner_filtered_slates_total", "Slates left out of training and gating", ["reason"])
+training_loss = Gauge("streamrec_learner_training_loss", "Loss of the last micro-batch", ["model"])
+train_steps = Counter("streamrec_learner_train_steps_total", "Optimisation steps", ["model"])
+gate_decisions = Counter("streamrec_learner_gate_decisions_total", "Gate decisions", ["model", "decision"])
+gate_estimate = Gauge("streamrec_learner_gate_estimate", "Last gate's estimates (auc, snips, CI bounds)",
+                      ["model", "policy", "metric"])
+versions_published = Counter("streamrec_learner_versions_published_total", "Model versions published", ["model"])
+event_to_model = Histogram("streamrec_learner_event_to_published_model_seconds",
+                           "From the newest event a published model trained on to its announcement",
+                           buckets=(5, 10, 20, 30, 45, 60, 90, 120, 300, 600))
+refresh_seconds = Histogram("streamrec_learner_refresh_seconds", "Gate + export + publish of one candidate",
+                            ["model"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
+lag_seconds = Gauge("streamrec_learner_watermark_lag_seconds", "Wall clock minus the joiner's event-time watermark")
+
+
+def count_join(before: dict, after: dict) -> None:
+    """Move the joiner's counters' increase into the Prometheus counters."""
+    for key, value in after.items():
+        inc = value - before.get(key, 0)
+        if inc <= 0:
+            continue
+        if key.startswith("reward:"):
+            rewards.labels(key.split(":", 1)[1]).inc(inc)
+        elif key in ("late", "duplicates", "unattributable", "pending_dropped", "evicted"):
+            window_drops.labels(key).inc(inc)

@@ -1,0 +1,258 @@
+"""The online trainer's models: fine-tuning on joined slates, gating, export and publication.
+
+Each model has a *live* copy (the version the scorer serves, loaded from the
+registry's ``weights.pt``) and a *candidate* that is fine-tuned on fresh
+training slates:
+
+- the ranker (DCN-V2) with a propensity-weighted binary cross-entropy:
+  label = the item got a reward, weight = ``min(1 / propensity, cap)`` times
+  the reward (a purchase counts more than a click), normalised per batch;
+- the sequence model with the top-K off-policy corrected REINFORCE loss
+  (`streamrec.trainer.offpolicy.reinforce_topk_loss`), mixed with the
+  supervised next-item loss (share ``rl_mix``) to keep it stable.
+
+A candidate is gated against the live copy on held-out slates
+(`streamrec.trainer.gate`); only an accepted one is exported (parity-checked),
+published with its weights and announced, and becomes the new live copy.
+
+The ranker's dense features are those the scorer computes, read from Redis
+with the scorer's own code (`streamrec.serving.features`) when the slate
+arrives; nothing here re-implements a feature formula.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamrec.registry import Registry
+from streamrec.trainer import learner_metrics as m
+from streamrec.trainer.gate import Gate, GateConfig, GateDecision
+from streamrec.trainer.joiner import Slate
+from streamrec.trainer.offpolicy import reinforce_topk_loss
+from streamrec.trainer.weights import WEIGHTS, load_weights, save_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-3
+    seq_lr: float = 5e-4
+    rl_mix: float = 0.5
+    """Share of the REINFORCE loss in the sequence model's loss (the rest: next-item loss)."""
+    weight_cap: float = 10.0
+    topk: int = 10
+    batch: int = 64
+    """Slates per micro-batch."""
+
+
+class OnlineModels:
+    """Live and candidate copies of the ranker and the sequence model."""
+
+    def __init__(self, settings, cfg: TrainConfig, gate: GateConfig, names=("sasrec", "ranker")):
+        self.settings = settings
+        self.cfg = cfg
+        self.gate = Gate(gate)
+        self.seq_name, self.ranker_name = names
+        self.registry = Registry(settings.registry_uri)
+        self.live: dict[str, torch.nn.Module] = {}
+        self.cand: dict[str, torch.nn.Module] = {}
+        self.opt: dict[str, torch.optim.Optimizer] = {}
+        self.version: dict[str, str] = {}
+        self.catalog: list[str] = []
+        self.categories: dict[str, str] = {}
+
+    # -- loading -------------------------------------------------------------------- #
+    def load(self) -> list[str]:
+        """Load the registry's current version of each model that has weights; returns the names loaded."""
+        loaded = []
+        for name in (self.seq_name, self.ranker_name):
+            if name not in self.registry.models() or self.registry.current(name) is None:
+                continue
+            version = self.registry.current(name)
+            meta = self.registry.meta(name, version)
+            if WEIGHTS not in meta.files:
+                log.warning("%s/%s has no %s (published before the online trainer existed); it will not be "
+                            "fine-tuned: republish it with `streamrec train`", name, version, WEIGHTS)
+                continue
+            where = self.registry.location(name, version)
+            model = load_weights(_read(f"{where}/{WEIGHTS}"))
+            if meta.kind == "sasrec":
+                self.catalog = [str(x) for x in np.load(_open(f"{where}/item_ids.npy"), allow_pickle=False)]
+            self._set_live(name, model, version)
+            loaded.append(name)
+        return loaded
+
+    def _set_live(self, name: str, model, version: str) -> None:
+        model.eval()
+        self.live[name] = model
+        self.version[name] = version
+        self.cand[name] = copy.deepcopy(model)
+        lr = self.cfg.seq_lr if name == self.seq_name else self.cfg.lr
+        self.opt[name] = torch.optim.Adam(self.cand[name].parameters(), lr=lr)
+
+    def learn_categories(self, slates: list[Slate]) -> None:
+        for s in slates:
+            for item, cat in zip(s.items, s.features.get("cats", ())):
+                self.categories[item] = cat
+
+    # -- arrays of slates ---------------------------------------------------------------- #
+    @staticmethod
+    def flat(slates: list[Slate]) -> dict[str, np.ndarray]:
+        """Shown items of ``slates`` as flat arrays (only slates with ranker features)."""
+        slates = [s for s in slates if s.features.get("dense") is not None and s.items]
+        if not slates:
+            return {}
+        n = [len(s.items) for s in slates]
+        return {"slate_of": np.repeat(np.arange(len(slates)), n),
+                "users": [s.user_id for s in slates for _ in s.items],
+                "items": [i for s in slates for i in s.items],
+                "cats": [c for s in slates for c in s.features.get("cats", [""] * len(s.items))],
+                "dense": np.array([row for s in slates for row in s.features["dense"]], dtype=np.float32),
+                "reward": np.array([r for s in slates for r in s.rewards], dtype=np.float32),
+                "propensity": np.array([p for s in slates for p in s.propensities], dtype=np.float32),
+                "session": [s.features.get("session", []) for s in slates]}
+
+    # -- scoring (for the gate) ------------------------------------------------------------ #
+    @torch.no_grad()
+    def ranker_scores(self, model, f: dict) -> np.ndarray:
+        model.eval()
+        sparse = torch.from_numpy(model.sparse_ids(f["users"], f["items"], f["cats"]))
+        return model.logit(sparse, torch.from_numpy(f["dense"])).numpy()
+
+    @torch.no_grad()
+    def seq_scores(self, model, f: dict) -> np.ndarray:
+        model.eval()
+        items, cats = model.encode_sequences(f["session"], self.categories)
+        users = model(torch.from_numpy(items), torch.from_numpy(cats))[torch.from_numpy(f["slate_of"])]
+        vecs = model.item_vectors(torch.from_numpy(model.item_hasher(f["items"])),
+                                  torch.from_numpy(model.cat_hasher.first(f["cats"])))
+        return (users * vecs).sum(-1).numpy()
+
+    # -- training ------------------------------------------------------------------------- #
+    def train(self, slates: list[Slate]) -> dict[str, float]:
+        """One optimisation step per model on ``slates``; returns the losses."""
+        f = self.flat(slates)
+        if not f:
+            return {}
+        losses = {}
+        if self.ranker_name in self.cand:
+            losses[self.ranker_name] = self._ranker_step(f)
+        if self.seq_name in self.cand and self.catalog:
+            loss = self._seq_step(f)
+            if loss is not None:
+                losses[self.seq_name] = loss
+        for name, loss in losses.items():
+            m.training_loss.labels(name).set(loss)
+            m.train_steps.labels(name).inc()
+        return losses
+
+    def _ranker_step(self, f: dict) -> float:
+        model = self.cand[self.ranker_name]
+        reward = f["reward"]
+        weight = np.minimum(1.0 / np.maximum(f["propensity"], 1e-6), self.cfg.weight_cap) * np.maximum(reward, 1.0)
+        weight = weight / weight.mean()
+        batch = {"sparse": torch.from_numpy(model.sparse_ids(f["users"], f["items"], f["cats"])),
+                 "dense": torch.from_numpy(f["dense"]), "label": torch.from_numpy((reward > 0).astype(np.float32)),
+                 "weight": torch.from_numpy(weight.astype(np.float32))}
+        return model.fit_batch(batch, self.opt[self.ranker_name])
+
+    def _seq_step(self, f: dict) -> float | None:
+        model = self.cand[self.seq_name]
+        index = {item: i for i, item in enumerate(self.catalog)}
+        rows = [j for j, (item, r) in enumerate(zip(f["items"], f["reward"])) if r > 0 and item in index]
+        if not rows:
+            return None
+        rows = np.array(rows)
+        sessions = [f["session"][f["slate_of"][j]] for j in rows]
+        actions = torch.tensor([index[f["items"][j]] for j in rows])
+        items, cats = model.encode_sequences(sessions, self.categories)
+        model.train()
+        opt = self.opt[self.seq_name]
+        opt.zero_grad(set_to_none=True)
+        users = model(torch.from_numpy(items), torch.from_numpy(cats))
+        logits = users @ model.catalog_vectors().T
+        rl = reinforce_topk_loss(logits, actions, torch.from_numpy(f["reward"][rows]),
+                                 torch.from_numpy(np.clip(f["propensity"][rows], 1e-3, 1.0)), self.cfg.topk,
+                                 self.cfg.weight_cap)
+        seqs = [s + [f["items"][j]] for s, j in zip(sessions, rows)]
+        sup = model.loss({k: torch.from_numpy(v) for k, v in model.training_data(seqs, self.categories, index).items()})
+        loss = self.cfg.rl_mix * rl + (1.0 - self.cfg.rl_mix) * sup
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        return float(loss.detach())
+
+    # -- gate and publish -------------------------------------------------------------------- #
+    def gate_models(self, holdout: list[Slate]) -> dict[str, GateDecision]:
+        """Decide for each candidate on the held-out slates (nothing is published here)."""
+        f = self.flat(holdout)
+        out = {}
+        for name in self.cand:
+            if not f:
+                out[name] = GateDecision(False, "no held-out slates with features")
+                continue
+            score = self.ranker_scores if name == self.ranker_name else self.seq_scores
+            d = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
+                                 score(self.cand[name], f))
+            out[name] = d
+            m.gate_decisions.labels(name, "accepted" if d.accepted else "rejected").inc()
+            for policy, metrics in (("live", d.live), ("candidate", d.candidate)):
+                for k, v in metrics.items():
+                    m.gate_estimate.labels(name, policy, k).set(v)
+        return out
+
+    def publish(self, name: str, decision: GateDecision, data_window: dict, offsets: dict,
+                send: bool = True) -> str:
+        """Export the candidate (parity-checked), publish it with its weights, announce it; returns the version."""
+        from streamrec.trainer.export import export_dcn, export_sasrec
+        from streamrec.trainer.publish import publish
+
+        model = self.cand[name]
+        model.eval()
+        with tempfile.TemporaryDirectory(prefix="streamrec-online-") as tmp:
+            if name == self.seq_name:
+                catalog = list(dict.fromkeys(self.catalog + sorted(self.categories)))
+                model.set_catalog(catalog, [self.categories.get(i, "") for i in catalog])
+                exported = export_sasrec(model, tmp, catalog, self.categories)
+            else:
+                exported = export_dcn(model, tmp)
+            exported.files[WEIGHTS] = save_weights(model, tmp)
+            hashing = {h.namespace: h.describe() for h in vars(model).values() if hasattr(h, "describe")}
+            metrics = {f"gate_{k}": v for k, v in decision.candidate.items()}
+            meta, _ = publish(self.settings, name, exported, kind=model.kind, metrics=metrics,
+                              data_window=data_window, hashing=hashing, kafka_offsets=offsets,
+                              parent=self.version.get(name), send=send)
+        if name == self.seq_name:
+            self.catalog = catalog
+        self.live[name] = copy.deepcopy(model)
+        self.live[name].eval()
+        self.version[name] = meta.version
+        m.versions_published.labels(name).inc()
+        return meta.version
+
+    def reject(self, name: str) -> None:
+        """Start the candidate over from the live model (a rejected one must not drift further)."""
+        self._set_live(name, self.live[name], self.version[name])
+
+
+def _open(path: str):
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def _read(path: str) -> bytes:
+    with _open(path) as fh:
+        return fh.read()
+
+
+def now_s() -> float:
+    return time.time()
