@@ -31,3 +31,15 @@ redis_up = Gauge("streamrec_scorer_redis_up", "1 while Redis answers the scorer"
 
 def observe_stage(name: str, seconds: float) -> None:
     stage.labels(name).observe(seconds)
+
+
+DEGRADED_MODES = ("no_model", "cold_start", "redis_down", "scoring_error")
+
+
+def initialise(models: tuple[str, ...]) -> None:
+    """Create the labelled series at zero, so dashboards and alerts see them before they happen."""
+    for mode in DEGRADED_MODES:
+        degraded.labels(mode)
+    for name in models:
+        swaps.labels(name)
+        refused.labels(name, "RegistryError")  # what a failed checksum or signature check raises

@@ -86,6 +86,7 @@ class Scorer:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+        metrics.initialise((self.config.seq_model, self.config.ranker_model))
         self.http.start()
         log.info("scorer: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
         self.models.start()

@@ -1,0 +1,387 @@
+"""`streamrec learn`: the online trainer service.
+
+Reads `recommendations` and `events` (manually assigned partitions, offsets
+from its own checkpoint), joins interactions to slates (`joiner.Joiner`),
+attaches the ranker's features to each slate when it arrives (read from Redis
+with the scorer's code), and hands closed slates to a training thread, so
+joining never waits on training. Every ``gate_every_samples`` shown items or
+``gate_every_s`` seconds, the training thread gates the candidates on the
+held-out slates (one slate in five, by rec_id, never trained on) and
+publishes those that are not worse (`online_models.OnlineModels`).
+
+Slates that look like a bot (rewards on most shown items, or a user whose
+history does) are left out of training and gating, and counted.
+
+Checkpoint (JSON, atomic): joiner state, the Kafka offsets it covers, the
+sample buffers and the bot filter's counts, written between poll batches; on
+start the consumer seeks to those offsets, so a restart replays exactly what
+the checkpoint does not cover: no reward is lost or counted twice. SIGTERM
+finishes the batch in hand, writes the checkpoint and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamrec.health import HealthServer
+from streamrec.settings import Settings
+from streamrec.stream.topics import EVENTS, RECOMMENDATIONS, kafka_security
+from streamrec.trainer import learner_metrics as m
+from streamrec.trainer.joiner import JoinConfig, Joiner, Slate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Knobs of `streamrec learn` (flags of the same names; Settings fields proposed in the report)."""
+
+    window_ms: int = 20_000
+    """Attribution window: interactions later than this after their recommendation are dropped."""
+    reward_click: float = 1.0
+    reward_add_to_cart: float = 2.0
+    reward_purchase: float = 5.0
+    reward_skip: float = 0.0
+    gate_every_samples: int = 2000
+    """Gate (and maybe publish) after this many new shown items..."""
+    gate_every_s: float = 30.0
+    """...or this many seconds, whichever comes first."""
+    holdout_every: int = 5
+    """One slate in this many (by rec_id hash) is held out for the gate."""
+    holdout_slates: int = 1000
+    buffer_slates: int = 4000
+    min_gate_samples: int = 200
+    auc_tolerance: float = 0.01
+    reward_tolerance: float = 0.02
+    lr: float = 1e-3
+    seq_lr: float = 5e-4
+    rl_mix: float = 0.5
+    weight_cap: float = 10.0
+    topk: int = 10
+    batch: int = 64
+    epochs_per_round: int = 2
+    """Passes over the fresh slates at each training round."""
+    bot_slate_share: float = 0.5
+    """A slate with rewards on more than this share of its items (3 items or more) is treated as a bot's."""
+    bot_min_slates: int = 5
+    checkpoint_dir: str = ".local/learner"
+    checkpoint_every_s: float = 5.0
+    start: str = "earliest"
+    """Where to start reading when there is no checkpoint: earliest or latest."""
+    dry_run: bool = False
+    """Gate but never publish."""
+    seq_model: str = "sasrec"
+    ranker_model: str = "ranker"
+
+    def join(self) -> JoinConfig:
+        return JoinConfig(window_ms=self.window_ms, click=self.reward_click, add_to_cart=self.reward_add_to_cart,
+                          purchase=self.reward_purchase, skip=self.reward_skip)
+
+    def train(self):
+        from streamrec.trainer.online_models import TrainConfig
+
+        return TrainConfig(lr=self.lr, seq_lr=self.seq_lr, rl_mix=self.rl_mix, weight_cap=self.weight_cap,
+                           topk=self.topk, batch=self.batch)
+
+    def gate(self):
+        from streamrec.trainer.gate import GateConfig
+
+        return GateConfig(min_samples=self.min_gate_samples, auc_tolerance=self.auc_tolerance,
+                          reward_tolerance=self.reward_tolerance, weight_cap=self.weight_cap)
+
+
+class OnlineLearner:
+    """The service: ``run()`` until ``stop()`` (or SIGTERM)."""
+
+    def __init__(self, settings: Settings, cfg: LearnerConfig | None = None, port: int | None = None):
+        self.settings = settings
+        self.cfg = cfg or LearnerConfig()
+        self.port = settings.learner_port if port is None else port
+        from streamrec.trainer.online_models import OnlineModels
+
+        self.models = OnlineModels(settings, self.cfg.train(), self.cfg.gate(),
+                                   (self.cfg.seq_model, self.cfg.ranker_model))
+        self.joiner = Joiner(self.cfg.join())
+        self.offsets: dict[str, int] = {}
+        self.train_buf: deque[Slate] = deque(maxlen=self.cfg.buffer_slates)
+        self.holdout: deque[Slate] = deque(maxlen=self.cfg.holdout_slates)
+        self.users: dict[str, list[int]] = {}  # user -> [slates, bot-like slates] (bounded below)
+        self.fresh: list[Slate] = []  # closed training slates not yet trained on
+        self.decisions: list[dict] = []
+        self.published: list[dict] = []
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._consumer = None
+        self._reader = None
+        self.http: HealthServer | None = None
+        self._last_gate = time.monotonic()
+        self._since_gate = 0
+        self._ckpt = Path(self.cfg.checkpoint_dir) / "learner.json"
+
+    # -- lifecycle ---------------------------------------------------------------------- #
+    def start(self) -> None:
+        from confluent_kafka import Consumer
+
+        self._restore()
+        loaded = self.models.load()
+        log.info("online trainer: models loaded %s; joining from %s", loaded or "none",
+                 "checkpoint" if self.offsets else self.cfg.start)
+        self._consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                                   "group.id": "streamrec-learner", "enable.auto.commit": False,
+                                   "auto.offset.reset": self.cfg.start, **kafka_security(self.settings)})
+        self._assign()
+        self.http = HealthServer(self.settings.http_host, self.port,
+                                 checks={"consumer": lambda: self._consumer is not None,
+                                         "models": lambda: bool(self.models.live)},
+                                 port_setting="STREAMREC_LEARNER_PORT").start()
+        self._trainer = threading.Thread(target=self._train_loop, name="learner-train", daemon=True)
+        self._trainer.start()
+
+    def _assign(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+        parts = []
+        default = OFFSET_BEGINNING if self.cfg.start == "earliest" else OFFSET_END
+        for name in (RECOMMENDATIONS, EVENTS):
+            topic = self.settings.topic(name)
+            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in meta.partitions:
+                parts.append(TopicPartition(topic, p, self.offsets.get(f"{topic}:{p}", default)))
+        self._consumer.assign(parts)
+
+    def run(self, install_signals: bool = True) -> int:
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self.start()
+        last_ckpt = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+                if time.monotonic() - last_ckpt >= self.cfg.checkpoint_every_s:
+                    self.checkpoint()
+                    last_ckpt = time.monotonic()
+        finally:
+            self.close()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def close(self) -> None:
+        self._wake.set()
+        if getattr(self, "_trainer", None) is not None:
+            self._trainer.join(120)
+        self.checkpoint()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self.http is not None:
+            self.http.stop()
+
+    # -- joining ----------------------------------------------------------------------------- #
+    def poll_once(self, timeout: float = 0.2) -> int:
+        """Consume one batch, join it, hand closed slates to training; returns the records read."""
+        msgs = self._consumer.consume(1000, timeout)
+        msgs = [x for x in msgs if x.error() is None]
+        if not msgs:
+            return 0
+        rec_topic = self.settings.topic(RECOMMENDATIONS)
+        decoded = []
+        for msg in msgs:
+            try:
+                decoded.append((msg.topic() == rec_topic, json.loads(msg.value())))
+            except (ValueError, TypeError):
+                self.counts["undecodable"] += 1
+                decoded.append((None, None))
+        self._attach_features([v for is_rec, v in decoded if is_rec])
+        before = dict(self.joiner.counts)
+        closed: list[Slate] = []
+        offsets = {}
+        for msg, (is_rec, value) in zip(msgs, decoded):
+            if is_rec is not None:
+                closed += self.joiner.add_recommendation(value) if is_rec else self.joiner.add_interaction(value)
+            offsets[f"{msg.topic()}:{msg.partition()}"] = msg.offset() + 1
+        with self._lock:
+            self.offsets.update(offsets)
+        m.count_join(before, self.joiner.counts)
+        self._accept(closed)
+        if self.joiner.watermark:
+            m.lag_seconds.set(time.time() - self.joiner.watermark / 1000)
+        return len(msgs)
+
+    def _attach_features(self, recs: list[dict]) -> None:
+        """Ranker features of each slate as the scorer computes them, plus the session for the sequence model."""
+        if not recs:
+            return
+        try:
+            from streamrec.serving.features import FeatureReader, dense_matrix
+            from streamrec.stream.keys import FeatureConfig, Keys
+            from streamrec.stream.schemas import ScoreRequest
+            from streamrec.trainer.dcn import DENSE_FEATURES
+
+            if self._reader is None:
+                from streamrec.stream.feature_store import redis_client
+                self._reader = FeatureReader(redis_client(self.settings), Keys(self.settings.redis_prefix),
+                                             FeatureConfig.from_settings(self.settings), stats_ttl_s=0.0)
+            reqs = [ScoreRequest(event_id=r.get("trigger_event_id", ""), user_id=r["user_id"],
+                                 session_id=r.get("session_id", ""), item_id="", type="view",
+                                 ts=int(r.get("event_ts") or r.get("created_ts") or 0), feature_version=0)
+                    for r in recs]
+            contexts, _ = self._reader.contexts(reqs, 1)
+            items = [it["item_id"] for r in recs for it in r.get("items", [])]
+            stats = self._reader.item_stats(list(dict.fromkeys(items)))
+            rows = np.array([stats.index[i] for i in items], dtype=np.int64)
+            owner = np.repeat(np.arange(len(recs)), [len(r.get("items", [])) for r in recs])
+            cats = [stats.categories[i] for i in rows]
+            seq_score = None
+            seq = self.models.live.get(self.cfg.seq_model)
+            if seq is not None and len(items):
+                flat = {"session": [c.session_items for c in contexts], "slate_of": owner, "items": items,
+                        "cats": cats}
+                seq_score = self.models.seq_scores(seq, flat)
+            dense = dense_matrix(DENSE_FEATURES, stats, rows, contexts, owner, seq_score)
+        except Exception:  # noqa: BLE001 - Redis down: the slate still counts rewards, it just cannot train
+            log.exception("could not read features for %d slates; they will count but not train", len(recs))
+            self.counts["feature_errors"] += len(recs)
+            return
+        start = 0
+        for r, ctx in zip(recs, contexts):
+            n = len(r.get("items", []))
+            r["features"] = {"dense": dense[start:start + n].tolist(), "cats": cats[start:start + n],
+                             "session": ctx.session_items[-50:]}
+            start += n
+
+    def _accept(self, closed: list[Slate]) -> None:
+        if not closed:
+            return
+        good = []
+        for s in closed:
+            m.samples_joined.inc()
+            m.items_joined.inc(len(s.items))
+            rewarded = sum(1 for r in s.rewards if r > 0)
+            user = self.users.setdefault(s.user_id, [0, 0])
+            user[0] += 1
+            bot_like = len(s.items) >= 3 and rewarded > self.cfg.bot_slate_share * len(s.items)
+            user[1] += bot_like
+            if bot_like or (user[0] >= self.cfg.bot_min_slates and user[1] > 0.5 * user[0]):
+                m.filtered.labels("bot").inc()
+                self.counts["filtered_bot"] += 1
+                continue
+            if not s.features:
+                self.counts["no_features"] += 1
+            good.append(s)
+        if len(self.users) > 1_000_000:  # bounded: forget the quiet majority
+            self.users = {u: c for u, c in self.users.items() if c[1]}
+        with self._lock:
+            for s in good:
+                if zlib.crc32(s.rec_id.encode()) % self.cfg.holdout_every == 0:
+                    self.holdout.append(s)
+                else:
+                    self.train_buf.append(s)
+                    self.fresh.append(s)
+                    self._since_gate += len(s.items)
+            del self.fresh[:-self.cfg.buffer_slates]
+        self._wake.set()
+
+    # -- training thread ------------------------------------------------------------------ #
+    def _train_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self.train_round()
+            except Exception:  # noqa: BLE001 - a failed round must not stop joining; it is logged
+                log.exception("training round failed")
+
+    def train_round(self, force_gate: bool = False) -> list[dict]:
+        """Train on the fresh slates, then gate (and publish) when due; returns this round's decisions."""
+        with self._lock:
+            fresh, self.fresh = self.fresh, []
+        if not self.models.live:
+            return []
+        self.models.learn_categories(fresh)
+        rng = np.random.default_rng(len(self.train_buf))
+        for _ in range(self.cfg.epochs_per_round):
+            order = rng.permutation(len(fresh))
+            for start in range(0, len(order), self.cfg.batch):
+                self.models.train([fresh[i] for i in order[start:start + self.cfg.batch]])
+        if fresh:
+            self._newest_trained = max(s.created_ts for s in fresh)
+        due = (self._since_gate >= self.cfg.gate_every_samples
+               or time.monotonic() - self._last_gate >= self.cfg.gate_every_s)
+        if not (due or force_gate):
+            return []
+        return self.gate_and_publish()
+
+    def gate_and_publish(self) -> list[dict]:
+        with self._lock:
+            holdout = list(self.holdout)
+            offsets = dict(self.offsets)
+            self._since_gate = 0
+        self._last_gate = time.monotonic()
+        t0 = time.perf_counter()
+        out = []
+        for name, d in self.models.gate_models(holdout).items():
+            rec = {"model": name, "ts": time.time(), **d.as_dict()}
+            if d.accepted and not self.cfg.dry_run:
+                window = {"slates_held_out": len(holdout), "newest_event_ms": getattr(self, "_newest_trained", 0)}
+                rec["version"] = self.models.publish(name, d, window, offsets)
+                newest = getattr(self, "_newest_trained", 0)
+                if newest:
+                    rec["event_to_model_s"] = time.time() - newest / 1000
+                    m.event_to_model.observe(rec["event_to_model_s"])
+                log.info("published %s/%s: %s", name, rec["version"], json.dumps(d.as_dict()))
+                self.published.append(rec)
+            elif not d.accepted:
+                log.info("rejected candidate %s: %s; live %s candidate %s", name, d.reason, d.live, d.candidate)
+                if d.n >= self.cfg.min_gate_samples:
+                    self.models.reject(name)
+            m.refresh_seconds.labels(name).observe(time.perf_counter() - t0)
+            self.decisions.append(rec)
+            out.append(rec)
+        del self.decisions[:-100]
+        return out
+
+    # -- checkpoint ----------------------------------------------------------------------------- #
+    def checkpoint(self) -> None:
+        """Write joiner state, offsets and buffers atomically (called between poll batches)."""
+        with self._lock:
+            state = {"offsets": self.offsets, "joiner": self.joiner.state(), "counts": dict(self.counts),
+                     "train": [asdict(s) for s in self.train_buf], "holdout": [asdict(s) for s in self.holdout],
+                     "fresh": [s.rec_id for s in self.fresh], "users": self.users}
+        self._ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._ckpt.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._ckpt)
+
+    def _restore(self) -> None:
+        if not self._ckpt.exists():
+            return
+        state = json.loads(self._ckpt.read_text())
+        self.offsets = {k: int(v) for k, v in state["offsets"].items()}
+        self.joiner = Joiner.from_state(state["joiner"], self.cfg.join())
+        self.counts = Counter(state.get("counts", {}))
+        self.train_buf.extend(Slate(**s) for s in state.get("train", []))
+        self.holdout.extend(Slate(**s) for s in state.get("holdout", []))
+        fresh = set(state.get("fresh", []))
+        self.fresh = [s for s in self.train_buf if s.rec_id in fresh]
+        self.users = {u: list(c) for u, c in state.get("users", {}).items()}
+        log.info("restored checkpoint %s: watermark %s, %d open slates", self._ckpt, self.joiner.watermark,
+                 len(self.joiner.open))
