@@ -45,6 +45,8 @@ class ConfluentWorker(WorkerService):
             # (a sticky assignor balancing counts could hand one worker only `catalog`).
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
+            "session.timeout.ms": 10_000,  # a crashed worker's partitions move after 10 s
+            "heartbeat.interval.ms": 3_000,
             **topics.kafka_security(settings),
         })
 

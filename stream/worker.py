@@ -124,6 +124,9 @@ class StreamWorker(WorkerService):
             datadir=str(datadir),
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            # A crashed worker's partitions move after 10 s, not faust's default 60.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=3.0,
             topic_disable_leader=True,
             stream_wait_empty=False,
         )

@@ -134,6 +134,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 )
             values[field] = raw
         values.update(overrides)
+        # Moving the local stack to other ports moves the clients with it, unless told otherwise.
+        if "kafka_port" in values and "kafka_bootstrap" not in values:
+            values["kafka_bootstrap"] = f"127.0.0.1:{values['kafka_port']}"
+        if "redis_port" in values and "redis_url" not in values:
+            values["redis_url"] = f"redis://127.0.0.1:{values['redis_port']}/0"
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:

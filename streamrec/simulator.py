@@ -77,6 +77,8 @@ class SimConfig:
     """How long a user waits for a recommendation before giving up on the session."""
     bucket_s: float = 10.0
     """Width of the time buckets of the report."""
+    bots: int = 0
+    """Extra users that click every item of every slate (a poisoned stream); never in the true reward."""
 
 
 @dataclass
@@ -111,6 +113,9 @@ class World:
             cats = self.rng.choice(cfg.categories, size=2, replace=False)
             taste = self.centroids[cats[0]] + 0.5 * self.centroids[cats[1]] + 0.3 * self.rng.normal(size=cfg.dim)
             self.users.append(SimUser(f"sim-u{u}", self._unit(taste)))
+        self.bots = {f"sim-bot{b}" for b in range(cfg.bots)}
+        for b in sorted(self.bots):
+            self.users.append(SimUser(b, self.centroids[0].copy()))
 
     @staticmethod
     def _unit(x: np.ndarray) -> np.ndarray:
@@ -163,6 +168,8 @@ class World:
 
     def react(self, user: SimUser, items: list[str]) -> list[tuple[str, str, int]]:
         """What the user does with a slate: [(type, item_id, position)], empty when nothing is clicked."""
+        if user.user_id in self.bots:
+            return [("click", item, pos) for pos, item in enumerate(items)]
         probs = self.click_probs(user, items)
         u = self.rng.random()
         cum = np.cumsum(probs)
@@ -251,6 +258,8 @@ class Simulation:
         self.world = World(cfg)
         self.on_tick = on_tick
         self.stats = defaultdict(int)
+        self.models_seen: dict[str, set] = defaultdict(set)
+        """Model versions that answered, per variant (shows hot-swaps and pins)."""
         self._stop = False
 
     def stop(self) -> None:
@@ -318,6 +327,7 @@ class Simulation:
             pub.flush()
         cat_producer.flush(10)
         return {"config": asdict(cfg), "seconds": time.monotonic() - t0, "counts": dict(self.stats),
+                "models": {v: sorted(m)[-50:] for v, m in self.models_seen.items()},
                 "variants": tally.report()}
 
     def _answer(self, rec, waiting, by_id, ready, pub, tally) -> None:
@@ -327,11 +337,16 @@ class Simulation:
         uid, _ = got
         user = by_id[uid]
         self.stats["slates"] += 1
+        for name in rec.models:
+            self.models_seen[rec.variant].add(name)
         items = [it.item_id for it in rec.items]
         expected = self.world.expected_reward(user, items)
         actions = self.world.react(user, items)
         realised = sum(REWARD_WEIGHTS[a] for a, _, _ in actions)
-        tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions))
+        if uid in self.world.bots:
+            self.stats["bot_slates"] += 1
+        else:
+            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions))
         for kind, item, pos in actions:
             pub.publish(kind, user_id=uid, item_id=item, session_id=user.session_id, rec_id=rec.rec_id,
                         position=pos)

@@ -11,8 +11,11 @@ event-time watermark passes the end of a slate's window, the slate is closed
 and emitted as a `Slate` sample; an interaction for a slate closed already,
 or older than the window, is counted as late and dropped.
 
-Time is event time only (the newest timestamp seen on either topic), never the
-wall clock, so replaying the same records from a checkpoint gives the same
+Time is event time only, never the wall clock: the watermark is the oldest of
+the newest timestamps of each source (a topic partition: recommendations'
+``created_ts``, events' ``ts``) that still has records to deliver, so a
+partition read ahead of another cannot close slates early; a source marked
+idle (caught up with its end) does not hold the watermark back, so replaying the same records from a checkpoint gives the same
 samples: that is what makes a restart neither lose nor double-count rewards.
 The whole state is plain data (`state()` / `from_state()`), saved together
 with the Kafka offsets it covers.
@@ -23,12 +26,15 @@ with the Kafka offsets it covers.
 []
 >>> j.add_interaction({"event_id": "e1", "type": "click", "rec_id": "r1", "position": 1, "item_id": "y", "ts": 10})
 []
->>> [s.rewards for s in j.add_interaction({"event_id": "e2", "type": "view", "item_id": "z", "ts": 2000})]
+>>> j.add_interaction({"event_id": "e2", "type": "view", "item_id": "z", "ts": 2000})
+[]
+>>> [s.rewards for s in j.add_recommendation({"rec_id": "r2", "user_id": "u", "created_ts": 1500, "items": []})]
 [[0.0, 1.0]]
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
 
@@ -86,18 +92,35 @@ class Slate:
 class Joiner:
     """The join state machine; feed it decoded records, collect closed `Slate` samples."""
 
-    def __init__(self, cfg: JoinConfig | None = None):
+    def __init__(self, cfg: JoinConfig | None = None, sources=("rec", "ev")):
         self.cfg = cfg or JoinConfig()
-        self.open: OrderedDict[str, Slate] = OrderedDict()  # by creation order
+        self.open: OrderedDict[str, Slate] = OrderedDict()  # in arrival order (eviction takes the oldest)
+        self._due: list[tuple[int, str]] = []  # heap of (created_ts, rec_id) of open slates
         self.pending: OrderedDict[str, list[dict]] = OrderedDict()  # rec_id -> interactions before the rec
         self.closed: OrderedDict[str, None] = OrderedDict()
         self.watermark = 0
+        self.newest = {src: 0 for src in sources}
+        self.idle: set[str] = set()
         self._out: list[Slate] = []
         self.counts: Counter = Counter()
         """joined, duplicates, late, evicted, pending_dropped, slates, rewards by type (reward:<type>)..."""
 
     # -- input ------------------------------------------------------------------ #
-    def add_recommendation(self, rec: dict) -> list[Slate]:
+    def expect(self, sources) -> None:
+        """Sources (e.g. topic partitions) the watermark must wait for, besides those seen."""
+        for src in sources:
+            self.newest.setdefault(src, 0)
+
+    def set_idle(self, source: str, idle: bool) -> list[Slate]:
+        """Mark a source caught up (it no longer holds the watermark back) or busy again."""
+        if idle:
+            self.idle.add(source)
+        else:
+            self.idle.discard(source)
+        self._advance(source, 0)
+        return self.drain()
+
+    def add_recommendation(self, rec: dict, source: str = "rec") -> list[Slate]:
         """Open a slate for a recommendation (a dict as on the topic); returns slates closed by time."""
         rid = rec["rec_id"]
         if rid in self.open or rid in self.closed:
@@ -113,19 +136,23 @@ class Joiner:
                       trigger_event_id=rec.get("trigger_event_id", ""), rewards=[0.0] * len(items),
                       features=rec.get("features") or {})
         self.open[rid] = slate
+        heapq.heappush(self._due, (slate.created_ts, rid))
         self.counts["slates"] += 1
         for ev in self.pending.pop(rid, []):
             self._apply(slate, ev)
         while len(self.open) > self.cfg.max_open:
             self.counts["evicted"] += 1
             self._close(next(iter(self.open)))
-        self._advance(slate.created_ts)
+        if len(self._due) > 2 * self.cfg.max_open + 16:  # evicted entries: rebuild, keep it bounded
+            self._due = [(s.created_ts, r) for r, s in self.open.items()]
+            heapq.heapify(self._due)
+        self._advance(source, slate.created_ts)
         return self.drain()
 
-    def add_interaction(self, ev: dict) -> list[Slate]:
+    def add_interaction(self, ev: dict, source: str = "ev") -> list[Slate]:
         """Apply an event (a dict as on the topic); returns slates closed by the time it carries."""
         ts = _ts(ev.get("ts"))
-        self._advance(ts)
+        self._advance(source, ts)
         self._interaction(ev, ts)
         return self.drain()
 
@@ -170,17 +197,20 @@ class Joiner:
         self.counts[f"reward:{kind}"] += 1
 
     # -- time ---------------------------------------------------------------------- #
-    def _advance(self, ts: int) -> None:
+    def _advance(self, stream: str, ts: int) -> None:
+        if ts > self.newest.get(stream, 0):
+            self.newest[stream] = ts
+        busy = [t for src, t in self.newest.items() if src not in self.idle]
+        ts = min(busy) if busy else max(self.newest.values(), default=0)
         if ts <= self.watermark:
             return
         self.watermark = ts
         horizon = ts - self.cfg.window_ms
-        # Slates open in creation order; close from the front while they are past their window.
-        while self.open:
-            rid, slate = next(iter(self.open.items()))
-            if slate.created_ts > horizon:
-                break
-            self._close(rid)
+        # Slates arrive out of creation order (several partitions): close by creation time.
+        while self._due and self._due[0][0] <= horizon:
+            _, rid = heapq.heappop(self._due)
+            if rid in self.open:  # else closed already by the memory bound
+                self._close(rid)
         # Pending interactions whose slate never came within the window are dropped as late.
         # (oldest first: the buffer is in arrival order, close enough to event order to stop early)
         while self.pending:
@@ -205,12 +235,13 @@ class Joiner:
         """Close every open slate now (end of a run)."""
         for rid in list(self.open):
             self._close(rid)
+        self._due = []
         return self.drain()
 
     # -- checkpoint -------------------------------------------------------------- #
     def state(self) -> dict:
         """Everything needed to continue exactly where this joiner is (JSON-serialisable)."""
-        return {"watermark": self.watermark, "counts": dict(self.counts),
+        return {"watermark": self.watermark, "newest": self.newest, "counts": dict(self.counts),
                 "open": [asdict(s) for s in self.open.values()], "pending": list(self.pending.items()),
                 "closed": list(self.closed), "unreported": [asdict(s) for s in self._out]}
 
@@ -218,8 +249,11 @@ class Joiner:
     def from_state(cls, state: dict, cfg: JoinConfig | None = None) -> "Joiner":
         j = cls(cfg)
         j.watermark = int(state["watermark"])
+        j.newest = {k: int(v) for k, v in state["newest"].items()}
         j.counts = Counter(state["counts"])
         j.open = OrderedDict((s["rec_id"], Slate(**s)) for s in state["open"])
+        j._due = [(s.created_ts, rid) for rid, s in j.open.items()]
+        heapq.heapify(j._due)
         j.pending = OrderedDict((r, evs) for r, evs in state["pending"])
         j.closed = OrderedDict((r, None) for r in state["closed"])
         j._out = [Slate(**s) for s in state.get("unreported", [])]

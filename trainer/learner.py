@@ -72,6 +72,8 @@ class LearnerConfig:
     batch: int = 64
     epochs_per_round: int = 2
     """Passes over the fresh slates at each training round."""
+    replay_epochs: int = 2
+    """After a rejection the candidate restarts from the live model and replays the training buffer this often."""
     bot_slate_share: float = 0.5
     """A slate with rewards on more than this share of its items (3 items or more) is treated as a bot's."""
     bot_min_slates: int = 5
@@ -112,7 +114,7 @@ class OnlineLearner:
 
         self.models = OnlineModels(settings, self.cfg.train(), self.cfg.gate(),
                                    (self.cfg.seq_model, self.cfg.ranker_model))
-        self.joiner = Joiner(self.cfg.join())
+        self.joiner = Joiner(self.cfg.join(), sources=())
         self.offsets: dict[str, int] = {}
         self.train_buf: deque[Slate] = deque(maxlen=self.cfg.buffer_slates)
         self.holdout: deque[Slate] = deque(maxlen=self.cfg.holdout_slates)
@@ -161,6 +163,8 @@ class OnlineLearner:
             for p in meta.partitions:
                 parts.append(TopicPartition(topic, p, self.offsets.get(f"{topic}:{p}", default)))
         self._consumer.assign(parts)
+        self._parts = parts
+        self.joiner.expect(f"{tp.topic}:{tp.partition}" for tp in parts)
 
     def run(self, install_signals: bool = True) -> int:
         if install_signals:
@@ -199,6 +203,7 @@ class OnlineLearner:
         msgs = self._consumer.consume(1000, timeout)
         msgs = [x for x in msgs if x.error() is None]
         if not msgs:
+            self._accept(self._update_idle())
             return 0
         rec_topic = self.settings.topic(RECOMMENDATIONS)
         decoded = []
@@ -213,16 +218,31 @@ class OnlineLearner:
         closed: list[Slate] = []
         offsets = {}
         for msg, (is_rec, value) in zip(msgs, decoded):
+            src = f"{msg.topic()}:{msg.partition()}"
             if is_rec is not None:
-                closed += self.joiner.add_recommendation(value) if is_rec else self.joiner.add_interaction(value)
-            offsets[f"{msg.topic()}:{msg.partition()}"] = msg.offset() + 1
+                closed += (self.joiner.add_recommendation(value, src) if is_rec
+                           else self.joiner.add_interaction(value, src))
+            offsets[src] = msg.offset() + 1
         with self._lock:
             self.offsets.update(offsets)
+        closed += self._update_idle()
         m.count_join(before, self.joiner.counts)
         self._accept(closed)
         if self.joiner.watermark:
             m.lag_seconds.set(time.time() - self.joiner.watermark / 1000)
         return len(msgs)
+
+    def _update_idle(self) -> list[Slate]:
+        """Partitions caught up with their end stop holding the join's watermark back."""
+        closed = []
+        for tp in self._parts:
+            src = f"{tp.topic}:{tp.partition}"
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:  # nothing fetched from it yet (an empty partition): ask the broker
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            pos = self.offsets.get(src, max(low, 0))
+            closed += self.joiner.set_idle(src, high >= 0 and pos >= high)
+        return closed
 
     def _attach_features(self, recs: list[dict]) -> None:
         """Ranker features of each slate as the scorer computes them, plus the session for the sequence model."""
@@ -315,6 +335,9 @@ class OnlineLearner:
         if not self.models.live:
             return []
         self.models.learn_categories(fresh)
+        with self._lock:
+            buf = list(self.train_buf)
+        self.models.estimate_examination(buf)
         rng = np.random.default_rng(len(self.train_buf))
         for _ in range(self.cfg.epochs_per_round):
             order = rng.permutation(len(fresh))
@@ -327,6 +350,18 @@ class OnlineLearner:
         if not (due or force_gate):
             return []
         return self.gate_and_publish()
+
+    def replay(self, name: str) -> None:
+        """Fine-tune a fresh candidate (a copy of the live model) on the whole recent training buffer."""
+        with self._lock:
+            buf = list(self.train_buf)
+        rng = np.random.default_rng(len(buf))
+        for _ in range(self.cfg.replay_epochs):
+            order = rng.permutation(len(buf))
+            for start in range(0, len(order), self.cfg.batch):
+                if self._stop.is_set():
+                    return
+                self.models.train([buf[i] for i in order[start:start + self.cfg.batch]], only=name)
 
     def gate_and_publish(self) -> list[dict]:
         with self._lock:
@@ -351,6 +386,7 @@ class OnlineLearner:
                 log.info("rejected candidate %s: %s; live %s candidate %s", name, d.reason, d.live, d.candidate)
                 if d.n >= self.cfg.min_gate_samples:
                     self.models.reject(name)
+                    self.replay(name)
             m.refresh_seconds.labels(name).observe(time.perf_counter() - t0)
             self.decisions.append(rec)
             out.append(rec)

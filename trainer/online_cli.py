@@ -90,3 +90,23 @@ def register(sub) -> None:
     _add_dataclass_args(p, SimConfig)
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.set_defaults(func=cmd_simulate)
+
+
+def cmd_bench_online(args) -> int:
+    from streamrec.trainer.online_bench import cmd_bench_online as run
+
+    return run(args)
+
+
+def register_bench(bench) -> None:
+    # Arguments only: torch loads when the benchmark runs, not on every `streamrec` start.
+    p = bench.add_parser("online", help="closed loop: simulated users vs popularity, frozen and online-learning "
+                                        "arms (the scorer's A/B variants); true reward per arm, JSON and PNG")
+    p.add_argument("--seconds", type=float, default=240.0, help="length of the simulation (default 240)")
+    p.add_argument("--warmup-s", type=float, default=60.0, help="left out of the summary (default 60)")
+    p.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
+    p.add_argument("--rate", type=float, default=60.0, help="events/s the population publishes at most (default 60)")
+    p.add_argument("--bots", type=int, default=0, help="extra users that click everything (poisoned stream)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
+    p.set_defaults(func=cmd_bench_online)

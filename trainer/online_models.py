@@ -68,6 +68,8 @@ class OnlineModels:
         self.version: dict[str, str] = {}
         self.catalog: list[str] = []
         self.categories: dict[str, str] = {}
+        self.examination = np.ones(1)
+        """Estimated chance that a user looks at each rank (position bias), see `estimate_examination`."""
 
     # -- loading -------------------------------------------------------------------- #
     def load(self) -> list[str]:
@@ -103,6 +105,30 @@ class OnlineModels:
             for item, cat in zip(s.items, s.features.get("cats", ())):
                 self.categories[item] = cat
 
+    def estimate_examination(self, slates: list[Slate]) -> np.ndarray:
+        """Position bias from the logs: reward rate per rank relative to rank 0, non-increasing, floored.
+
+        Clicks at low ranks are rarer partly because fewer users look there;
+        weighting a rewarded item by 1 / examination(rank) counts what it
+        would have earned at the top (inverse propensity of being examined).
+        The estimate also contains the live ranker's own ordering (better
+        items on top), so it over-corrects a little: the cap bounds it.
+        """
+        width = max((len(s.items) for s in slates), default=0)
+        if width == 0:
+            return self.examination
+        hits, shown = np.zeros(width), np.zeros(width)
+        for s in slates:
+            n = len(s.items)
+            shown[:n] += 1
+            hits[:n] += np.asarray(s.rewards) > 0
+        rate = hits / np.maximum(shown, 1)
+        if rate[0] <= 0 or hits.sum() < 50:
+            return self.examination
+        exam = np.minimum.accumulate(np.clip(rate / rate[0], 1.0 / self.cfg.weight_cap, 1.0))
+        self.examination = exam
+        return exam
+
     # -- arrays of slates ---------------------------------------------------------------- #
     @staticmethod
     def flat(slates: list[Slate]) -> dict[str, np.ndarray]:
@@ -118,6 +144,7 @@ class OnlineModels:
                 "dense": np.array([row for s in slates for row in s.features["dense"]], dtype=np.float32),
                 "reward": np.array([r for s in slates for r in s.rewards], dtype=np.float32),
                 "propensity": np.array([p for s in slates for p in s.propensities], dtype=np.float32),
+                "position": np.concatenate([np.arange(k) for k in n]),
                 "session": [s.features.get("session", []) for s in slates]}
 
     # -- scoring (for the gate) ------------------------------------------------------------ #
@@ -137,15 +164,15 @@ class OnlineModels:
         return (users * vecs).sum(-1).numpy()
 
     # -- training ------------------------------------------------------------------------- #
-    def train(self, slates: list[Slate]) -> dict[str, float]:
-        """One optimisation step per model on ``slates``; returns the losses."""
+    def train(self, slates: list[Slate], only: str | None = None) -> dict[str, float]:
+        """One optimisation step per model (or ``only`` one) on ``slates``; returns the losses."""
         f = self.flat(slates)
         if not f:
             return {}
         losses = {}
-        if self.ranker_name in self.cand:
+        if self.ranker_name in self.cand and only in (None, self.ranker_name):
             losses[self.ranker_name] = self._ranker_step(f)
-        if self.seq_name in self.cand and self.catalog:
+        if self.seq_name in self.cand and self.catalog and only in (None, self.seq_name):
             loss = self._seq_step(f)
             if loss is not None:
                 losses[self.seq_name] = loss
@@ -156,8 +183,14 @@ class OnlineModels:
 
     def _ranker_step(self, f: dict) -> float:
         model = self.cand[self.ranker_name]
+        if len(f["dense"]) >= 500 and not model.dense_mean.any() and bool((model.dense_std == 1).all()):
+            # A ranker that never saw data standardises nothing; learn the scale of the live features once.
+            model.set_dense_stats(f["dense"])
         reward = f["reward"]
-        weight = np.minimum(1.0 / np.maximum(f["propensity"], 1e-6), self.cfg.weight_cap) * np.maximum(reward, 1.0)
+        exam = self.examination[np.minimum(f["position"], len(self.examination) - 1)]
+        # Logged propensity of the slate (exploration) times, for a rewarded item, the chance its rank was seen.
+        propensity = f["propensity"] * np.where(reward > 0, exam, 1.0)
+        weight = np.minimum(1.0 / np.maximum(propensity, 1e-6), self.cfg.weight_cap) * np.maximum(reward, 1.0)
         weight = weight / weight.mean()
         batch = {"sparse": torch.from_numpy(model.sparse_ids(f["users"], f["items"], f["cats"])),
                  "dense": torch.from_numpy(f["dense"]), "label": torch.from_numpy((reward > 0).astype(np.float32)),
@@ -171,7 +204,8 @@ class OnlineModels:
         if not rows:
             return None
         rows = np.array(rows)
-        sessions = [f["session"][f["slate_of"][j]] for j in rows]
+        # Items newer than the model's catalog cannot be softmax targets (they join at the next export).
+        sessions = [[i for i in f["session"][f["slate_of"][j]] if i in index] for j in rows]
         actions = torch.tensor([index[f["items"][j]] for j in rows])
         items, cats = model.encode_sequences(sessions, self.categories)
         model.train()

@@ -17,6 +17,7 @@ WEIGHTS = "weights.pt"
 
 def save_weights(model, out_dir: str | Path) -> Path:
     """Write ``weights.pt`` (the model's class kind, config and state dict) into ``out_dir``."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / WEIGHTS
     torch.save({"kind": model.kind, "config": model.config, "state": model.state_dict()}, path)
     return path

@@ -42,3 +42,10 @@ def test_as_env_round_trips():
 
 def test_docstring_examples_run():
     assert doctest.testmod(streamrec.settings).failed == 0
+
+
+def test_local_stack_ports_move_the_clients_unless_they_are_set():
+    s = Settings.from_env({"STREAMREC_KAFKA_PORT": "19092", "STREAMREC_REDIS_PORT": "16379"})
+    assert s.kafka_bootstrap == "127.0.0.1:19092" and s.redis_url == "redis://127.0.0.1:16379/0"
+    s = Settings.from_env({"STREAMREC_KAFKA_PORT": "19092", "STREAMREC_KAFKA_BOOTSTRAP": "k:9092"})
+    assert s.kafka_bootstrap == "k:9092"

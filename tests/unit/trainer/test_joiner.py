@@ -32,7 +32,8 @@ def test_rewards_weighted_by_type_and_position():
     j.add_interaction(ev("e2", "add_to_cart", "r1", 2, "c", 6))
     j.add_interaction(ev("e3", "purchase", "r1", 2, "c", 7))
     j.add_interaction(ev("e4", "skip", "r1", 0, "a", 8))
-    out = j.add_interaction(ev("e5", "view", None, None, "z", 101))
+    j.add_interaction(ev("e5", "view", None, None, "z", 101))
+    out = j.add_recommendation(rec("r9", 200))  # both topics past r1's window
     assert [s.rewards for s in out] == [[0.0, 0.0, 8.0]]
     assert j.counts["reward:click"] == 1 and j.counts["reward:purchase"] == 1 and j.counts["reward:skip"] == 1
 
@@ -60,15 +61,16 @@ def test_late_interactions_are_counted_and_dropped():
     j.add_recommendation(rec("r1", 0))
     j.add_recommendation(rec("r2", 150))
     closed = j.add_interaction(ev("e1", "click", "r1", 0, "a", 160))  # r1 closed at watermark 150
-    assert [s.rec_id for s in closed] == [] and j.counts["late"] == 1
+    assert [s.rec_id for s in closed] == ["r1"] and j.counts["late"] == 1
     j.add_interaction(ev("e2", "click", "r2", 0, "a", 240))  # inside r2's window
-    j.add_interaction(ev("e3", "click", "r2", 1, "b", 130))  # older than watermark - window
-    assert [s.rewards for s in j.flush()] == [[1.0, 0.0, 0.0]]  # r1 closed when r2 came
+    j.add_interaction(ev("e3", "click", "r2", 1, "b", 30))  # older than watermark - window
+    assert [s.rewards for s in j.flush()] == [[1.0, 0.0, 0.0]]
     assert j.counts["late"] == 2
     # A click whose slate never arrives is dropped as late once the window passes.
     j2 = Joiner(JoinConfig(window_ms=100))
     j2.add_interaction(ev("e1", "click", "ghost", 0, "a", 0))
     j2.add_interaction(ev("e2", "view", None, None, "a", 500))
+    j2.add_recommendation(rec("r5", 500))
     assert not j2.pending and j2.counts["late"] == 1
 
 
@@ -117,3 +119,12 @@ def test_checkpoint_restart_neither_loses_nor_double_counts():
     assert [(s.rec_id, s.rewards) for s in first + rest] == [(s.rec_id, s.rewards) for s in expected]
     assert b.counts == ref.counts
     assert sum(s.reward for s in expected) > 0
+
+
+def test_one_topic_read_far_ahead_of_the_other_loses_nothing():
+    records = _stream(100, seed=5)
+    ref = Joiner(JoinConfig(window_ms=100))
+    expected = _feed(ref, records) + ref.flush()
+    ahead = Joiner(JoinConfig(window_ms=100))
+    got = _feed(ahead, [r for r in records if r[0] == "ev"] + [r for r in records if r[0] == "rec"]) + ahead.flush()
+    assert sorted((s.rec_id, s.rewards) for s in got) == sorted((s.rec_id, s.rewards) for s in expected)

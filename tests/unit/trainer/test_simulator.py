@@ -67,3 +67,10 @@ def test_tally_reports_per_variant_with_ci():
     assert len(rep["a"]["buckets"]) == 2
     lo, hi = rep["a"]["total"]["reward_ci95"]
     assert lo < 0.5 < hi
+
+
+def test_bots_click_everything_and_stay_out_of_the_population():
+    w = World(SimConfig(users=3, items=20, seed=0, bots=2))
+    assert len(w.users) == 5 and w.bots == {"sim-bot0", "sim-bot1"}
+    bot = [u for u in w.users if u.user_id in w.bots][0]
+    assert [p for _, _, p in w.react(bot, w.item_ids[:4])] == [0, 1, 2, 3]

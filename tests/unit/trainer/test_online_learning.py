@@ -1,0 +1,139 @@
+"""The online trainer's learning and gating on synthetic joined slates (no Kafka: publication is not sent).
+
+Honest users click the first shown item of their hidden category; a bot clicks everything.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from streamrec.settings import Settings
+from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
+from streamrec.trainer.export import export_dcn, export_sasrec
+from streamrec.trainer.joiner import Slate
+from streamrec.trainer.learner import LearnerConfig, OnlineLearner
+from streamrec.trainer.publish import publish
+from streamrec.trainer.sasrec import SASRec
+from streamrec.trainer.weights import WEIGHTS, save_weights
+
+ITEMS = [f"i{i}" for i in range(40)]
+CATS = {i: f"c{n % 4}" for n, i in enumerate(ITEMS)}
+
+
+def publish_models(settings, out, seed=0):
+    """Tiny untrained models with their weights, published to the registry (not announced)."""
+    torch.manual_seed(seed)
+    seq = SASRec(item_buckets=200, cat_buckets=20, dim=8, layers=1, heads=1, max_len=10, dropout=0.0)
+    seq.set_catalog(ITEMS, [CATS[i] for i in ITEMS])
+    dcn = DCNRanker(user_buckets=100, item_buckets=200, cat_buckets=20, dim=4, hidden=(8,), dropout=0.0)
+    torch.nn.init.zeros_(dcn.head.weight)  # knows nothing yet: every item scores the same
+    for name, model, exported in (("sasrec", seq, export_sasrec(seq, out / "seq", ITEMS, CATS)),
+                                  ("ranker", dcn, export_dcn(dcn, out / "dcn"))):
+        exported.files[WEIGHTS] = save_weights(model, out / name)
+        hashing = {h.namespace: h.describe() for h in vars(model).values() if hasattr(h, "describe")}
+        publish(settings, name, exported, kind=model.kind, metrics={}, data_window={}, hashing=hashing,
+                send=False)
+
+
+def dense(items, u):
+    """Ranker features as the scorer would read them: here only the user's category affinity varies."""
+    x = np.zeros((len(items), len(DENSE_FEATURES)))
+    x[:, DENSE_FEATURES.index("category_affinity")] = [0.8 if CATS[i] == f"c{u % 4}" else 0.05 for i in items]
+    return x.tolist()
+
+
+def slates(n, seed=0, bot=False, start=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        u = int(rng.integers(20))
+        user = f"bot{u}" if bot else f"u{u}"
+        items = [ITEMS[j] for j in rng.choice(len(ITEMS), 6, replace=False)]
+        if bot:
+            rewards = [1.0] * 6
+        else:
+            rewards = [0.0] * 6
+            for p, it in enumerate(items):
+                if CATS[it] == f"c{u % 4}":
+                    rewards[p] = 1.0
+                    break
+        out.append(Slate(rec_id=f"{'b' if bot else 'r'}{seed}-{k}", user_id=user, session_id="s",
+                         variant="default", created_ts=start + k, items=items, propensities=[1.0] * 6,
+                         scores=[0.0] * 6, reasons=["seq"] * 6, models=[], rewards=rewards,
+                         features={"dense": dense(items, u),
+                                   "cats": [CATS[i] for i in items],
+                                   "session": [it for it in ITEMS if CATS[it] == f"c{u % 4}"][:3]}))
+    return out
+
+
+@pytest.fixture
+def learner(tmp_path):
+    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
+    publish_models(s, tmp_path)
+    cfg = LearnerConfig(dry_run=True, min_gate_samples=100, checkpoint_dir=str(tmp_path / "ckpt"), lr=0.01,
+                        seq_lr=0.005, epochs_per_round=3)
+    lr = OnlineLearner(s, cfg, port=0)
+    assert set(lr.models.load()) == {"sasrec", "ranker"}
+    return lr
+
+
+def honest_auc(models, name, which):
+    f = models.flat(slates(300, seed=99))
+    score = models.ranker_scores if name == "ranker" else models.seq_scores
+    metrics, _ = models.gate.evaluate(f["slate_of"], f["reward"], f["propensity"], score(which[name], f))
+    return metrics["auc"]
+
+
+def test_learns_from_honest_slates_and_the_gate_accepts(learner):
+    learner._accept(slates(600, seed=1))
+    decisions = {d["model"]: d for d in learner.train_round(force_gate=True)}
+    assert decisions["ranker"]["accepted"], decisions["ranker"]
+    assert decisions["ranker"]["candidate"]["auc"] > decisions["ranker"]["live"]["auc"]
+    assert decisions["ranker"]["candidate"]["snips"] >= decisions["ranker"]["live"]["snips"]
+    assert honest_auc(learner.models, "ranker", learner.models.cand) > 0.6
+    assert "sasrec" in decisions and np.isfinite(decisions["sasrec"]["candidate"]["snips"])
+
+
+def test_gate_rejects_a_worse_model(learner):
+    learner._accept(slates(600, seed=1))
+    learner.train_round(force_gate=False)
+    good = learner.models.cand["ranker"]
+    learner.models.live["ranker"] = copy.deepcopy(good)  # the live model is now a good one
+    # The candidate learns the opposite of what users do.
+    for s in learner.train_buf:
+        s.rewards = [0.0 if r > 0 else 1.0 for r in s.rewards]
+    buf = list(learner.train_buf)
+    for _ in range(5):
+        for k in range(0, len(buf), 64):
+            learner.models.train(buf[k:k + 64])
+    d = learner.models.gate_models(list(learner.holdout))["ranker"]
+    assert not d.accepted and ("auc" in d.reason or "snips" in d.reason), d.reason
+
+
+def test_poisoned_stream_does_not_get_a_worse_model_promoted(learner):
+    before = honest_auc(learner.models, "ranker", learner.models.live)
+    honest, bots = slates(600, seed=2), slates(1200, seed=3, bot=True)
+    mixed = [s for pair in zip(honest, bots[:600]) for s in pair] + bots[600:]
+    learner._accept(mixed)
+    assert learner.counts["filtered_bot"] == 1200
+    assert all(not s.user_id.startswith("bot") for s in list(learner.train_buf) + list(learner.holdout))
+    decisions = learner.train_round(force_gate=True)
+    for d in decisions:
+        if d["accepted"] and d["model"] == "ranker":
+            assert honest_auc(learner.models, "ranker", learner.models.cand) >= before - 0.01
+
+
+def test_checkpoint_restores_buffers_and_join_state(learner, tmp_path):
+    learner._accept(slates(50, seed=4))
+    learner.joiner.add_recommendation({"rec_id": "open1", "user_id": "u", "created_ts": 10, "items": []})
+    learner.offsets = {"t:0": 42}
+    learner.checkpoint()
+    again = OnlineLearner(learner.settings, learner.cfg, port=0)
+    again._restore()
+    assert again.offsets == {"t:0": 42} and "open1" in again.joiner.open
+    assert [s.rec_id for s in again.train_buf] == [s.rec_id for s in learner.train_buf]
+    assert len(again.holdout) == len(learner.holdout)

@@ -1,0 +1,205 @@
+"""`streamrec bench online`: the closed loop, three A/B arms at once, true reward from the simulator.
+
+Arms (the scorer's A/B variants, users split by stable hash):
+
+- ``popularity``: a ranker that orders candidates by the item's popularity
+  (``item_log_views``) only;
+- ``frozen``: the initial models, pinned (``ranker@v0``, ``sasrec@v0``);
+- ``online``: follows the live versions that `streamrec learn` publishes.
+
+The initial models: a sequence model pre-trained on organic browsing
+sessions drawn from the simulator's world (what a shop would have in its
+logs before launch), and a ranker that starts as "order by the sequence
+model's score". The run: fresh topics and Redis prefix, a worker and a
+learner as child processes, the scorer in this process, the simulator
+driving them; the report is JSON plus a PNG (CTR per arm over time), with
+the event-to-published-model seconds read from the learner's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import torch
+
+from streamrec.simulator import SimConfig, Simulation, World
+from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
+from streamrec.trainer.sasrec import SASRec
+
+ARMS = "popularity=1:ranker@pop:sasrec@v0,frozen=1:ranker@v0:sasrec@v0,online=1"
+
+
+def feature_ranker(feature: str, buckets: int = 20_000) -> DCNRanker:
+    """A DCN-V2 whose logit is one standardised dense feature: a hand-set policy in the ranker's format."""
+    model = DCNRanker(user_buckets=buckets, item_buckets=buckets, cat_buckets=200, dim=8, hidden=(32,), dropout=0.0)
+    with torch.no_grad():
+        # Cross layers with zero weights pass x0 through, and the head reads the chosen feature only;
+        # embeddings and the deep part keep their random start, so fine-tuning has gradients everywhere.
+        for layer in model.cross:
+            layer.lin.weight.zero_()
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.weight[0, 3 * 8 + DENSE_FEATURES.index(feature)] = 1.0
+    return model
+
+
+def pretrained_sasrec(world: World, seed: int, steps: int = 150) -> SASRec:
+    """The sequence model trained on organic sessions of the hidden world (no recommendations involved)."""
+    torch.manual_seed(seed)
+    cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
+    model = SASRec(item_buckets=20_000, cat_buckets=200, dim=16, layers=1, heads=1, max_len=20, dropout=0.1)
+    model.set_catalog(world.item_ids, [cats[i] for i in world.item_ids])
+    index = {i: k for k, i in enumerate(world.item_ids)}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        users = [world.users[int(world.rng.integers(len(world.users)))] for _ in range(64)]
+        seqs = [[world.browse(u) for _ in range(8)] for u in users]
+        data = model.training_data(seqs, cats, index)
+        model.fit_batch({k: torch.from_numpy(v) for k, v in data.items()}, opt)
+    return model
+
+
+def _publish(settings, name, model, exported, version):
+    from streamrec.trainer.publish import publish
+    from streamrec.trainer.weights import WEIGHTS, save_weights
+
+    exported.files[WEIGHTS] = save_weights(model, Path(exported.files[next(iter(exported.files))]).parent / "w")
+    hashing = {h.namespace: h.describe() for h in vars(model).values() if hasattr(h, "describe")}
+    publish(settings, name, exported, kind=model.kind, metrics={}, data_window={"source": "bench online"},
+            hashing=hashing, version=version)
+
+
+def _ci(clicks: float, n: float) -> list[float]:
+    p = clicks / max(n, 1.0)
+    half = 1.96 * (p * (1 - p) / max(n, 1.0)) ** 0.5
+    return [p - half, p + half]
+
+
+def summarise(report: dict, warmup_s: float) -> dict:
+    """Per arm after the warm-up: CTR with a 95% CI, realised and expected reward per slate."""
+    out = {}
+    for arm, v in report["variants"].items():
+        b = [x for x in v["buckets"] if x["t_s"] >= warmup_s]
+        n = sum(x["slates"] for x in b)
+        clicks = sum(x["clicks"] for x in b)
+        out[arm] = {"slates": n, "ctr": clicks / max(n, 1), "ctr_ci95": _ci(clicks, n),
+                    "reward_per_slate": sum(x["reward_per_slate"] * x["slates"] for x in b) / max(n, 1),
+                    "expected_reward_per_slate": sum(x["expected_reward_per_slate"] * x["slates"] for x in b)
+                    / max(n, 1)}
+    if "online" in out and "frozen" in out and out["frozen"]["ctr"] > 0:
+        out["online_vs_frozen_ctr_lift"] = out["online"]["ctr"] / out["frozen"]["ctr"] - 1.0
+    return out
+
+
+def _metric(body: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float, seed: int, out: Path,
+              bots: int = 0, log=print) -> dict:
+    from streamrec.serving.config import ScorerConfig, parse_arms
+    from streamrec.serving.scorer import Scorer
+    from streamrec.stream.bench import _free_port, start_worker, stop_worker
+    from streamrec.stream.topics import create_topics, delete_topics
+    from streamrec.trainer.export import export_dcn, export_sasrec
+
+    run = uuid.uuid4().hex[:6]
+    s = settings.replace(topic_prefix=f"{settings.topic_prefix}bench-online-{run}.",
+                         redis_prefix=f"{settings.redis_prefix}bo{run}:", registry_uri=str(out / f"registry-{run}"))
+    create_topics(s)
+    cfg = SimConfig(users=users, items=300, seed=seed, rate=rate, seconds=seconds, bucket_s=max(seconds / 12, 5),
+                    bots=bots)
+    world = World(cfg)
+    cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
+    log("pre-training the sequence model on organic sessions...")
+    seq = pretrained_sasrec(World(cfg), seed)
+    tmp = out / f"export-{run}"
+    _publish(s, "ranker", feature_ranker("item_log_views"), export_dcn(feature_ranker("item_log_views"),
+                                                                        tmp / "pop"), "pop")
+    initial = feature_ranker("seq_score")
+    _publish(s, "sasrec", seq, export_sasrec(seq, tmp / "seq", world.item_ids, cats), "v0")
+    _publish(s, "ranker", initial, export_dcn(initial, tmp / "v0"), "v0")
+    worker = start_worker(s)
+    port = _free_port()
+    env = {**os.environ, **s.as_env(), "STREAMREC_LEARNER_PORT": str(port), "STREAMREC_LOG_LEVEL": "INFO"}
+    learner = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "learn", "--checkpoint-dir",
+                                str(out / f"learner-{run}"), "--window-ms", "5000", "--gate-every-s", "10",
+                                "--gate-every-samples", "5000", "--min-gate-samples", "500"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=open(out / f"learner-{run}.log", "w"))
+    scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), seed=seed), port=0)
+    st = threading.Thread(target=scorer.run, kwargs={"install_signals": False}, daemon=True)
+    st.start()
+    metrics = ""
+    try:
+        time.sleep(3)
+        log(f"simulating {users} users at {rate} events/s for {seconds:.0f} s (arms: {ARMS})")
+        report = Simulation(s, cfg).run()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+        except OSError:
+            pass
+    finally:
+        scorer.stop()
+        st.join(30)
+        learner.terminate()
+        learner_rc = learner.wait(120)
+        stop_worker(worker)
+        delete_topics(s)
+    count = _metric(metrics, "streamrec_learner_event_to_published_model_seconds_count")
+    result = {"config": report["config"], "arms": ARMS, "warmup_s": warmup_s, "counts": report["counts"],
+              "summary": summarise(report, warmup_s),
+              "learner": {"exit_code": learner_rc,
+                          "versions_published": _metric(metrics, "streamrec_learner_versions_published_total"),
+                          "gate_rejections": sum(float(x.split()[-1]) for x in metrics.splitlines()
+                                                 if x.startswith("streamrec_learner_gate_decisions_total")
+                                                 and 'decision="rejected"' in x),
+                          "event_to_published_model_s_mean":
+                              _metric(metrics, "streamrec_learner_event_to_published_model_seconds_sum") / count
+                              if count else None,
+                          "refresh_s_sum": _metric(metrics, "streamrec_learner_refresh_seconds_sum"),
+                          "refresh_count": _metric(metrics, "streamrec_learner_refresh_seconds_count")},
+              "models": report["models"], "variants": report["variants"]}
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, v in sorted(result["variants"].items()):
+        t = [x["t_s"] for x in v["buckets"]]
+        a.plot(t, [x["ctr"] for x in v["buckets"]], marker="o", label=arm)
+        b.plot(t, [x["expected_reward_per_slate"] for x in v["buckets"]], marker="o", label=arm)
+    for ax, title in ((a, "CTR (true, from the simulator)"), (b, "expected reward per slate (hidden model)")):
+        ax.axvline(result["warmup_s"], color="grey", linestyle=":")
+        ax.set_xlabel("seconds")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_bench_online(args) -> int:
+    out = Path(args.out or Path(args.settings.home) / "bench")
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
+                       bots=args.bots, log=lambda m: print(m, file=sys.stderr))
+    (out / "online.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "online.png")
+    print(json.dumps({k: result[k] for k in ("summary", "learner", "counts")}, indent=2))
+    print(f"wrote {out / 'online.json'} and {out / 'online.png'}", file=sys.stderr)
+    return 0
