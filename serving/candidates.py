@@ -4,8 +4,8 @@ Each source proposes items with a score of its own and a reason
 (``seq``, ``covisit:<item>``, ``trending``, ``content``). The merge keeps
 each item once, under the reason of the first source that proposed it (the
 sources are given in priority order), and drops items the user must not be
-shown again: those seen or bought in the session (the trigger item among
-them) and those removed from the catalog.
+shown again: those of the session (the trigger item among them), those the
+user ever bought, and those removed from the catalog.
 
 >>> merge([Source("seq", ["a", "b"], [2.0, 1.0]), Source("trending", ["b", "c", "x"], [5.0, 4.0, 3.0])],
 ...       exclude={"x"}, limit=10)

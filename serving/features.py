@@ -68,7 +68,7 @@ class RequestContext:
     session_items: list[str] = field(default_factory=list)
     """The session's items, oldest first (each once, at its latest position)."""
     seen: set[str] = field(default_factory=set)
-    """Items seen, clicked or bought in the session: never recommended again in it."""
+    """Items of this session, and items the user ever bought: never recommended again."""
     session_positive: int = 0
     user_positive: int = 0
     affinity: dict[str, float] = field(default_factory=dict)
@@ -127,11 +127,12 @@ class FeatureReader:
             pipe.hmget(k.session(r.user_id, r.session_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hmget(k.user(r.user_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hgetall(k.affinity(r.user_id))
+            pipe.zrange(k.bought(r.user_id), 0, -1)
         _top(pipe, k.trending, trending_n)
         raw = pipe.execute()
         out = []
         for i, r in enumerate(requests):
-            seq, sess, user, aff = raw[4 * i: 4 * i + 4]
+            seq, sess, user, aff, bought = raw[5 * i: 5 * i + 5]
             ctx = RequestContext(r)
             items: dict[str, None] = {}
             for member in seq:
@@ -139,7 +140,8 @@ class FeatureReader:
                 items.pop(item, None)
                 items[item] = None
             ctx.session_items = list(items)
-            ctx.seen = set(items)
+            # Seen in this session or bought at any time: not recommended again.
+            ctx.seen = set(items) | {_s(b) for b in bought}
             ctx.session_positive = int(sum(_f(v) for v in sess))
             ctx.user_positive = int(sum(_f(v) for v in user))
             ctx.known = ctx.user_positive > 0 or bool(items)

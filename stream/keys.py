@@ -13,7 +13,9 @@ key                                            holds                            
                                                version), cur (latest session id)
 ``P{u:USER}:recent``                           zset item -> last event ts (long-term,       USER
                                                capped at RECENT_CAP)
-``P{u:USER}:aff``                              hash category -> decayed affinity at ``_t``  USER
+``P{u:USER}:aff``                              hash category -> decayed affinity at ``_L``  USER
+``P{u:USER}:bought``                           zset item -> last purchase ts (capped at     USER
+                                               RECENT_CAP): never recommended again
 ``P{u:USER}:sessions``                         zset session id -> last ts                  USER
 ``P{u:USER}:s:SESSION``                        hash: ``n:TYPE`` counts, first_ts, last_ts   SESSION
 ``P{u:USER}:s:SESSION:seq``                    zset ``item\x1ftype\x1fevent_id`` -> ts      SESSION
@@ -128,6 +130,9 @@ class Keys:
 
     def affinity(self, user_id: str) -> str:
         return self.user_base(user_id) + ":aff"
+
+    def bought(self, user_id: str) -> str:
+        return self.user_base(user_id) + ":bought"
 
     def sessions(self, user_id: str) -> str:
         return self.user_base(user_id) + ":sessions"

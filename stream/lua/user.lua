@@ -97,6 +97,10 @@ local function apply_user(B, events)
           redis.call('HSET', UK, 'max_ts', fmt(t), 'last_ts', fmt(t), 'cur', sid)
         end
         local fv = redis.call('HINCRBY', UK, 'fv', 1)
+        if e.type == 'purchase' and e.item ~= '' then
+          redis.call('ZADD', B .. ':bought', 'GT', t, e.item)
+          redis.call('ZREMRANGEBYRANK', B .. ':bought', 0, -(cfg.recent_cap + 1))
+        end
         if e.w > 0 and e.item ~= '' then
           redis.call('ZADD', B .. ':recent', 'GT', t, e.item)
           redis.call('ZREMRANGEBYRANK', B .. ':recent', 0, -(cfg.recent_cap + 1))
@@ -116,7 +120,7 @@ local function apply_user(B, events)
     redis.call('EXPIRE', S .. ':seq', cfg.session_ttl)
   end
   if next(touched) then
-    for _, k in ipairs({SK, UK, B .. ':recent', B .. ':aff'}) do redis.call('EXPIRE', k, cfg.user_ttl) end
+    for _, k in ipairs({SK, UK, B .. ':recent', B .. ':aff', B .. ':bought'}) do redis.call('EXPIRE', k, cfg.user_ttl) end
   end
   return out
 end

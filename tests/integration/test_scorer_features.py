@@ -56,3 +56,22 @@ def test_cluster_and_single_server_give_the_same_features(settings, redis_cluste
     contexts, trending, covis, removed, views, cats, items = one
     assert all(c[3] and c[0] for c in contexts) and trending and any(covis.values())
     assert removed[items.index("i2")] and cats[items.index("i1")] == "shoes"
+
+
+def test_items_bought_in_an_earlier_session_stay_filtered(settings, redis):
+    import json
+
+    s = settings.replace(redis_prefix=f"{settings.redis_prefix}bought:")
+    store = RedisFeatureStore(s)
+    t0 = 1_767_225_600_000
+    events = [{"event_id": "b1", "type": "purchase", "user_id": "buyer", "item_id": "tv", "ts": t0},
+              {"event_id": "b2", "type": "view", "user_id": "buyer", "item_id": "radio", "ts": t0 + 3 * 3600_000}]
+    batch = [DecodedEvent(SourceEvent("events", 0, k, b"buyer", json.dumps(e).encode(), 0),
+                          decode_event(json.dumps(e).encode())) for k, e in enumerate(events)]
+    first, later = store.apply(batch)
+    assert first.session_id != later.session_id  # three hours apart: a new session
+    request = ScoreRequest(event_id="b2", user_id="buyer", session_id=later.session_id, item_id="radio",
+                           type="view", ts=t0 + 3 * 3600_000, feature_version=later.feature_version)
+    (ctx,), _ = FeatureReader(redis_client(s, 2.0), Keys(s.redis_prefix)).contexts([request], 5)
+    assert ctx.session_items == ["radio"] and ctx.seen == {"radio", "tv"}
+    store.close()
