@@ -59,10 +59,8 @@ def install_kafka(home: Path, log: Callable[[str], None] = print) -> Path:
     stamp = libs / f".kafka-{KAFKA_VERSION}"
     if stamp.exists():
         return libs
-    if not shutil.which("mvn"):
-        raise StackError("Maven (mvn) is needed to fetch Kafka's jars: apt-get install -y maven")
-    if not shutil.which("java"):
-        raise StackError("Java 17 is needed to run Kafka: apt-get install -y openjdk-17-jre-headless")
+    mvn = install_debian("mvn", "maven", log)
+    install_debian("java", "openjdk-17-jre-headless", log)
     pom = resources.files("streamrec.deploy").joinpath("kafka/pom.xml")
     log(f"fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {libs} ...")
     if libs.exists():
@@ -70,7 +68,7 @@ def install_kafka(home: Path, log: Callable[[str], None] = print) -> Path:
     libs.mkdir(parents=True)
     with resources.as_file(pom) as pom_path:
         proc = subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
+            [mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
              f"-DoutputDirectory={libs}", f"-Dkafka.version={KAFKA_VERSION}"],
             capture_output=True, text=True)
     if proc.returncode != 0:
