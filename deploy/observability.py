@@ -81,6 +81,17 @@ ROWS: tuple[Row, ...] = (
         Panel("Degraded recommendations (per s)",
               (("sum by (mode) (rate(streamrec_scorer_degraded_total[1m]))", "{{mode}}"),), "ops"),
     )),
+    Row("Online learning", (
+        Panel("Rewards joined by type (per s)",
+              (("sum by (type) (rate(streamrec_learner_rewards_total[1m]))", "{{type}}"),
+               ("sum(rate(streamrec_learner_samples_joined_total[1m]))", "slates joined")), "ops"),
+        Panel("Gate decisions (last hour)",
+              (("sum by (model, decision) (increase(streamrec_learner_gate_decisions_total[1h]))",
+                "{{model}} {{decision}}"),), "short"),
+        Panel("Training loss", (("max by (model) (streamrec_learner_training_loss)", "{{model}}"),), "short"),
+        Panel("Event to published model p99",
+              ((p99("streamrec_learner_event_to_published_model_seconds").replace("[1m]", "[15m]"), "p99"),), "s"),
+    )),
     Row("Resources", (
         Panel("Batch sizes p99", ((p99("streamrec_worker_batch_size"), "worker"),
                                   (p99("streamrec_scorer_batch_size"), "scorer")), "short"),
@@ -128,6 +139,13 @@ ALERTS: tuple[Alert, ...] = (
           "The scorer answers without models or without Redis (mode label). Check /readyz of the scorer, "
           "Redis, and whether a model was ever published (`streamrec models list`).",
           ("streamrec_scorer_degraded_total",)),
+    Alert("StreamrecNoModelSwapWhileLearning",
+          "sum(increase(streamrec_scorer_swaps_total[2h])) == 0 and on() max(up{job=\"streamrec-learner\"}) == 1",
+          "10m", "warning", "the learner runs but no model was swapped in for 2 hours",
+          "The online trainer's candidates are all rejected by the gate, or not published. The learner's "
+          "gate panel and log give the estimates of each rejection; check the reward joining (rewards "
+          "joined per second) and the registry volume.",
+          ("streamrec_scorer_swaps_total", "up")),
     Alert("StreamrecModelVersionRefused", "sum(increase(streamrec_scorer_refused_versions_total[15m])) > 0", "0m",
           "warning", "the scorer refused a model version",
           "A published version failed its checksum, signature or warm-up; the previous one keeps serving. "
