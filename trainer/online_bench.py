@@ -87,7 +87,8 @@ def summarise(report: dict, warmup_s: float) -> dict:
     """Per arm after the warm-up: CTR with a 95% CI, realised and expected reward per slate."""
     out = {}
     for arm, v in report["variants"].items():
-        b = [x for x in v["buckets"] if x["t_s"] >= warmup_s]
+        # (the last bucket past the end holds only slates answered after the run stopped: left out)
+        b = [x for x in v["buckets"] if warmup_s <= x["t_s"] < report["config"]["seconds"]]
         n = sum(x["slates"] for x in b)
         clicks = sum(x["clicks"] for x in b)
         out[arm] = {"slates": n, "ctr": clicks / max(n, 1), "ctr_ci95": _ci(clicks, n),
@@ -105,7 +106,7 @@ def _metric(body: str, name: str) -> float:
 
 
 def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float, seed: int, out: Path,
-              bots: int = 0, log=print) -> dict:
+              bots: int = 0, exploration: str = "off", epsilon: float = 0.1, log=print) -> dict:
     from streamrec.serving.config import ScorerConfig, parse_arms
     from streamrec.serving.scorer import Scorer
     from streamrec.stream.bench import _free_port, start_worker, stop_worker
@@ -135,7 +136,8 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
                                 str(out / f"learner-{run}"), "--window-ms", "5000", "--gate-every-s", "10",
                                 "--gate-every-samples", "5000", "--min-gate-samples", "500"],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(out / f"learner-{run}.log", "w"))
-    scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), seed=seed), port=0)
+    scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), seed=seed, exploration=exploration, epsilon=epsilon),
+                    port=0)
     st = threading.Thread(target=scorer.run, kwargs={"install_signals": False}, daemon=True)
     st.start()
     metrics = ""
@@ -156,7 +158,7 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
         stop_worker(worker)
         delete_topics(s)
     count = _metric(metrics, "streamrec_learner_event_to_published_model_seconds_count")
-    result = {"config": report["config"], "arms": ARMS, "warmup_s": warmup_s, "counts": report["counts"],
+    result = {"config": report["config"], "arms": ARMS, "exploration": exploration, "warmup_s": warmup_s, "counts": report["counts"],
               "summary": summarise(report, warmup_s),
               "learner": {"exit_code": learner_rc,
                           "versions_published": _metric(metrics, "streamrec_learner_versions_published_total"),
@@ -197,7 +199,8 @@ def cmd_bench_online(args) -> int:
     out = Path(args.out or Path(args.settings.home) / "bench")
     out.mkdir(parents=True, exist_ok=True)
     result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
-                       bots=args.bots, log=lambda m: print(m, file=sys.stderr))
+                       bots=args.bots, exploration=args.exploration, epsilon=args.epsilon,
+                       log=lambda m: print(m, file=sys.stderr))
     (out / "online.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "online.png")
     print(json.dumps({k: result[k] for k in ("summary", "learner", "counts")}, indent=2))

@@ -35,7 +35,8 @@ def _from_args(cls, args, **extra):
 
 def cmd_learn(args) -> int:
     from streamrec.health import PortInUse
-    from streamrec.trainer.learner import LearnerConfig, OnlineLearner
+    from streamrec.trainer.learner import OnlineLearner
+    from streamrec.trainer.online_config import LearnerConfig
 
     logging.basicConfig(level=args.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _from_args(LearnerConfig, args)
@@ -75,11 +76,8 @@ def register(sub) -> None:
                                    "with next-item loss), gate each candidate against the live model on a "
                                    "recent held-out window, and publish only candidates that are not worse. "
                                    "Health and metrics on STREAMREC_LEARNER_PORT.")
-    try:
-        from streamrec.trainer.learner import LearnerConfig
-        _add_dataclass_args(p, LearnerConfig)
-    except ImportError:  # torch missing: the command still exists and says why when run
-        pass
+    from streamrec.trainer.online_config import LearnerConfig
+    _add_dataclass_args(p, LearnerConfig)
     p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("simulate", help="simulated users acting through Kafka; reports the true reward per variant",
@@ -108,5 +106,8 @@ def register_bench(bench) -> None:
     p.add_argument("--rate", type=float, default=60.0, help="events/s the population publishes at most (default 60)")
     p.add_argument("--bots", type=int, default=0, help="extra users that click everything (poisoned stream)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exploration", choices=["off", "epsilon", "softmax"], default="off",
+                   help="the scorer's exploration in every arm (default off); logged propensities feed the IPS terms")
+    p.add_argument("--epsilon", type=float, default=0.1, help="with --exploration epsilon (default 0.1)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=cmd_bench_online)

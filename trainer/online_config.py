@@ -1,0 +1,72 @@
+"""Configuration of `streamrec learn`: one dataclass with documented defaults.
+
+Kept apart from the service so that registering the CLI flags imports neither
+torch nor the learner's Prometheus metrics (they would show up on every other
+service's /metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamrec.trainer.joiner import JoinConfig
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Knobs of `streamrec learn` (flags of the same names; Settings fields proposed in the report)."""
+
+    window_ms: int = 20_000
+    """Attribution window: interactions later than this after their recommendation are dropped."""
+    reward_click: float = 1.0
+    reward_add_to_cart: float = 2.0
+    reward_purchase: float = 5.0
+    reward_skip: float = 0.0
+    gate_every_samples: int = 2000
+    """Gate (and maybe publish) after this many new shown items..."""
+    gate_every_s: float = 30.0
+    """...or this many seconds, whichever comes first."""
+    holdout_every: int = 5
+    """One slate in this many (by rec_id hash) is held out for the gate."""
+    holdout_slates: int = 1000
+    buffer_slates: int = 4000
+    min_gate_samples: int = 200
+    auc_tolerance: float = 0.01
+    reward_tolerance: float = 0.02
+    lr: float = 1e-3
+    seq_lr: float = 5e-4
+    rl_mix: float = 0.5
+    weight_cap: float = 10.0
+    topk: int = 10
+    batch: int = 64
+    epochs_per_round: int = 2
+    """Passes over the fresh slates at each training round."""
+    replay_epochs: int = 2
+    """After a rejection the candidate restarts from the live model and replays the training buffer this often."""
+    bot_slate_share: float = 0.5
+    """A slate with rewards on more than this share of its items (3 items or more) is treated as a bot's."""
+    bot_min_slates: int = 5
+    checkpoint_dir: str = ".local/learner"
+    checkpoint_every_s: float = 5.0
+    start: str = "earliest"
+    """Where to start reading when there is no checkpoint: earliest or latest."""
+    dry_run: bool = False
+    """Gate but never publish."""
+    seq_model: str = "sasrec"
+    ranker_model: str = "ranker"
+
+    def join(self) -> JoinConfig:
+        return JoinConfig(window_ms=self.window_ms, click=self.reward_click, add_to_cart=self.reward_add_to_cart,
+                          purchase=self.reward_purchase, skip=self.reward_skip)
+
+    def train(self):
+        from streamrec.trainer.online_models import TrainConfig
+
+        return TrainConfig(lr=self.lr, seq_lr=self.seq_lr, rl_mix=self.rl_mix, weight_cap=self.weight_cap,
+                           topk=self.topk, batch=self.batch)
+
+    def gate(self):
+        from streamrec.trainer.gate import GateConfig
+
+        return GateConfig(min_samples=self.min_gate_samples, auc_tolerance=self.auc_tolerance,
+                          reward_tolerance=self.reward_tolerance, weight_cap=self.weight_cap)
