@@ -92,6 +92,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scorer_item_stats_ttl_s: float = 1.0
     """How long item statistics and co-visitation lists read from Redis are reused."""
 
+    # --- online trainer (each also a `streamrec learn` flag, which wins) ----------
+    learner_window_ms: int = 20_000
+    """Attribution window: interactions later than this after their recommendation are dropped."""
+    learner_reward_click: float = 1.0
+    learner_reward_add_to_cart: float = 2.0
+    learner_reward_purchase: float = 5.0
+    learner_reward_skip: float = 0.0
+    learner_gate_every_samples: int = 2000
+    """Gate a candidate after this many new shown items..."""
+    learner_gate_every_s: float = 30.0
+    """...or this many seconds, whichever comes first."""
+    learner_lr: float = 1e-3
+    learner_seq_lr: float = 5e-4
+    learner_rl_mix: float = 0.5
+    """Share of the off-policy REINFORCE loss in the sequence model's loss (the rest is next-item)."""
+    learner_weight_cap: float = 10.0
+    """Cap of the importance weights."""
+    learner_checkpoint_dir: str = ".local/learner"
+    learner_dry_run: bool = False
+    """Gate candidates but never publish them."""
+
     # --- service HTTP ports (health, readiness, metrics) --------------------
     http_host: str = "127.0.0.1"
     """Interface the services' HTTP endpoints bind to."""

@@ -7,6 +7,7 @@ Settings object as ``args.settings`` and return an exit code. Heavy imports
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from dataclasses import fields
@@ -17,15 +18,18 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
-def _add_dataclass_args(p, cls, skip=()) -> None:
+def _add_dataclass_args(p, cls, skip=(), only_when_given: bool = False) -> None:
+    """A flag per field; with `only_when_given` a flag not on the command line leaves no attribute,
+    so settings (STREAMREC_LEARNER_*) can supply the value."""
     for f in fields(cls):
         if f.name in skip or f.type not in ("int", "float", "str", "bool"):
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = argparse.SUPPRESS if only_when_given else f.default
         if f.type == "bool":
-            p.add_argument(flag, action="store_true", default=f.default, help=f"(default {f.default})")
+            p.add_argument(flag, action="store_true", default=default, help=f"(default {f.default})")
         else:
-            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], default=f.default,
+            p.add_argument(flag, type={"int": int, "float": float, "str": str}[f.type], default=default,
                            metavar=f.name.upper(), help=f"(default {f.default})")
 
 
@@ -39,7 +43,11 @@ def cmd_learn(args) -> int:
     from streamrec.trainer.online_config import LearnerConfig
 
     logging.basicConfig(level=args.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = _from_args(LearnerConfig, args)
+    # Settings (STREAMREC_LEARNER_*) first, flags given on the command line over them.
+    from_settings = {f.name: getattr(args.settings, "learner_" + f.name) for f in fields(LearnerConfig)
+                     if hasattr(args.settings, "learner_" + f.name)}
+    cfg = LearnerConfig(**{**from_settings, **{f.name: getattr(args, f.name) for f in fields(LearnerConfig)
+                                               if hasattr(args, f.name)}})
     try:
         return OnlineLearner(args.settings, cfg).run()
     except PortInUse as exc:
@@ -77,7 +85,7 @@ def register(sub) -> None:
                                    "recent held-out window, and publish only candidates that are not worse. "
                                    "Health and metrics on STREAMREC_LEARNER_PORT.")
     from streamrec.trainer.online_config import LearnerConfig
-    _add_dataclass_args(p, LearnerConfig)
+    _add_dataclass_args(p, LearnerConfig, only_when_given=True)
     p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("simulate", help="simulated users acting through Kafka; reports the true reward per variant",
