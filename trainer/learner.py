@@ -79,6 +79,7 @@ class OnlineLearner:
     def start(self) -> None:
         from confluent_kafka import Consumer
 
+        m.initialise((self.cfg.seq_model, self.cfg.ranker_model))
         self._restore()
         loaded = self.models.load()
         log.info("online trainer: models loaded %s; joining from %s", loaded or "none",

@@ -35,3 +35,18 @@ def count_join(before: dict, after: dict) -> None:
             rewards.labels(key.split(":", 1)[1]).inc(inc)
         elif key in ("late", "duplicates", "unattributable", "pending_dropped", "evicted"):
             window_drops.labels(key).inc(inc)
+
+
+def initialise(models: tuple[str, ...]) -> None:
+    """Create the labelled series before their first event, so dashboards and alerts see them.
+    The loss starts as NaN: no training step yet, which is not a loss of zero."""
+    for kind in ("click", "add_to_cart", "purchase", "skip"):
+        rewards.labels(kind)
+    for reason in ("late", "duplicates", "unattributable", "pending_dropped", "evicted"):
+        window_drops.labels(reason)
+    for name in models:
+        training_loss.labels(name).set(float("nan"))
+        train_steps.labels(name)
+        versions_published.labels(name)
+        for decision in ("accepted", "rejected"):
+            gate_decisions.labels(name, decision)
