@@ -261,6 +261,8 @@ class Simulation:
         self.models_seen: dict[str, set] = defaultdict(set)
         """Model versions that answered, per variant (shows hot-swaps and pins)."""
         self._stop = False
+        self.tally: Tally | None = None
+        """Live per-variant counts while running (read by the demo's view)."""
 
     def stop(self) -> None:
         self._stop = True
@@ -287,7 +289,7 @@ class Simulation:
                                  **kafka_security(self.settings)})
         self.publish_catalog(cat_producer, world.catalog())
         t0 = time.monotonic()
-        tally = Tally(cfg.bucket_s, t0)
+        tally = self.tally = Tally(cfg.bucket_s, t0)
         ready = {u.user_id: t0 + i / max(cfg.rate, 1e-9) for i, u in enumerate(world.users)}
         by_id = {u.user_id: u for u in world.users}
         waiting: dict[str, tuple[str, float]] = {}  # trigger event id -> (user, deadline)

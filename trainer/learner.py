@@ -36,6 +36,7 @@ import numpy as np
 
 from streamrec.health import HealthServer
 from streamrec.settings import Settings
+from streamrec.stream.schemas import decode_event
 from streamrec.stream.topics import EVENTS, RECOMMENDATIONS, kafka_security
 from streamrec.trainer import learner_metrics as m
 from streamrec.trainer.joiner import Joiner, Slate
@@ -151,9 +152,13 @@ class OnlineLearner:
         rec_topic = self.settings.topic(RECOMMENDATIONS)
         decoded = []
         for msg in msgs:
+            is_rec = msg.topic() == rec_topic
             try:
-                decoded.append((msg.topic() == rec_topic, json.loads(msg.value())))
-            except (ValueError, TypeError):
+                if not is_rec:
+                    # Events that break the contract are the worker's to dead-letter; never join them.
+                    decode_event(msg.value() or b"")
+                decoded.append((is_rec, json.loads(msg.value())))
+            except (ValueError, TypeError):  # EventError is a ValueError
                 self.counts["undecodable"] += 1
                 decoded.append((None, None))
         self._attach_features([v for is_rec, v in decoded if is_rec])

@@ -137,6 +137,12 @@ def test_learn_command_serves_health_and_metrics_and_stops_cleanly_on_sigterm(fr
                 time.sleep(0.3)
         recs, evs = records()
         produce(s, topics.RECOMMENDATIONS, recs, "user_id")
+        # Malformed events on the topic (the worker dead-letters them) must not stop the learner.
+        bad = Producer({"bootstrap.servers": s.kafka_bootstrap})
+        for raw in (b'{"event_id": "x", "type": "click", "user_id": "u", "item_id": "i", "rec_id": "r",'
+                    b' "ts": "yesterday"}', b"not json", b"\xff\xfe"):
+            bad.produce(s.topic(topics.EVENTS), raw, key=b"u")
+        assert bad.flush(30) == 0
         produce(s, topics.EVENTS, evs, "user_id")
         while time.monotonic() < deadline:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
