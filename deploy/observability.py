@@ -85,6 +85,9 @@ ROWS: tuple[Row, ...] = (
         Panel("Rewards joined by type (per s)",
               (("sum by (type) (rate(streamrec_learner_rewards_total[1m]))", "{{type}}"),
                ("sum(rate(streamrec_learner_samples_joined_total[1m]))", "slates joined")), "ops"),
+        Panel("Reward per slate by arm (joined rewards)",
+              (("sum by (variant) (rate(streamrec_learner_arm_reward_total[5m])) "
+                "/ sum by (variant) (rate(streamrec_learner_arm_slates_total[5m]))", "{{variant}}"),), "short"),
         Panel("Gate decisions (last hour)",
               (("sum by (model, decision) (increase(streamrec_learner_gate_decisions_total[1h]))",
                 "{{model}} {{decision}}"),), "short"),

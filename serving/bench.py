@@ -44,29 +44,12 @@ from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream.schemas import ScoreRequest, encode
-from streamrec.stream.topics import create_topics, delete_topics
+from streamrec.stream.bench import drop_namespace, fresh_namespace
 
 console = Console(stderr=True)
 
 
 # --------------------------------------------------------------------------- through Kafka
-def _fresh(settings: Settings) -> Settings:
-    run_id = uuid.uuid4().hex[:6]
-    s = settings.replace(topic_prefix=f"sbench{run_id}.", redis_prefix=f"sbench{run_id}:")
-    create_topics(s)
-    return s
-
-
-def _cleanup(s: Settings) -> None:
-    import redis
-
-    delete_topics(s)
-    r = redis.Redis.from_url(s.redis_url)
-    keys = list(r.scan_iter(match=f"{s.redis_prefix}*", count=5000))
-    for k in range(0, len(keys), 5000):
-        r.delete(*keys[k:k + 5000])
-
-
 def _features(s: Settings, events: int) -> list[tuple[str, str, str]]:
     """Apply synthetic events with the worker's feature store; returns (user, session, item) triples."""
     from streamrec.stream.feature_store import RedisFeatureStore
@@ -216,7 +199,7 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
     import psutil
 
     sys.setswitchinterval(0.0005)  # the paced producer and the reader share this process
-    s = _fresh(settings)
+    s = fresh_namespace(settings, "sbench")
     proc = None
     try:
         with console.status(f"writing features of {events} events to Redis..."):
@@ -287,7 +270,7 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        _cleanup(s)
+        drop_namespace(s)
 
 
 def _plot(result: dict, path: Path) -> None:

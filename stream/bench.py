@@ -54,14 +54,16 @@ def add_arguments(p) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-def _fresh(settings: Settings) -> Settings:
+def fresh_namespace(settings: Settings, tag: str = "bench") -> Settings:
+    """Settings with a topic and Redis prefix of their own, topics created: a benchmark run's sandbox."""
     run_id = uuid.uuid4().hex[:6]
-    s = settings.replace(topic_prefix=f"bench{run_id}.", redis_prefix=f"bench{run_id}:")
+    s = settings.replace(topic_prefix=f"{tag}{run_id}.", redis_prefix=f"{tag}{run_id}:")
     create_topics(s)
     return s
 
 
-def _cleanup(s: Settings) -> None:
+def drop_namespace(s: Settings) -> None:
+    """Delete the topics and Redis keys of a `fresh_namespace`."""
     import redis
 
     delete_topics(s)
@@ -172,7 +174,7 @@ class RssSampler(threading.Thread):
 
 # --------------------------------------------------------------------------- runs
 def throughput(settings: Settings, n: int, processes: int, engine: str = "faust") -> dict:
-    s = _fresh(settings)
+    s = fresh_namespace(settings)
     try:
         records = list(synthetic_stream(n, seed=processes))
         _load(s, records)
@@ -200,7 +202,7 @@ def throughput(settings: Settings, n: int, processes: int, engine: str = "faust"
         return {"engine": engine, "processes": processes, "records": n, "outputs": seen, "expected_outputs": expected,
                 "events_per_s": round(rate), "peak_rss_mb": round(rss.peak / 2**20, 1)}
     finally:
-        _cleanup(s)
+        drop_namespace(s)
 
 
 BARE_FAUST = r"""
@@ -226,7 +228,7 @@ app.main()
 
 
 def bare_faust(settings: Settings, n: int) -> dict:
-    s = _fresh(settings)
+    s = fresh_namespace(settings)
     try:
         _load(s, synthetic_stream(n, seed=7))
         proc = subprocess.run([sys.executable, "-c", BARE_FAUST, s.kafka_bootstrap, s.topic(topics.EVENTS),
@@ -236,14 +238,14 @@ def bare_faust(settings: Settings, n: int) -> dict:
         found = re.findall(r"RESULT (\d+)", proc.stdout + proc.stderr)
         return {"records": n, "events_per_s": int(found[0]) if found else None}
     finally:
-        _cleanup(s)
+        drop_namespace(s)
 
 
 def latency(settings: Settings, rate: int, seconds: int, engine: str = "faust") -> dict:
     # The paced producer and the reader share this process: without a short GIL switch
     # interval the reader would wait up to 5 ms per hand-over and inflate every figure.
     sys.setswitchinterval(0.0005)
-    s = _fresh(settings)
+    s = fresh_namespace(settings)
     lat: list[tuple[float, float]] = []
     try:
         proc = start_worker(s, 1, engine=engine)
@@ -317,7 +319,7 @@ def latency(settings: Settings, rate: int, seconds: int, engine: str = "faust") 
                 "p95_ms": round(float(np.percentile(values, 95)), 1),
                 "p99_ms": round(float(np.percentile(values, 99)), 1), "series": lat}
     finally:
-        _cleanup(s)
+        drop_namespace(s)
 
 
 def _plot(result: dict, path: Path) -> None:

@@ -80,7 +80,10 @@ class OnlineLearner:
     def start(self) -> None:
         from confluent_kafka import Consumer
 
-        m.initialise((self.cfg.seq_model, self.cfg.ranker_model))
+        from streamrec.serving.config import parse_arms
+
+        arms = tuple(a.name for a in parse_arms(getattr(self.settings, "scorer_ab_arms", "")))
+        m.initialise((self.cfg.seq_model, self.cfg.ranker_model), arms)
         self._restore()
         loaded = self.models.load()
         log.info("online trainer: models loaded %s; joining from %s", loaded or "none",
@@ -241,6 +244,8 @@ class OnlineLearner:
         for s in closed:
             m.samples_joined.inc()
             m.items_joined.inc(len(s.items))
+            m.arm_slates.labels(s.variant).inc()
+            m.arm_reward.labels(s.variant).inc(sum(s.rewards))
             rewarded = sum(1 for r in s.rewards if r > 0)
             user = self.users.setdefault(s.user_id, [0, 0])
             user[0] += 1

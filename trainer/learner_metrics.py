@@ -6,6 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 samples_joined = Counter("streamrec_learner_samples_joined_total", "Slates joined and closed (training samples)")
 items_joined = Counter("streamrec_learner_items_joined_total", "Shown items in joined slates")
+arm_slates = Counter("streamrec_learner_arm_slates_total", "Joined slates by A/B arm", ["variant"])
+arm_reward = Counter("streamrec_learner_arm_reward_total", "Reward of joined slates by A/B arm (observed, "
+                     "inside the attribution window)", ["variant"])
 rewards = Counter("streamrec_learner_rewards_total", "Interactions joined to a slate, by type", ["type"])
 window_drops = Counter("streamrec_learner_window_drops_total",
                        "Interactions dropped: late (outside the attribution window), duplicate, unattributable",
@@ -37,11 +40,14 @@ def count_join(before: dict, after: dict) -> None:
             window_drops.labels(key).inc(inc)
 
 
-def initialise(models: tuple[str, ...]) -> None:
+def initialise(models: tuple[str, ...], arms: tuple[str, ...] = ("default",)) -> None:
     """Create the labelled series before their first event, so dashboards and alerts see them.
     The loss starts as NaN: no training step yet, which is not a loss of zero."""
     for kind in ("click", "add_to_cart", "purchase", "skip"):
         rewards.labels(kind)
+    for arm in arms:
+        arm_slates.labels(arm)
+        arm_reward.labels(arm)
     for reason in ("late", "duplicates", "unattributable", "pending_dropped", "evicted"):
         window_drops.labels(reason)
     for name in models:

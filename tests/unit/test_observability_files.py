@@ -59,3 +59,16 @@ def test_dashboard_uses_the_provisioned_datasource_and_mount():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["grafana"]["volumes"]}
     assert mounts[provider["providers"][0]["options"]["path"]] == "./deploy/grafana/dashboards"
+
+
+def test_promtool_accepts_the_scrape_configs(promtool, tmp_path):
+    from streamrec.deploy.prometheus_config import write_local_config
+    from streamrec.settings import Settings
+
+    local = tmp_path / "prometheus.yml"
+    write_local_config(Settings(), local)
+    # The compose file's rule path exists only inside the container: syntax there, everything here.
+    for args in (["--syntax-only", str(ROOT / "deploy/prometheus/prometheus.yml")], [str(local)]):
+        proc = subprocess.run([promtool, "check", "config", *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 1 rule files found" in proc.stdout + proc.stderr
