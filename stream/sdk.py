@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from typing import Iterator
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
@@ -180,10 +180,21 @@ class RecommendationConsumer:
             raise RuntimeError(f"topic {self.topic} does not exist; run `streamrec topics create`")
         assignment = []
         for p in parts:
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            low, high = self._watermarks(p)
             # Resolve "the end" now, so nothing produced after construction is missed.
             assignment.append(TopicPartition(self.topic, p, low if from_beginning else high))
         self._consumer.assign(assignment)
+
+    def _watermarks(self, partition: int, timeout: float = 15.0) -> tuple[int, int]:
+        # Right after a topic is created or a broker restarts, a partition may have no leader yet.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=5)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def poll(self, timeout: float = 1.0) -> Recommendation | None:
         """The next recommendation, or None after `timeout` seconds."""

@@ -6,6 +6,7 @@ a prefix change reaches everything.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -94,7 +95,19 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
                     result[name] = "exists"
                 else:
                     raise
+        _wait_for_leaders(admin, [t.topic for t in new], timeout)
     return result
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """A created topic answers only once each partition has a leader; wait for that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=timeout).topics
+        if all(n in meta and meta[n].partitions and all(p.leader >= 0 for p in meta[n].partitions.values())
+               for n in names):
+            return
+        time.sleep(0.1)
 
 
 def delete_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
