@@ -28,7 +28,8 @@ def load_weights(data: bytes):
     from streamrec.trainer.dcn import DCNRanker
     from streamrec.trainer.sasrec import SASRec
 
-    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    # weights_only: a registry file must never be able to run code when it is read.
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     cls = {"dcn": DCNRanker, "sasrec": SASRec}[blob["kind"]]
     model = cls(**blob["config"])
     if blob["kind"] == "sasrec":  # the catalog buffers change size with the catalog
