@@ -8,7 +8,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
@@ -20,27 +20,29 @@ from streamrec.stream.synthetic import Record
 publish = _load
 
 
-def read_topic(s: Settings, name: str) -> list:
+def read_topic(s: Settings, name: str, timeout: float = 60.0) -> list:
     """Every record now on a topic (all partitions, up to the high watermark)."""
     topic = s.topic(name)
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "enable.partition.eof": True})
     out = []
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    deadline = time.monotonic() + timeout
     for p in parts:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
         if high <= low:
             continue
         consumer.assign([TopicPartition(topic, p, low)])
-        got = 0
-        while got < high - low:
-            msgs = consumer.consume(5000, timeout=5)
-            if not msgs:
-                break
-            for m in msgs:
-                if not m.error():
-                    out.append(m)
-                    got += 1
+        position = low
+        while position < high:
+            assert time.monotonic() < deadline, f"reading {topic}[{p}] stalled at {position} of {high}"
+            for m in consumer.consume(5000, timeout=1):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        position = high
+                    continue
+                out.append(m)
+                position = m.offset() + 1
     consumer.close()
     return out
 
