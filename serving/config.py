@@ -12,6 +12,8 @@ scorer runs against any version of `streamrec.settings.Settings`.
 
 from __future__ import annotations
 
+from streamrec.settings import Settings
+
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -65,38 +67,42 @@ def parse_arms(spec: str) -> tuple[Arm, ...]:
     return tuple(arms)
 
 
+# Defaults live in one place, the settings object (STREAMREC_*); these follow it.
+_DEFAULTS = Settings()
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     """Everything the scorer needs beyond the shared settings."""
 
-    batch_max: int = 256
+    batch_max: int = _DEFAULTS.scorer_batch_max
     """Most score requests scored together (one Redis round trip per phase, one ONNX run)."""
-    batch_wait_ms: int = 2
+    batch_wait_ms: int = _DEFAULTS.scorer_batch_wait_ms
     """Longest the scorer waits to fill a batch."""
-    top_n: int = 10
+    top_n: int = _DEFAULTS.scorer_top_n
     """Items per recommendation."""
-    seq_candidates: int = 100
+    seq_candidates: int = _DEFAULTS.scorer_seq_candidates
     """Candidates from the sequence model's retrieval (inner product top-K)."""
-    covis_candidates: int = 50
+    covis_candidates: int = _DEFAULTS.scorer_covis_candidates
     """Co-visitation candidates per request, over the session's recent items."""
-    trending_candidates: int = 50
-    content_candidates: int = 20
+    trending_candidates: int = _DEFAULTS.scorer_trending_candidates
+    content_candidates: int = _DEFAULTS.scorer_content_candidates
     """Items nearest the trigger item (item vectors) for cold users."""
-    max_candidates: int = 200
+    max_candidates: int = _DEFAULTS.scorer_max_candidates
     """Candidates ranked per request after the merge (the ranker's batch is requests x this)."""
-    recent_items: int = 5
+    recent_items: int = _DEFAULTS.scorer_recent_items
     """How many of the session's newest items feed co-visitation."""
-    exploration: Literal["off", "epsilon", "softmax"] = "off"
-    epsilon: float = 0.1
-    temperature: float = 1.0
+    exploration: Literal["off", "epsilon", "softmax"] = _DEFAULTS.scorer_exploration
+    epsilon: float = _DEFAULTS.scorer_epsilon
+    temperature: float = _DEFAULTS.scorer_temperature
     arms: tuple[Arm, ...] = DEFAULT_ARMS
-    seq_model: str = "sasrec"
-    ranker_model: str = "ranker"
-    redis_timeout_s: float = 0.25
+    seq_model: str = _DEFAULTS.scorer_seq_model
+    ranker_model: str = _DEFAULTS.scorer_ranker_model
+    redis_timeout_s: float = _DEFAULTS.scorer_redis_timeout_s
     """Redis socket timeout: past it the batch is served degraded from the trending snapshot."""
-    redis_retry_s: float = 1.0
+    redis_retry_s: float = _DEFAULTS.scorer_redis_retry_s
     """After a Redis failure, how long batches go straight to the degraded path before trying again."""
-    item_stats_ttl_s: float = 1.0
+    item_stats_ttl_s: float = _DEFAULTS.scorer_item_stats_ttl_s
     """How long item statistics, removals and co-visitation lists read from Redis are reused."""
     seed: int | None = None
     """Seed of the exploration sampler (tests); None = fresh entropy."""

@@ -7,24 +7,30 @@ service's /metrics).
 
 from __future__ import annotations
 
+from streamrec.settings import Settings
+
 from dataclasses import dataclass
 
 from streamrec.trainer.joiner import JoinConfig
+
+
+# Defaults live in one place, the settings object (STREAMREC_*); these follow it.
+_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
     """Knobs of `streamrec learn` (flags of the same names; Settings fields proposed in the report)."""
 
-    window_ms: int = 20_000
+    window_ms: int = _DEFAULTS.learner_window_ms
     """Attribution window: interactions later than this after their recommendation are dropped."""
-    reward_click: float = 1.0
-    reward_add_to_cart: float = 2.0
-    reward_purchase: float = 5.0
-    reward_skip: float = 0.0
-    gate_every_samples: int = 2000
+    reward_click: float = _DEFAULTS.learner_reward_click
+    reward_add_to_cart: float = _DEFAULTS.learner_reward_add_to_cart
+    reward_purchase: float = _DEFAULTS.learner_reward_purchase
+    reward_skip: float = _DEFAULTS.learner_reward_skip
+    gate_every_samples: int = _DEFAULTS.learner_gate_every_samples
     """Gate (and maybe publish) after this many new shown items..."""
-    gate_every_s: float = 30.0
+    gate_every_s: float = _DEFAULTS.learner_gate_every_s
     """...or this many seconds, whichever comes first."""
     holdout_every: int = 5
     """One slate in this many (by rec_id hash) is held out for the gate."""
@@ -33,10 +39,10 @@ class LearnerConfig:
     min_gate_samples: int = 200
     auc_tolerance: float = 0.01
     reward_tolerance: float = 0.02
-    lr: float = 1e-3
-    seq_lr: float = 5e-4
-    rl_mix: float = 0.5
-    weight_cap: float = 10.0
+    lr: float = _DEFAULTS.learner_lr
+    seq_lr: float = _DEFAULTS.learner_seq_lr
+    rl_mix: float = _DEFAULTS.learner_rl_mix
+    weight_cap: float = _DEFAULTS.learner_weight_cap
     topk: int = 10
     batch: int = 64
     epochs_per_round: int = 2
@@ -46,11 +52,11 @@ class LearnerConfig:
     bot_slate_share: float = 0.5
     """A slate with rewards on more than this share of its items (3 items or more) is treated as a bot's."""
     bot_min_slates: int = 5
-    checkpoint_dir: str = ".local/learner"
+    checkpoint_dir: str = _DEFAULTS.learner_checkpoint_dir
     checkpoint_every_s: float = 5.0
     start: str = "earliest"
     """Where to start reading when there is no checkpoint: earliest or latest."""
-    dry_run: bool = False
+    dry_run: bool = _DEFAULTS.learner_dry_run
     """Gate but never publish."""
     seq_model: str = "sasrec"
     ranker_model: str = "ranker"
