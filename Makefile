@@ -23,6 +23,9 @@ stack: install
 demo: stack
 	$(BIN)/streamrec demo
 
+# The fault suite runs every case in `make test` with 3,000 events each (about 6 min); its
+# 50,000-event run is `streamrec bench faults` (about 25 min, figures in RELIABILITY.md).
+test: export STREAMREC_FAULT_EVENTS ?= 3000
 test: install
 	$(BIN)/pytest -q
 

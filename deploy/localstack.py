@@ -275,6 +275,21 @@ class KafkaService(LocalService):
     def _config(self) -> Path:
         return self.dir / "server.properties"
 
+    def listener_lines(self) -> list[str]:
+        """Listeners and their protocols (`streamrec.deploy.securestack` replaces them with SASL_SSL)."""
+        s = self.settings
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+
+    def format_options(self) -> list[str]:
+        """Extra `StorageTool format` arguments (the secure stack adds its SCRAM users)."""
+        return []
+
     def prepare(self) -> None:
         s = self.settings
         data = self.dir / "data"
@@ -282,11 +297,7 @@ class KafkaService(LocalService):
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            *self.listener_lines(),
             f"log.dirs={data}",
             "num.partitions=3",
             "offsets.topic.replication.factor=1",
@@ -317,7 +328,8 @@ class KafkaService(LocalService):
                 cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
             proc = subprocess.run(
                 self._java("kafka.tools.StorageTool") + ["format", "-t", cluster_id_file.read_text().strip(),
-                                                          "-c", str(self._config()), "--ignore-formatted"],
+                                                          "-c", str(self._config()), "--ignore-formatted",
+                                                          *self.format_options()],
                 capture_output=True, text=True, cwd=self.dir)
             if proc.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
@@ -336,7 +348,9 @@ class KafkaService(LocalService):
             return False
         from confluent_kafka.admin import AdminClient
         try:
-            AdminClient({"bootstrap.servers": self.endpoint}).list_topics(timeout=2)
+            from streamrec.stream.topics import kafka_security  # SASL/TLS when the settings ask for it
+
+            AdminClient({"bootstrap.servers": self.endpoint, **kafka_security(self.settings)}).list_topics(timeout=2)
             return True
         except Exception:  # noqa: BLE001 - not ready yet
             return False

@@ -95,6 +95,20 @@ ROWS: tuple[Row, ...] = (
         Panel("Event to published model p99",
               ((p99("streamrec_learner_event_to_published_model_seconds").replace("[1m]", "[15m]"), "p99"),), "s"),
     )),
+    # Customer segments (`streamrec segments`): the A/B view split by the user's segment ("none" = unsegmented).
+    Row("Segments", (
+        Panel("Recommendations by segment and arm (per s)",
+              (("sum by (segment, variant) (rate(streamrec_scorer_recommendations_total[1m]))",
+                "{{segment}} {{variant}}"),), "ops"),
+        Panel("Reward per slate by segment and arm",
+              (("sum by (segment, variant) (rate(streamrec_learner_arm_reward_total[5m])) "
+                "/ sum by (segment, variant) (rate(streamrec_learner_arm_slates_total[5m]))",
+                "{{segment}} {{variant}}"),), "short"),
+        Panel("Click-through by segment and arm (slates clicked / slates joined)",
+              (("sum by (segment, variant) (rate(streamrec_learner_arm_clicked_slates_total[5m])) "
+                "/ sum by (segment, variant) (rate(streamrec_learner_arm_slates_total[5m]))",
+                "{{segment}} {{variant}}"),), "percentunit"),
+    )),
     Row("Resources", (
         Panel("Batch sizes p99", ((p99("streamrec_worker_batch_size"), "worker"),
                                   (p99("streamrec_scorer_batch_size"), "scorer")), "short"),

@@ -108,7 +108,7 @@ class _Reader:
     def __init__(self, s: Settings):
         topic = s.topic(topics.RECOMMENDATIONS)
         self.consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"sb-{uuid.uuid4().hex[:6]}",
-                                  "fetch.wait.max.ms": 5, "enable.auto.commit": False})
+                                  "fetch.wait.max.ms": 5, "enable.auto.commit": False, **topics.kafka_security(s)})
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, self.consumer.get_watermark_offsets(
             TopicPartition(topic, p), timeout=10)[1]) for p in parts])

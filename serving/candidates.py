@@ -1,7 +1,7 @@
 """Candidate generation: merge the sources, de-duplicate, filter. Pure functions, no I/O.
 
 Each source proposes items with a score of its own and a reason
-(``seq``, ``covisit:<item>``, ``trending``, ``content``). The merge keeps
+(``seq``, ``covisit:<item>``, ``trending``, ``content``, ``graph``). The merge keeps
 each item once, under the reason of the first source that proposed it (the
 sources are given in priority order), and drops items the user must not be
 shown again: those of the session (the trigger item among them), those the
@@ -14,6 +14,8 @@ Candidates(items=['a', 'b', 'c'], reasons=['seq', 'seq', 'trending'])
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -23,6 +25,7 @@ SEQ = "seq"
 TRENDING = "trending"
 CONTENT = "content"
 COVISIT = "covisit"
+GRAPH = "graph"
 
 
 @dataclass
@@ -131,3 +134,50 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         np.arange(n), scores.shape).copy()
     order = np.argsort(-np.take_along_axis(scores, part, axis=-1), axis=-1, kind="stable")
     return np.take_along_axis(part, order, axis=-1)
+
+
+def proposers(sources: Sequence[Source], items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """For each of ``items``, every source (by base reason) that proposed it, in the sources' order.
+
+    >>> proposers([Source("seq", ["a", "b"]), Source("graph", ["b"])], ["b", "a", "z"])
+    {'b': ('seq', 'graph'), 'a': ('seq',), 'z': ()}
+    """
+    sets = [(src.reason, set(src.items)) for src in sources if len(src.items)]
+    return {item: tuple(dict.fromkeys(r for r, s in sets if item in s)) for item in items}
+
+
+class ClickAttribution:
+    """Bounded memory of recent recommendations: rec_id -> {item: sources that proposed it}.
+
+    A click arrives later as a score request carrying the recommendation's
+    ``rec_id``; `clicked` says which sources had proposed the clicked item, so
+    the scorer can count, per source, the share of clicked items it proposed.
+    The oldest recommendation is forgotten first once ``capacity`` is reached.
+
+    >>> memory = ClickAttribution(capacity=1)
+    >>> memory.remember("r1", {"a": ("seq", "graph")}); memory.remember("r2", {"b": ("trending",)})
+    >>> memory.clicked("r1", "a"), memory.clicked("r2", "b"), memory.clicked("r2", "x")
+    (None, ('trending',), None)
+    """
+
+    def __init__(self, capacity: int = 100_000):
+        self.capacity = max(0, int(capacity))
+        self._recs: OrderedDict[str, dict[str, tuple[str, ...]]] = OrderedDict()
+        self._lock = threading.Lock()  # the Kafka loop and the HTTP API both recommend
+
+    def remember(self, rec_id: str, items: dict[str, tuple[str, ...]]) -> None:
+        if not self.capacity:
+            return
+        with self._lock:
+            self._recs[rec_id] = items
+            while len(self._recs) > self.capacity:
+                self._recs.popitem(last=False)
+
+    def clicked(self, rec_id: str, item: str) -> tuple[str, ...] | None:
+        """The sources that proposed ``item`` in recommendation ``rec_id``; None when not remembered."""
+        with self._lock:
+            items = self._recs.get(rec_id)
+        return None if items is None else items.get(item)
+
+    def __len__(self) -> int:
+        return len(self._recs)

@@ -87,7 +87,8 @@ class ScorerConfig:
     """Co-visitation candidates per request, over the session's recent items."""
     trending_candidates: int = _DEFAULTS.scorer_trending_candidates
     content_candidates: int = _DEFAULTS.scorer_content_candidates
-    """Items nearest the trigger item (item vectors) for cold users."""
+    """Items nearest the session's content profile (content model), else nearest the trigger item (sequence
+    model item vectors) for cold users."""
     max_candidates: int = _DEFAULTS.scorer_max_candidates
     """Candidates ranked per request after the merge (the ranker's batch is requests x this)."""
     recent_items: int = _DEFAULTS.scorer_recent_items
@@ -104,6 +105,22 @@ class ScorerConfig:
     """After a Redis failure, how long batches go straight to the degraded path before trying again."""
     item_stats_ttl_s: float = _DEFAULTS.scorer_item_stats_ttl_s
     """How long item statistics, removals and co-visitation lists read from Redis are reused."""
+    explain_messages: bool = _DEFAULTS.scorer_explain_messages
+    """Explain every recommended item in the Kafka messages too (the HTTP API explains on ``?explain=true``)."""
+    explain_top: int = _DEFAULTS.scorer_explain_top
+    """Feature groups listed per explained item."""
+    graph_model: str = _DEFAULTS.scorer_graph_model
+    """Registry name of the graph model."""
+    graph_candidates: int = _DEFAULTS.scorer_graph_candidates
+    """Candidates from the graph model (folded-in session vector, inner-product top-K); 0 = off."""
+    click_memory: int = _DEFAULTS.scorer_click_memory
+    """Recommendations remembered to attribute clicks to the candidate sources that proposed the item."""
+    content_model: str = _DEFAULTS.scorer_content_model
+    """Registry name of the content model (text + category + tags -> content vector)."""
+    content_max_items: int = _DEFAULTS.scorer_content_max_items
+    """Catalog items whose content vectors stay in memory."""
+    content_profile_items: int = _DEFAULTS.scorer_content_profile_items
+    """Newest session items in the session's content profile."""
     seed: int | None = None
     """Seed of the exploration sampler (tests); None = fresh entropy."""
 
@@ -116,6 +133,8 @@ class ScorerConfig:
             raise ConfigError(f"scorer_temperature: {self.temperature} must be > 0")
         if self.batch_max < 1 or self.top_n < 1:
             raise ConfigError("scorer_batch_max and scorer_top_n must be at least 1")
+        if self.explain_top < 1:
+            raise ConfigError(f"scorer_explain_top: {self.explain_top}; list at least 1 feature group per item")
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "ScorerConfig":

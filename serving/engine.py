@@ -6,7 +6,9 @@ pull API and the core benchmark call it directly). Per batch:
 1. features round trip 1 (sessions, users, trending) -> contexts;
 2. sequence model: user vectors for the batch in one ONNX run, exact top-K;
    co-visitation of each session's recent items (round trip 2);
-   content: items nearest the trigger item, for cold users;
+   content: items whose content vectors (text, category, tags) are nearest the
+   session's recent items, new catalog items included (without a content
+   model: items nearest the trigger item in the sequence model, for cold users);
 3. merge, de-duplicate, filter (session items, removed items: round trip 3);
 4. ranker: every (request, candidate) pair of the batch in one ONNX run;
 5. the serving policy picks the slate and each item's propensity.
@@ -29,10 +31,12 @@ from typing import Sequence
 import numpy as np
 
 from streamrec.serving import ab, metrics
-from streamrec.serving.candidates import (CONTENT, SEQ, TRENDING, Candidates, CovisTable, Source, covisitation,
-                                          merge)
+from streamrec.serving.candidates import (CONTENT, GRAPH, SEQ, TRENDING, Candidates, ClickAttribution, CovisTable,
+                                          Source, covisitation, merge, proposers)
 from streamrec.serving.config import ScorerConfig
+from streamrec.serving.content import ContentIndex, content_similar, session_profiles
 from streamrec.serving.exploration import choose
+from streamrec.serving.explain import RankedInputs, explain_slates
 from streamrec.serving.features import FeatureReader, dense_matrix
 from streamrec.serving.models import ModelStore
 from streamrec.stream.schemas import Recommendation, RecommendedItem, ScoreRequest
@@ -52,16 +56,26 @@ class Engine:
         self.snapshot_at = 0.0
         self.redis_ok = True
         self._redis_retry_at = 0.0
+        self.clicks = ClickAttribution(config.click_memory)
+        self.content_index = ContentIndex(config.content_max_items)
+        """Content vectors of the catalog, kept current by the scorer's `CatalogFollower`."""
 
     # ------------------------------------------------------------------ #
-    def recommend(self, requests: Sequence[ScoreRequest], now_ms: int | None = None) -> list[Recommendation]:
-        """One recommendation per request, in order. Never raises for Redis or model trouble."""
+    def recommend(self, requests: Sequence[ScoreRequest], now_ms: int | None = None,
+                  explain: bool | None = None) -> list[Recommendation]:
+        """One recommendation per request, in order. Never raises for Redis or model trouble.
+
+        ``explain``: attach the ranker's feature attributions to each ranked item
+        (`streamrec.serving.explain`); None follows ``config.explain_messages``.
+        """
+        explain = self.config.explain_messages if explain is None else explain
         if not requests:
             return []
+        self._attribute_clicks(requests)
         now_ms = now_ms or int(time.time() * 1000)
         if time.monotonic() >= self._redis_retry_at:
             try:
-                return self._full(requests, now_ms)
+                return self._full(requests, now_ms, explain)
             except Exception as exc:  # noqa: BLE001 - every request gets an answer, whatever failed
                 if _is_redis_error(exc):
                     log.warning("Redis unavailable (%s); serving the trending snapshot", exc)
@@ -75,7 +89,7 @@ class Engine:
         return self._degraded(requests, now_ms, "redis_down")
 
     # ------------------------------------------------------------------ #
-    def _full(self, requests: Sequence[ScoreRequest], now_ms: int) -> list[Recommendation]:
+    def _full(self, requests: Sequence[ScoreRequest], now_ms: int, explain: bool = False) -> list[Recommendation]:
         cfg = self.config
         t0 = time.perf_counter()
         trending_n = max(cfg.trending_candidates, cfg.top_n * 5)
@@ -94,7 +108,7 @@ class Engine:
         models = {arm.name: self.models.models_for(arm) for arm in arms}
         any_seq = any(m[0] is not None for m in models.values())
         covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms,
-                                                    session_items if any_seq else ()))
+                                                    session_items if any_seq or explain else ()))
         t1 = time.perf_counter()
         metrics.observe_stage("redis_read", t1 - t0)
 
@@ -118,18 +132,30 @@ class Engine:
                 sources[i].append(Source(SEQ, ids[top[j]].tolist()))
             cold = [i for i in idx if requests[i].item_id
                     and (not contexts[i].known or len(contexts[i].session_items) <= 1)]
-            if cold and cfg.content_candidates:
+            if cold and cfg.content_candidates and not len(self.content_index):
                 trig = [requests[i].item_id for i in cold]
                 tv = seq.item_vectors(trig, [cats.get(t, "") for t in trig])
                 near, _ = seq.index.search(tv, cfg.content_candidates + 1)
                 for j, i in enumerate(cold):
                     sources[i].append(Source(CONTENT, ids[near[j]].tolist()))
+        graphs = self._graph_sources(contexts, groups, arms, sources) if cfg.graph_candidates else {}
+        content_used: set[int] = set()
+        content_model = self.models.content() if len(self.content_index) else None
+        if cfg.content_candidates and content_model is not None:
+            similar = content_similar(self.content_index, [c.recent(cfg.content_profile_items) for c in contexts],
+                                      [cfg.content_candidates + len(c.seen) for c in contexts])
+            for i, (items, sims) in enumerate(similar):
+                if items:
+                    sources[i].append(Source(CONTENT, items, sims))
+                    content_used.add(i)
         cands: list[Candidates] = []
+        all_sources: list[list[Source]] = []
         for i, ctx in enumerate(contexts):
             cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
             exclude = ctx.seen | {ctx.request.item_id}
-            # Priority of reasons: the session's own co-visitation, then the model, then the crowd.
-            cands.append(merge([cv, *sources[i], trend_src], exclude, cfg.max_candidates))
+            # Priority of reasons: the session's own co-visitation, then the models, then the crowd.
+            all_sources.append([cv, *sources[i], trend_src])
+            cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
         t2 = time.perf_counter()
         metrics.observe_stage("retrieval", t2 - t1)
 
@@ -144,6 +170,8 @@ class Engine:
         metrics.observe_stage("redis_read", t3 - t2)
 
         scores: list[np.ndarray] = [_source_scores(c) for c in cands]
+        profiles = unique_vecs = None
+        ranked: list[RankedInputs | None] = [None] * len(requests)
         for arm_name, idx in groups.items():
             seq, ranker = models[arm_name]
             if ranker is None:
@@ -161,7 +189,15 @@ class Engine:
                 uv = np.stack([user_vecs[i] for i in idx])
                 iv = seq.item_vectors(unique, stats.categories)
                 seq_score = np.einsum("nd,nd->n", uv[owner], iv[rows])
-            dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score)
+            content_sim = None
+            if content_model is not None and ranker.meta.extra.get("content_sim_trained") \
+                    and "content_sim" in ranker.dense_features:
+                if profiles is None:  # once per batch: sessions' content profiles, candidates' vectors
+                    profiles = session_profiles(self.content_index,
+                                                [c.recent(cfg.content_profile_items) for c in contexts])
+                    unique_vecs = self.content_index.vectors_of(unique)[0]
+                content_sim = np.einsum("nd,nd->n", profiles[np.asarray(idx)][owner], unique_vecs[rows])
+            dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score, content_sim)
             users = [requests[i].user_id for i in idx]
             sparse = np.concatenate([ranker.users(users)[owner], ranker.items(unique)[rows],
                                      ranker.cats(stats.categories)[rows]], axis=1)
@@ -172,6 +208,9 @@ class Engine:
             bounds = np.cumsum([0] + sizes)
             for k, i in enumerate(idx):
                 scores[i] = prob[bounds[k]:bounds[k + 1]]
+                if explain:  # keep each request's ranker inputs for the explanation run
+                    b, e = bounds[k], bounds[k + 1]
+                    ranked[i] = RankedInputs(ranker, sparse[b:e], dense[b:e], [cats[r] for r in rows[b:e].tolist()])
         t4 = time.perf_counter()
         metrics.observe_stage("ranking", t4 - t3)
 
@@ -179,6 +218,10 @@ class Engine:
         for i, r in enumerate(requests):
             seq, ranker = models[arms[i].name]
             used = [m.name for m in (seq, ranker) if m is not None]
+            if arms[i].name in graphs:
+                used.append(graphs[arms[i].name])
+            if i in content_used:
+                used.append(content_model.name)
             if not used:
                 metrics.degraded.labels("no_model").inc()
             if not contexts[i].known:
@@ -186,8 +229,47 @@ class Engine:
             if i % 8 == 0:  # a sample describes the distribution; counting every request costs throughput
                 for source, n in cands[i].counts().items():
                     metrics.candidates.labels(source).observe(n)
-            out.append(self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False))
+            rec = self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False,
+                              segment=contexts[i].segment)
+            self.clicks.remember(rec.rec_id, proposers(all_sources[i], [it.item_id for it in rec.items]))
+            out.append(rec)
+        if explain:
+            explain_slates(out, cands, ranked, contexts, self.reader.categories, cfg.explain_top)
+            metrics.observe_stage("explain", time.perf_counter() - t4)
         return out
+
+    def _graph_sources(self, contexts, groups: dict[str, list[int]], arms, sources) -> dict[str, str]:
+        """Append the graph model's candidates (folded-in session vector, top-K) to each request's sources;
+        returns the graph model's name per arm that has one."""
+        cfg = self.config
+        used = {}
+        for arm_name, idx in groups.items():
+            graph = self.models.graph_for(next(a for a in arms if a.name == arm_name))
+            if graph is None:
+                continue
+            used[arm_name] = graph.name
+            seqs = [contexts[i].session_items for i in idx]
+            self.models.samples[graph.kind] = (seqs[:64],)
+            vecs = graph.user_vectors(seqs)
+            extra = max(len(contexts[i].seen) for i in idx)
+            top, _scores = graph.retrieve(vecs, cfg.graph_candidates + extra)
+            ids = graph.item_array
+            for j, i in enumerate(idx):
+                if vecs[j].any():  # no item of the session is in the graph: nothing to propose
+                    sources[i].append(Source(GRAPH, ids[top[j]].tolist()))
+        return used
+
+    def _attribute_clicks(self, requests: Sequence[ScoreRequest]) -> None:
+        """Count, per candidate source, the clicked items of remembered recommendations it proposed."""
+        for r in requests:
+            if r.type != "click" or not r.rec_id:
+                continue
+            by = self.clicks.clicked(r.rec_id, r.item_id)
+            if by is None:
+                continue
+            metrics.attributed_clicks.inc()
+            for source in by:
+                metrics.proposed_clicks.labels(source).inc()
 
     def _degraded(self, requests: Sequence[ScoreRequest], now_ms: int, mode: str) -> list[Recommendation]:
         """Redis is down (or scoring failed): the last trending snapshot, minus the trigger item."""
@@ -201,7 +283,7 @@ class Engine:
         return out
 
     def _slate(self, r: ScoreRequest, c: Candidates, scores: np.ndarray, models: list[str], variant: str,
-               now_ms: int, degraded: bool) -> Recommendation:
+               now_ms: int, degraded: bool, segment: int | None = None) -> Recommendation:
         cfg = self.config
         idx, prop, explored = choose(scores, cfg.top_n, cfg.exploration, epsilon=cfg.epsilon,
                                      temperature=cfg.temperature, rng=self.rng)
@@ -210,7 +292,8 @@ class Engine:
                  for j, p, e in zip(idx.tolist(), prop.tolist(), explored.tolist())]
         return Recommendation(rec_id=uuid.uuid4().hex, user_id=r.user_id, session_id=r.session_id,
                               trigger_event_id=r.event_id, items=items, models=models, variant=variant,
-                              event_ts=r.ts, created_ts=int(time.time() * 1000), degraded=degraded)
+                              event_ts=r.ts, created_ts=int(time.time() * 1000), degraded=degraded,
+                              segment=segment)
 
 
 def _drop(c: Candidates, gone: set[str]) -> Candidates:

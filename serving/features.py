@@ -1,7 +1,8 @@
 """Feature assembly: everything a batch of requests needs from Redis, in pipelined round trips.
 
 Round trip 1 (per request): the session's item sequence, the session and
-user hashes, the user's category affinities; once per batch: trending.
+user hashes, the user's category affinities and customer segment; once per
+batch: trending.
 Round trip 2: co-visitation of the sessions' recent items (with each item's
 landmark, so weights of different items compare), and categories of
 session items. Round trip 3 (after candidates are known): item statistics
@@ -23,14 +24,14 @@ from typing import Sequence
 import numpy as np
 
 from streamrec.stream.keys import FeatureConfig, Keys
-from streamrec.stream.schemas import ScoreRequest
+from streamrec.stream.schemas import MAX_SEGMENTS, ScoreRequest
 
 SEP = "\x1f"
 POSITIVE = ("view", "click", "add_to_cart", "purchase", "rating")
 STAT_FIELDS = tuple(f"n:{t}" for t in POSITIVE) + ("n:impression", "last_ts")
 NEVER_HOURS = 24 * 365.0
 DENSE_FEATURES = ("item_log_views", "item_ctr", "item_recency", "session_length", "category_affinity",
-                  "seq_score")
+                  "seq_score", "content_sim")
 """Dense features this scorer can compute; a ranker asking for others is refused at load."""
 
 
@@ -43,6 +44,15 @@ def _f(v, default: float = 0.0) -> float:
         return float(v) if v is not None else default
     except (TypeError, ValueError):
         return default
+
+
+def _segment(raw) -> int | None:
+    """A stored segment id, or None when absent or not a valid id (never fails a request)."""
+    try:
+        seg = int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+    return seg if seg is not None and 0 <= seg < MAX_SEGMENTS else None
 
 
 def _top(pipe, key: str, n: int) -> None:
@@ -75,6 +85,8 @@ class RequestContext:
     """Share of the user's (decayed) affinity per category."""
     known: bool = False
     """False for a user Redis has nothing on: the cold-start path."""
+    segment: int | None = None
+    """The user's customer segment (`streamrec segments`), None when none is stored."""
 
     def recent(self, n: int) -> list[str]:
         return self.session_items[-n:][::-1] if n > 0 else []
@@ -128,11 +140,12 @@ class FeatureReader:
             pipe.hmget(k.user(r.user_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hgetall(k.affinity(r.user_id))
             pipe.zrange(k.bought(r.user_id), 0, -1)
+            pipe.get(k.segment(r.user_id))
         _top(pipe, k.trending, trending_n)
         raw = pipe.execute()
         out = []
         for i, r in enumerate(requests):
-            seq, sess, user, aff, bought = raw[5 * i: 5 * i + 5]
+            seq, sess, user, aff, bought, segment = raw[6 * i: 6 * i + 6]
             ctx = RequestContext(r)
             items: dict[str, None] = {}
             for member in seq:
@@ -145,9 +158,11 @@ class FeatureReader:
             ctx.session_positive = int(sum(_f(v) for v in sess))
             ctx.user_positive = int(sum(_f(v) for v in user))
             ctx.known = ctx.user_positive > 0 or bool(items)
-            shares = {_s(c): _f(v) for c, v in aff.items() if not _s(c).startswith("_")}
+            # The worker writes one field ``a:<category>`` per category (beside the landmark ``_L``).
+            shares = {_s(c)[2:]: _f(v) for c, v in aff.items() if _s(c).startswith("a:")}
             total = sum(shares.values())
             ctx.affinity = {c: v / total for c, v in shares.items()} if total > 0 else {}
+            ctx.segment = _segment(segment)
             out.append(ctx)
         trending = [(_s(m), s) for m, s in _pairs(raw[-1])]
         return out, trending
@@ -246,11 +261,14 @@ class FeatureReader:
 
 
 def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, contexts: Sequence[RequestContext],
-                 owner: np.ndarray, seq_score: np.ndarray | None = None) -> np.ndarray:
+                 owner: np.ndarray, seq_score: np.ndarray | None = None,
+                 content_sim: np.ndarray | None = None) -> np.ndarray:
     """The ranker's dense input ``[pairs, len(names)]`` for (request, candidate) pairs.
 
     ``rows``: each pair's row in ``stats``; ``owner``: each pair's index in
-    ``contexts``; ``seq_score``: the sequence model's score per pair (0 without one).
+    ``contexts``; ``seq_score``: the sequence model's score per pair (0 without one);
+    ``content_sim``: cosine of the item's content vector and the session's content profile (0 without
+    a content model, `streamrec.serving.content`).
     """
     m = rows.shape[0]
     now = np.array([c.request.ts for c in contexts], dtype=np.float64)[owner] if m else np.zeros(0)
@@ -281,6 +299,8 @@ def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, conte
             cols[name] = (share * ulen + 0.1) / (ulen + 1.0)
         elif name == "seq_score":
             cols[name] = seq_score if seq_score is not None else np.zeros(m)
+        elif name == "content_sim":
+            cols[name] = content_sim if content_sim is not None else np.zeros(m)
         else:
             raise KeyError(f"dense feature {name!r} is not computed by the scorer; known: {', '.join(DENSE_FEATURES)}")
     if not names:

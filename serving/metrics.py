@@ -7,7 +7,7 @@ _STAGE = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 requests = Counter("streamrec_scorer_requests_total", "Score requests read from score-requests")
 recommendations = Counter("streamrec_scorer_recommendations_total", "Recommendations produced and acknowledged",
-                          ["variant"])
+                          ["variant", "segment"])  # segment: a customer segment id or "none" (bounded)
 failed = Counter("streamrec_scorer_failed_requests_total",
                  "Requests not scored normally: unreadable, or answered from the snapshot after an error",
                  ["reason"])
@@ -27,6 +27,13 @@ swaps = Counter("streamrec_scorer_swaps_total", "Model versions swapped in", ["m
 refused = Counter("streamrec_scorer_refused_versions_total", "Model versions refused", ["model", "reason"])
 gpu_fallbacks = Counter("streamrec_scorer_gpu_fallbacks_total", "Times a GPU provider was replaced by the CPU")
 redis_up = Gauge("streamrec_scorer_redis_up", "1 while Redis answers the scorer")
+# Share of clicked items each candidate source proposed = proposed_clicks{source} / attributed_clicks.
+attributed_clicks = Counter("streamrec_scorer_attributed_clicks_total",
+                            "Clicks on items of a recommendation the scorer remembers (by rec_id)")
+proposed_clicks = Counter("streamrec_scorer_proposed_clicks_total",
+                          "Clicked recommended items that each candidate source had proposed "
+                          "(an item proposed by several sources counts for each)", ["source"])
+CANDIDATE_SOURCES = ("seq", "covisit", "trending", "content", "graph")
 
 
 def observe_stage(name: str, seconds: float) -> None:
@@ -40,6 +47,8 @@ def initialise(models: tuple[str, ...]) -> None:
     """Create the labelled series at zero, so dashboards and alerts see them before they happen."""
     for mode in DEGRADED_MODES:
         degraded.labels(mode)
+    for source in CANDIDATE_SOURCES:
+        proposed_clicks.labels(source)
     for name in models:
         swaps.labels(name)
         refused.labels(name, "RegistryError")  # what a failed checksum or signature check raises

@@ -24,15 +24,17 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streamrec.registry import Announcement, Registry, RegistryError
+from streamrec.registry import Announcement, Registry, RegistryError, check_name, check_version
 from streamrec.serving import metrics
 from streamrec.serving.config import Arm, ScorerConfig
+from streamrec.serving.content import ContentModel
+from streamrec.serving.graph import GraphModel
 from streamrec.serving.ranking import ModelError, Ranker, SeqModel
 from streamrec.settings import Settings
 from streamrec.stream import topics
 
 log = logging.getLogger(__name__)
-KINDS = {"sasrec": SeqModel, "dcn": Ranker}
+KINDS = {"sasrec": SeqModel, "dcn": Ranker, GraphModel.kind: GraphModel, ContentModel.kind: ContentModel}
 
 
 def registry_of(uri: str) -> tuple[Registry, str]:
@@ -66,7 +68,12 @@ class ModelStore:
     def load(self, ann: Announcement):
         """Fetch, verify, open and warm up one announced version; raise ModelError/RegistryError."""
         registry, folder = registry_of(ann.uri)
-        meta = registry.verify(ann.name, ann.version)
+        # security: the folder loaded must be the one verified, ROOT/NAME/VERSION of the announced
+        # (validated) name and version, so a crafted uri cannot swap in another folder.
+        if folder.rstrip("/").split("/")[-2:] != [check_name(ann.name), check_version(ann.version)]:
+            raise ModelError(f"{ann.name}/{ann.version}: announced uri {ann.uri!r} is not the folder "
+                             f"REGISTRY/{ann.name}/{ann.version}; republish with `streamrec models promote`")
+        meta = registry.verify(ann.name, ann.version, max_bytes=self.settings.model_max_bytes)
         digest = registry.digest(ann.name, ann.version)
         if digest != ann.sha256:
             raise ModelError(f"{ann.name}/{ann.version}: meta.json digest {digest[:12]}... differs from the "
@@ -75,7 +82,9 @@ class ModelStore:
         if cls is None:
             raise ModelError(f"{ann.name}/{ann.version} is of kind {meta.kind!r}; the scorer serves "
                              f"{', '.join(KINDS)}")
-        expected = {self.config.seq_model: "sasrec", self.config.ranker_model: "dcn"}.get(ann.name)
+        expected = {self.config.seq_model: "sasrec", self.config.ranker_model: "dcn",
+                    self.config.graph_model: GraphModel.kind,
+                    self.config.content_model: ContentModel.kind}.get(ann.name)
         if expected and expected != meta.kind:
             raise ModelError(f"{ann.name}/{ann.version} is a {meta.kind!r} model, but {ann.name!r} is the "
                              f"scorer's {expected} model")
@@ -92,7 +101,9 @@ class ModelStore:
         sample = self.samples.get(model.kind)
         if not sample:
             return
-        if model.kind == "dcn":
+        if model.kind == GraphModel.kind:
+            out = model.user_vectors(sample[0])
+        elif model.kind == "dcn":
             users, items, cats, dense = sample
             out = model.score(model.sparse(users, items, cats), dense)
         else:
@@ -103,7 +114,8 @@ class ModelStore:
 
     def offer(self, ann: Announcement) -> bool:
         """Handle one announcement: stage the version for the next swap, or refuse it."""
-        if ann.name not in (self.config.seq_model, self.config.ranker_model):
+        if ann.name not in (self.config.seq_model, self.config.ranker_model, self.config.graph_model,
+                            self.config.content_model):
             return False
         self.seen_versions[ann.name] = ann.version
         live = self.live.get(ann.name)
@@ -175,6 +187,16 @@ class ModelStore:
             model = self.pinned.get((name, version)) if version else None
             out.append(model if model is not None else self.live.get(name))
         return out[0], out[1]
+
+    def graph_for(self, arm: Arm) -> GraphModel | None:
+        """The graph model an arm serves with (pinned, else live), None when none is published."""
+        version = arm.pinned(self.config.graph_model)
+        model = self.pinned.get((self.config.graph_model, version)) if version else None
+        return model if model is not None else self.live.get(self.config.graph_model)
+
+    def content(self) -> ContentModel | None:
+        """The live content model (one for all arms: the catalog's content vectors are shared), or None."""
+        return self.live.get(self.config.content_model)
 
     # -- following model-versions ---------------------------------------------- #
     def start(self, wait_s: float = 30.0) -> "ModelStore":

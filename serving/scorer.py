@@ -3,9 +3,11 @@
 One loop: gather a micro-batch (at most ``batch_max`` requests, waiting at
 most ``batch_wait_ms``), score it (`Engine`), produce one recommendation per
 request keyed by user_id, wait until the broker acknowledged all of them
-(retrying failures), then commit the batch's offsets. A crash between
-produce and commit answers the batch again on restart (at least once; the
-trigger event id lets apps drop the repeat), never zero times. Staged model
+(retrying failures), then commit the batch's offsets. Each recommendation
+goes to the partition with its request's number, the request's offset in its
+headers (`stream.ledger`); a crash or rebalance between produce and commit
+makes the next owner read that tail and skip what is answered: exactly one
+recommendation per request, never zero, never two. Staged model
 versions are swapped in between batches. SIGTERM finishes the batch in
 hand, commits and exits 0.
 """
@@ -17,18 +19,20 @@ import signal
 import threading
 import time
 
-import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streamrec.serving import metrics
 from streamrec.serving.config import ScorerConfig
+from streamrec.serving.content import CatalogFollower
 from streamrec.serving.engine import Engine
 from streamrec.serving.features import FeatureReader
 from streamrec.serving.http import ScorerHttp
 from streamrec.serving.models import ModelStore
+from streamrec import security
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
 from streamrec.stream.keys import FeatureConfig, Keys
+from streamrec.stream.ledger import OutputLedger, source_headers
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,7 @@ log = logging.getLogger(__name__)
 def redis_client(settings: Settings, timeout_s: float):
     """A Redis client with a short timeout (past it a batch is served degraded); cluster-aware
     when ``Settings.redis_cluster`` is on (the pipelines then split by slot)."""
-    if getattr(settings, "redis_cluster", False):
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return security.redis_client(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 class Scorer:
@@ -56,6 +56,7 @@ class Scorer:
                                     stats_ttl_s=cfg.item_stats_ttl_s)
         self.models = ModelStore(settings, cfg, io_binding=io_binding)
         self.engine = Engine(self.reader, self.models, cfg)
+        self.catalog = CatalogFollower(settings, self.engine.content_index, self.models.content)
         self.topic_in = settings.topic(topics.SCORE_REQUESTS)
         self.topic_out = settings.topic(topics.RECOMMENDATIONS)
         self.consumer = Consumer({
@@ -64,6 +65,7 @@ class Scorer:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 5,  # low latency: do not let the broker sit on a small fetch
+            **topics.FAST_FAILOVER,
             **topics.kafka_security(settings),
         })
         self.producer = Producer({
@@ -78,18 +80,26 @@ class Scorer:
         self.consuming = threading.Event()
         self.batches = 0
         self._last_offsets: dict[tuple[str, int], int] = {}
+        # Exactly one answer per request across crashes and rebalances, as the worker does: each
+        # recommendation goes to the partition of its request's number with the request's offset
+        # in its headers; a partition resumed at an unexpected offset first learns what is answered.
+        self.ledger = OutputLedger(settings, outputs=(topics.RECOMMENDATIONS,))
+        self._next_offset: dict[int, int] = {}
+        self._answered: dict[int, set[int]] = {}
         self.http = ScorerHttp(self, settings.http_host, settings.scorer_port if port is None else port)
 
     # ------------------------------------------------------------------ #
     def run(self, install_signals: bool = True) -> int:
         """Serve until `stop()` (or SIGTERM/SIGINT); returns the exit code."""
+        security.check_services(self.settings)  # a refused login or certificate stops here, clearly
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
-        metrics.initialise((self.config.seq_model, self.config.ranker_model))
+        metrics.initialise((self.config.seq_model, self.config.ranker_model, self.config.graph_model))
         self.http.start()
         log.info("scorer: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
         self.models.start()
+        self.catalog.start()  # content vectors of new catalog items, embedded here within seconds
         self.models.pin(self.config.arms)
         self._publish_versions()
 
@@ -111,6 +121,7 @@ class Scorer:
             self.consumer.close()
             self.producer.flush(10)
             self.models.stop()
+            self.catalog.stop()
         return 0
 
     def _commit_last(self) -> None:
@@ -131,15 +142,20 @@ class Scorer:
     def process(self, msgs: list) -> None:
         """Score one batch of Kafka messages, produce, wait for the acks, commit."""
         started = time.perf_counter()
-        requests, offsets = [], {}
+        requests, sources, offsets = [], [], {}
+        good = [m for m in msgs if not m.error()]
         for m in msgs:
-            if m.error():
-                if m.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", m.error())
-                continue
+            if m.error() and m.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error: %s", m.error())
+        self._check_replays(good)
+        for m in good:
             offsets[(m.topic(), m.partition())] = m.offset() + 1
+            self._next_offset[m.partition()] = m.offset() + 1
+            if m.offset() in self._answered.get(m.partition(), ()):
+                continue  # answered before a crash or a rebalance: never twice
             try:
                 requests.append(schemas.score_request_decoder.decode(m.value()))
+                sources.append((m.partition(), m.offset()))
             except Exception as exc:  # noqa: BLE001 - the worker writes these; never block on one
                 log.error("unreadable score request at %s/%d@%d: %s", m.topic(), m.partition(), m.offset(), exc)
                 metrics.failed.labels("unreadable").inc()
@@ -147,11 +163,11 @@ class Scorer:
         metrics.batch_size.observe(len(requests))
         recs = self.engine.recommend(requests) if requests else []
         t_produce = time.perf_counter()
-        self._produce(recs)
+        self._produce(recs, sources)
         done = time.time()
         metrics.observe_stage("produce", time.perf_counter() - t_produce)
         for r in recs:
-            metrics.recommendations.labels(r.variant).inc()
+            metrics.recommendations.labels(r.variant, schemas.segment_label(r.segment)).inc()
             metrics.end_to_end.observe(max(0.0, done - r.event_ts / 1000))
         if offsets:
             # Asynchronous: the next batch need not wait for the broker; commits stay in order, and
@@ -162,19 +178,30 @@ class Scorer:
         self.batches += 1
         metrics.observe_stage("batch", time.perf_counter() - started)
 
-    def _produce(self, recs: list) -> None:
+    def _check_replays(self, msgs: list) -> None:
+        """A partition that starts (or restarts) at an offset we did not expect: learn which of
+        its requests from there on already have their recommendation on the topic."""
+        firsts: dict[int, int] = {}
+        for m in msgs:
+            firsts.setdefault(m.partition(), m.offset())
+        for partition, offset in firsts.items():
+            if self._next_offset.get(partition) != offset:
+                self._answered[partition] = self.ledger.answered(partition, offset)
+
+    def _produce(self, recs: list, sources: list[tuple[int, int]]) -> None:
         """Produce every recommendation and return only when the broker has acknowledged all."""
-        pending = [(r.user_id.encode(), schemas.encode(r)) for r in recs]
+        pending = [(r.user_id.encode(), schemas.encode(r), src) for r, src in zip(recs, sources)]
         delay = 0.1
         while pending:
             failed: list = []
-            for key, value in pending:
-                def on_delivery(err, _msg, record=(key, value)):
+            for key, value, (partition, offset) in pending:
+                def on_delivery(err, _msg, record=(key, value, (partition, offset))):
                     if err is not None:
                         failed.append((record, err))
                 while True:
                     try:
-                        self.producer.produce(self.topic_out, value=value, key=key, on_delivery=on_delivery)
+                        self.producer.produce(self.topic_out, value=value, key=key, partition=partition,
+                                              headers=source_headers(partition, offset), on_delivery=on_delivery)
                         break
                     except BufferError:
                         self.producer.poll(0.05)
@@ -189,7 +216,7 @@ class Scorer:
     def _publish_versions(self) -> None:
         metrics.model_version.clear()
         for arm in self.config.arms:
-            for m in self.models.models_for(arm):
+            for m in (*self.models.models_for(arm), self.models.graph_for(arm)):
                 if m is not None:
                     metrics.model_version.labels(arm.name, m.meta.name, m.meta.version).set(1)
 
@@ -208,4 +235,6 @@ class Scorer:
             "arms": arms, "providers": providers,
             "previous": {n: m.name for n, m in self.models.previous.items()},
             "refused": [f"{n}/{v}: {why[:200]}" for n, v, why in self.models.refused[-5:]],
+            "content": {"model": self.catalog.seeded, "items": len(self.engine.content_index),
+                        "embedded": self.catalog.embedded},
         }

@@ -67,7 +67,9 @@ def drop_namespace(s: Settings) -> None:
     import redis
 
     delete_topics(s)
-    r = redis.Redis.from_url(s.redis_url)
+    from streamrec.security import redis_client
+
+    r = redis_client(s)
     for batch in _chunks(r.scan_iter(match=f"{s.redis_prefix}*", count=5000), 5000):
         r.delete(*batch)
 
@@ -85,7 +87,7 @@ def _chunks(it, n):
 
 def _load(s: Settings, records) -> int:
     producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True,
-                         "batch.num.messages": 10000, "partitioner": "murmur2_random"})
+                         "batch.num.messages": 10000, "partitioner": "murmur2_random", **topics.kafka_security(s)})
     topic = s.topic(topics.EVENTS)
     n = 0
     for r in records:
@@ -179,7 +181,8 @@ def throughput(settings: Settings, n: int, processes: int, engine: str = "faust"
         records = list(synthetic_stream(n, seed=processes))
         _load(s, records)
         expected = sum(1 for r in records if r.kind != "duplicate")
-        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-watch"})
+        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-watch",
+                             **topics.kafka_security(s)})
         proc = start_worker(s, processes, engine=engine)
         rss = RssSampler(proc.pid)
         rss.start()
@@ -250,7 +253,7 @@ def latency(settings: Settings, rate: int, seconds: int, engine: str = "faust") 
     try:
         proc = start_worker(s, 1, engine=engine)
         consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
-                             "fetch.wait.max.ms": 5})
+                             "fetch.wait.max.ms": 5, **topics.kafka_security(s)})
         # Assigned, not subscribed: a group join would hold the first seconds of answers back.
         consumer.assign([TopicPartition(s.topic(topics.SCORE_REQUESTS), p, 0) for p in range(s.topic_partitions)])
         stop = threading.Event()
@@ -272,7 +275,7 @@ def latency(settings: Settings, rate: int, seconds: int, engine: str = "faust") 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 1, "enable.idempotence": True,
-                             "partitioner": "murmur2_random"})
+                             "partitioner": "murmur2_random", **topics.kafka_security(s)})
         total = rate * seconds
         records = synthetic_stream(total, seed=11, duplicate_rate=0, malformed_rate=0)
         topic = s.topic(topics.EVENTS)

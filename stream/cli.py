@@ -55,7 +55,8 @@ def cmd_dlq(args) -> int:
             if m.error():
                 continue
             headers = {k: v.decode(errors="replace") for k, v in (m.headers() or [])}
-            print(json.dumps({"reason": headers.get(topics.DLQ_REASON), "detail": headers.get(topics.DLQ_DETAIL),
+            print(json.dumps({"reason": headers.get(topics.DLQ_REASON), "field": headers.get(topics.DLQ_FIELD),
+                              "detail": headers.get(topics.DLQ_DETAIL),
                               "source": f"{headers.get(topics.DLQ_TOPIC)}/{headers.get(topics.DLQ_PARTITION)}"
                                         f"@{headers.get(topics.DLQ_OFFSET)}",
                               "value": (m.value() or b"")[:200].decode(errors="replace")}))

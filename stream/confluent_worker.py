@@ -45,8 +45,7 @@ class ConfluentWorker(WorkerService):
             # (a sticky assignor balancing counts could hand one worker only `catalog`).
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
-            "session.timeout.ms": 10_000,  # a crashed worker's partitions move after 10 s
-            "heartbeat.interval.ms": 3_000,
+            **topics.FAST_FAILOVER,
             **topics.kafka_security(settings),
         })
 
@@ -67,7 +66,9 @@ class ConfluentWorker(WorkerService):
         self.stopping.set()
         self.http.stopping = True
         # A batch waiting for Redis gives up after a while; what it did not finish is not committed.
-        threading.Timer(GIVE_UP_AFTER_S, self.processor.store.stop_event.set).start()
+        give_up = threading.Timer(GIVE_UP_AFTER_S, self.processor.store.stop_event.set)
+        give_up.daemon = True  # else the process waits out the timer after a clean stop
+        give_up.start()
 
     def consume(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)

@@ -18,6 +18,7 @@ from typing import Callable
 
 import redis
 
+from streamrec import security
 from streamrec.settings import Settings
 from streamrec.stream import features
 from streamrec.stream.features import DecodedEvent, Outcome
@@ -56,12 +57,9 @@ def _script(entry: str, cfg: dict) -> str:
 
 
 def redis_client(settings: Settings):
-    """A Redis client for the settings: a cluster-aware one when STREAMREC_REDIS_CLUSTER is on."""
-    if settings.redis_cluster:
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    """A Redis client for the settings: a cluster-aware one when STREAMREC_REDIS_CLUSTER is on,
+    with the ACL user and TLS CA of the settings (`streamrec.security`)."""
+    return security.redis_client(settings, socket_timeout=5, socket_connect_timeout=2)
 
 
 class Stopping(Exception):

@@ -21,6 +21,8 @@ key                                            holds                            
 ``P{u:USER}:s:SESSION:seq``                    zset ``item\x1ftype\x1fevent_id`` -> ts      SESSION
 ``P{u:USER}:forgotten``                        epoch ms of a `forget` request: older        FORGOTTEN
                                                events of the user are dropped
+``P{u:USER}:segment``                          the user's customer segment id (written by   SEGMENT
+                                               `streamrec segments`, read by the scorer)
 ``P{i:ITEM}:stats``                            hash: ``n:TYPE`` raw counts, ``d:TYPE``      ITEM
                                                decayed at ``_t``, last_ts, ctr (smoothed)
 ``P{i:ITEM}:covis``                            zset next item -> forward-decayed weight     ITEM
@@ -34,6 +36,9 @@ key                                            holds                            
 ``P{catalog}:removed``                         set of items removed from the catalog        CATALOG
 ``P{audit}:forget``                            list of forget requests (hashed ids only)    AUDIT
 =============================================  ==========================================  =========
+
+SEGMENT is ``Settings.segments_ttl_s`` (a few refresh periods): a user left out of later
+segment runs loses the segment when it expires instead of keeping a stale one for ever.
 
 Decayed values use the event time, never the arrival time, so late and
 out-of-order events give the same result as in-order ones. Forward decay
@@ -88,7 +93,12 @@ class FeatureConfig:
     def from_settings(cls, settings) -> "FeatureConfig":
         """The configurable part comes from the settings; the rest are documented constants."""
         return cls(marker_ttl_s=settings.dedup_ttl_s, session_gap_ms=settings.session_gap_s * 1000,
-                   lateness_ms=settings.lateness_s * 1000)
+                   lateness_ms=settings.lateness_s * 1000, session_ttl_s=settings.session_ttl_s)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with Redis glob characters escaped, for SCAN MATCH patterns built from a prefix or id."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 # Weights of an event type in affinities, trending and co-visitation.
@@ -145,6 +155,9 @@ class Keys:
 
     def forgotten(self, user_id: str) -> str:
         return self.user_base(user_id) + ":forgotten"
+
+    def segment(self, user_id: str) -> str:
+        return self.user_base(user_id) + ":segment"
 
     def marker(self, user_id: str, event_id: str) -> str:
         return f"{self.user_base(user_id)}:ev:{event_id}"

@@ -12,9 +12,10 @@ help: they are idempotent on their own (see `streamrec.stream.features`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamrec.settings import Settings
 from streamrec.stream import topics
@@ -46,9 +47,10 @@ def header_offset(headers, source_partition: int) -> int | None:
 class OutputLedger:
     """Finds the source offsets >= a start offset already answered on the output topics."""
 
-    def __init__(self, settings: Settings, chunk: int = 5000):
+    def __init__(self, settings: Settings, chunk: int = 5000,
+                 outputs: tuple[str, ...] = (topics.SCORE_REQUESTS, topics.EVENTS_DLQ)):
         self.settings = settings
-        self.outputs = [settings.topic(topics.SCORE_REQUESTS), settings.topic(topics.EVENTS_DLQ)]
+        self.outputs = [settings.topic(name) for name in outputs]  # the scorer's: (RECOMMENDATIONS,)
         self.chunk = chunk
         self._consumer: Consumer | None = None
 
@@ -75,8 +77,7 @@ class OutputLedger:
         return found
 
     def _scan(self, topic: str, partition: int, from_offset: int) -> set[int]:
-        tp = TopicPartition(topic, partition)
-        low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        low, high = self._watermarks(TopicPartition(topic, partition))
         found: set[int] = set()
         end, window = high, self.chunk
         # Read backwards in growing windows until a record older than from_offset shows up.
@@ -87,6 +88,26 @@ class OutputLedger:
                 break
             end, window = start, window * 2
         return found
+
+    def _watermarks(self, tp: TopicPartition, patience_s: float = 300.0) -> tuple[int, int]:
+        # Right after a topic is created or the broker restarts, the partition may have no
+        # leader yet ("not leader", "unknown partition"): wait for one rather than crash the
+        # batch; nothing is committed meanwhile.
+        deadline = time.monotonic() + patience_s
+        delay = 0.1
+        while True:
+            try:
+                return self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("watermarks of %s[%d] not available yet (%s); retrying", tp.topic, tp.partition,
+                            exc.args[0].str() if exc.args else exc)
+                # A client that lost the partition from its metadata (seen after a broker restart:
+                # "Local: Unknown partition" for minutes) does not always learn it back: start afresh.
+                self.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _read(self, topic: str, partition: int, start: int, end: int, from_offset: int,
               found: set[int]) -> int | None:
@@ -117,3 +138,4 @@ class OutputLedger:
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
+            self._consumer = None

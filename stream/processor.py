@@ -28,10 +28,15 @@ from streamrec.stream.schemas import EventError, ScoreRequest
 log = logging.getLogger(__name__)
 
 
-def dead_letter_headers(src: SourceEvent, reason: str, detail: str) -> list[tuple[str, bytes]]:
-    return [(topics.DLQ_REASON, reason.encode()), (topics.DLQ_DETAIL, detail[:1000].encode()),
-            (topics.DLQ_TOPIC, src.topic.encode()), (topics.DLQ_PARTITION, str(src.partition).encode()),
-            (topics.DLQ_OFFSET, str(src.offset).encode())]
+def dead_letter_headers(src: SourceEvent, reason: str, detail: str,
+                        field: str | None = None) -> list[tuple[str, bytes]]:
+    headers = [(topics.DLQ_REASON, reason.encode()),
+               (topics.DLQ_DETAIL, detail[:1000].encode("utf-8", "backslashreplace")),
+               (topics.DLQ_TOPIC, src.topic.encode()), (topics.DLQ_PARTITION, str(src.partition).encode()),
+               (topics.DLQ_OFFSET, str(src.offset).encode())]
+    if field is not None:
+        headers.append((topics.DLQ_FIELD, field[:256].encode("utf-8", "backslashreplace")))
+    return headers
 
 
 class EventProcessor:
@@ -74,12 +79,12 @@ class EventProcessor:
             try:
                 ev = schemas.decode_event(src.value or b"")
             except EventError as exc:
-                self._dead(outputs, src, exc.reason, str(exc))
+                self._dead(outputs, src, exc.reason, str(exc), field=exc.field)
                 continue
             if ev.ts_ms > src.timestamp_ms + self.config.future_skew_ms:
                 self._dead(outputs, src, "future_ts",
                            f"ts: {ev.ts_ms} is {(ev.ts_ms - src.timestamp_ms) / 1000:.0f} s after the "
-                           "broker received the event; send event time in epoch milliseconds")
+                           "broker received the event; send event time in epoch milliseconds", field="ts")
                 continue
             metrics.event_lag.observe(max(0.0, (now_ms - ev.ts_ms) / 1000))
             decoded.append(DecodedEvent(src, ev))
@@ -96,29 +101,32 @@ class EventProcessor:
                 if not self._is_answered(d.source):
                     req = ScoreRequest(event_id=ev.event_id, user_id=ev.user_id, session_id=outcome.session_id,
                                        item_id=ev.item_id, type=ev.type, ts=ev.ts_ms,
-                                       feature_version=outcome.feature_version)
+                                       feature_version=outcome.feature_version, rec_id=ev.rec_id)
                     outputs.append((self.score_topic, d.source.key, schemas.encode(req), d.source.partition,
                                     source_headers(d.source.partition, d.source.offset)))
             elif status == "too_late":
                 self._dead(outputs, d.source, "too_late",
                            f"ts: {ev.ts_ms} is more than {self.config.lateness_ms // 1000} s older than "
-                           f"user {ev.user_id}'s newest event; send events sooner or raise STREAMREC_LATENESS_S")
+                           f"user {ev.user_id}'s newest event; send events sooner or raise STREAMREC_LATENESS_S",
+                           field="ts")
             elif status == "forgotten":
                 # The user asked to be forgotten: keep the record's place, not its content.
                 self._dead(outputs, d.source, "forgotten_user",
-                           "the user was forgotten; their older events are dropped", keep_value=False)
+                           "the user was forgotten; their older events are dropped", field="user_id",
+                           keep_value=False)
         self._produce(outputs)
         for src in batch:
             self.last_offsets[src.partition] = src.offset
         metrics.batch_size.observe(len(batch))
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _dead(self, outputs: list, src: SourceEvent, reason: str, detail: str, keep_value: bool = True) -> None:
+    def _dead(self, outputs: list, src: SourceEvent, reason: str, detail: str, field: str | None = None,
+              keep_value: bool = True) -> None:
         metrics.dead_lettered.labels(reason).inc()
         if self._is_answered(src):
             return
         outputs.append((self.dlq_topic, src.key, src.value if keep_value else b"", src.partition,
-                        dead_letter_headers(src, reason, detail)))
+                        dead_letter_headers(src, reason, detail, field)))
 
     # ------------------------------------------------------------ replays
     def _check_replays(self, batch: list[SourceEvent]) -> None:
@@ -200,13 +208,13 @@ class CatalogProcessor:
             try:
                 item = schemas.decode_catalog(src.value)
             except EventError as exc:
-                self._dead(src, exc.reason, str(exc))
+                self._dead(src, exc.reason, str(exc), exc.field)
                 continue
             self.store.put_item_meta(item.item_id, item.redis_fields())
             metrics.catalog_updates.labels("upserted").inc()
         self.producer.flush(30)
 
-    def _dead(self, src: SourceEvent, reason: str, detail: str) -> None:
+    def _dead(self, src: SourceEvent, reason: str, detail: str, field: str | None = None) -> None:
         metrics.dead_lettered.labels(reason).inc()
         self.producer.produce(self.dlq_topic, value=src.value, key=src.key,
-                              headers=dead_letter_headers(src, reason, detail))
+                              headers=dead_letter_headers(src, reason, detail, field))

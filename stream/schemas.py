@@ -37,8 +37,10 @@ ISO_TS_PATTERN = (
     r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
 
-Id = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\s]+$",
-                         description="non-empty identifier without whitespace")]
+# No whitespace and no control characters: ids go into Redis keys, logs and terminals
+# (an ESC or NUL in an id is garbage, and \x1f separates fields in session sequences).
+Id = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\s\x00-\x1f\x7f]+$",
+                         description="non-empty identifier without whitespace or control characters")]
 EpochMs = Annotated[int, Meta(ge=MIN_TS_MS, lt=MAX_TS_MS, description="epoch milliseconds")]
 IsoTs = Annotated[str, Meta(pattern=ISO_TS_PATTERN, description="ISO-8601 date-time with zone")]
 ContextValue = Union[str, float, bool, None]
@@ -145,7 +147,9 @@ EVENT_CLASSES: dict[str, type] = {
 
 _event_decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+# msgspec ends a validation error with " - at `$.path`", or " - at `key` in `$.path`" when a
+# dict key (a context key) is at fault.
+_PATH = re.compile(r" - at (`key` in )?`\$\.?([^`]*)`$")
 
 
 def decode_event(data: bytes) -> Event:
@@ -153,23 +157,126 @@ def decode_event(data: bytes) -> Event:
     if len(data) > MAX_EVENT_BYTES:
         raise EventError(f"event is {len(data)} bytes; the limit is {MAX_EVENT_BYTES} bytes (16 KiB)",
                          field=None, reason="too_large")
+    if not data.strip():
+        raise EventError("event is empty; send one JSON object per record (a null value is not an event)",
+                         reason="empty")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EventError(f"event is not valid UTF-8 (byte {exc.start}); encode JSON as UTF-8",
                          reason="not_utf8") from None
+    _refuse_deep_nesting(data, "event")
     try:
-        return _event_decoder.decode(data)
+        event = _event_decoder.decode(data)
     except msgspec.ValidationError as exc:
+        _refuse_duplicate_keys(data)  # a repeated key explains a validation error better
         raise _explain(str(exc), data) from None
     except msgspec.DecodeError as exc:
         raise EventError(f"event is not valid JSON: {exc}", reason="bad_json") from None
+    except RecursionError:  # not expected after the depth check; never let it escape
+        raise _too_deep(_deep_field(data)[1], "event") from None
+    _refuse_duplicate_keys(data)
+    return event
+
+
+# --- duplicate keys (fuzz): msgspec, like most JSON parsers, keeps the last of a
+# repeated key silently, while other consumers keep the first; the event is ambiguous.
+class _Duplicate:
+    def __init__(self, key: str, parent: str | None = None):
+        self.key, self.parent = key, parent
+
+
+def _pairs_or_duplicate(pairs: list) -> object:
+    seen = set()
+    for key, value in pairs:
+        if isinstance(value, _Duplicate):  # found deeper: name the top-level field holding it
+            return _Duplicate(value.key, value.parent or key)
+        if key in seen:
+            return _Duplicate(key)
+        seen.add(key)
+    return None
+
+
+_duplicate_finder = json.JSONDecoder(object_pairs_hook=_pairs_or_duplicate)
+
+
+def _refuse_duplicate_keys(data: bytes) -> None:
+    """Raise `EventError` naming a key that appears twice in one JSON object."""
+    try:
+        found = _duplicate_finder.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # not JSON after all: msgspec's error stands
+        return
+    if isinstance(found, _Duplicate):
+        field = found.parent or found.key
+        where = f"{found.parent}.{_printable(found.key)}" if found.parent else _printable(found.key)
+        raise EventError(f"{where}: duplicate key; name each field once in a JSON object",
+                         field=field, reason="duplicate_key")
+
+
+# --- deep nesting (fuzz): msgspec skips values it does not need (e.g. before finding
+# `type`) recursively and raised RecursionError on a few thousand nested arrays, at a
+# depth that depends on the caller's stack; refuse deep nesting first, the same way each time.
+MAX_DEPTH = 64
+
+
+def _deep_field(data: bytes) -> tuple[bool, str | None]:
+    """Whether the JSON nests deeper than MAX_DEPTH (outside strings), and the top-level key holding it."""
+    text = data.decode("utf-8", "replace")
+    depth, in_string, escaped, start, last_string, key = 0, False, False, 0, "", None
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string, last_string = False, text[start:i]
+        elif ch == '"':
+            in_string, start = True, i + 1
+        elif ch == ":" and depth == 1:
+            key = last_string
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                try:
+                    return True, (json.loads(f'"{key}"') if key is not None and depth > 1 else None)
+                except ValueError:
+                    return True, key
+        elif ch in "]}":
+            depth -= 1
+    return False, None
+
+
+def _too_deep(key: str | None, what: str) -> EventError:
+    if key is None:
+        return EventError(f"{what} is nested more than {MAX_DEPTH} levels deep; send a flat JSON object",
+                          reason="too_deep")
+    return EventError(f"{_printable(key)}: nested more than {MAX_DEPTH} levels deep; a field holds a string, "
+                      "a number, a list of ids or a small flat object", field=key, reason="too_deep")
+
+
+def _refuse_deep_nesting(data: bytes, what: str) -> None:
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH:  # cheap test first: valid events nest 2 deep
+        deep, key = _deep_field(data)
+        if deep:
+            raise _too_deep(key, what)
+
+
+def _printable(name: str, limit: int = 64) -> str:
+    """Input echoed in a message (a field name, a bad value): control characters escaped, capped."""
+    if not name:
+        return '""'
+    if name.isprintable() and len(name) <= limit:
+        return name
+    return repr(name[:limit])[1:-1] + ("..." if len(name) > limit else "")
 
 
 def _explain(msg: str, data: bytes) -> EventError:
     m = _PATH.search(msg)
-    field = m.group(1) if m else None
-    text = _PATH.sub("", msg)
+    field = m.group(2) if m else None
+    in_key = " key" if m and m.group(1) else ""
+    raw = _PATH.sub("", msg)
+    text = _printable(raw, limit=300)  # msgspec quotes the bad value: keep logs clean
     if "is not a real calendar date-time" in text:
         return EventError(f"ts: {text.strip('`')}; use a date that exists", field="ts", reason="bad_ts")
     if text.startswith("Object missing required field"):
@@ -181,8 +288,8 @@ def _explain(msg: str, data: bytes) -> EventError:
         return EventError(f"{missing}: missing required field; every `{kind}` event needs it",
                           field=missing, reason="missing_field")
     if text.startswith("Object contains unknown field"):
-        extra = text.split("`")[1]
-        return EventError(f"{extra}: unknown field; allowed fields are those of the event schema v1",
+        extra = raw.split("`", 1)[1].rsplit("`", 1)[0]  # the name may hold backticks itself
+        return EventError(f"{_printable(extra)}: unknown field; allowed fields are those of the event schema v1",
                           field=extra, reason="unknown_field")
     if text.startswith("Invalid value") and field == "type" or "`type`" in text:
         return EventError(f"type: {text}; expected one of {', '.join(EVENT_TYPES)}",
@@ -193,7 +300,7 @@ def _explain(msg: str, data: bytes) -> EventError:
         return EventError(f"ts: {text}; expected epoch milliseconds between 2000 and 2100 "
                           "or an ISO-8601 date-time with a zone", field="ts", reason="bad_ts")
     top = field.split(".")[0].split("[")[0]
-    return EventError(f"{field}: {text}", field=top, reason="invalid_field")
+    return EventError(f"{field}{in_key}: {text}", field=top, reason="invalid_field")
 
 
 def _type_of(data: bytes) -> str:
@@ -211,13 +318,44 @@ def encode(obj: msgspec.Struct) -> bytes:
 # --------------------------------------------------------------------------- #
 # Output and internal messages
 # --------------------------------------------------------------------------- #
-class RecommendedItem(msgspec.Struct, kw_only=True):
+class Contribution(msgspec.Struct, kw_only=True):
+    """One feature group's push on an item's ranker score (see `streamrec.serving.explain`)."""
+
+    group: str
+    """The feature group: a dense feature's name, or ``user``, ``item``, ``category`` (hashed ids)."""
+    direction: Literal["up", "down"]
+    effect: float
+    """Score delta: the ranker's score minus its score with the group at its baseline."""
+    text: str
+    """The same in plain words, e.g. "viewed 3 similar items (shoes) in this session"."""
+
+
+class RecommendedItem(msgspec.Struct, kw_only=True, omit_defaults=True):
     item_id: str
     score: float
     propensity: float
     """Probability that the serving policy put this item at this rank."""
     reason: str
     """Why it was proposed: seq, covisit:<item>, trending, content, explore..."""
+    explanation: Union[list[Contribution], None] = None
+    """Only when asked for (``?explain=true``, `Settings.scorer_explain_messages`): the feature groups that
+    pushed the ranker's score up or down, largest first. Absent when not asked or not ranked (optional:
+    consumers of older versions ignore it)."""
+
+
+MAX_SEGMENTS = 64
+"""Customer segment ids are ``0 .. MAX_SEGMENTS - 1`` (`streamrec segments`): metric labels stay bounded."""
+Segment = Annotated[int, Meta(ge=0, lt=MAX_SEGMENTS, description="customer segment id")]
+
+
+def segment_label(segment: int | None) -> str:
+    """The metric label of a segment: its id, or ``none`` for users without one.
+
+    >>> segment_label(3), segment_label(None), segment_label(999)
+    ('3', 'none', 'none')
+    """
+    ok = isinstance(segment, int) and not isinstance(segment, bool) and 0 <= segment < MAX_SEGMENTS
+    return str(segment) if ok else "none"
 
 
 class Recommendation(msgspec.Struct, kw_only=True):
@@ -235,6 +373,9 @@ class Recommendation(msgspec.Struct, kw_only=True):
     created_ts: int = 0
     degraded: bool = False
     """True when served without a full feature read or without models."""
+    segment: Union[Segment, None] = None
+    """The user's customer segment when one is stored (`streamrec segments`); optional, so
+    consumers written before it keep working."""
 
 
 class ScoreRequest(msgspec.Struct, kw_only=True, array_like=False):
@@ -248,6 +389,9 @@ class ScoreRequest(msgspec.Struct, kw_only=True, array_like=False):
     ts: int
     feature_version: int
     """Redis write sequence of the feature update that included this event."""
+    rec_id: Union[str, None] = None
+    """The recommendation the event answers (clicks on a slate): the scorer counts which candidate
+    sources proposed the clicked item."""
 
 
 class CatalogItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -276,12 +420,15 @@ def decode_catalog(data: bytes) -> CatalogItem:
     if len(data) > MAX_EVENT_BYTES:
         raise EventError(f"catalog record is {len(data)} bytes; the limit is {MAX_EVENT_BYTES}",
                          reason="too_large")
+    _refuse_deep_nesting(data, "catalog record")
     try:
         return _catalog_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise _explain(str(exc), data) from None
     except msgspec.DecodeError as exc:
         raise EventError(f"catalog record is not valid JSON: {exc}", reason="bad_json") from None
+    except RecursionError:
+        raise _too_deep(_deep_field(data)[1], "catalog record") from None
 
 
 _catalog_decoder = msgspec.json.Decoder(CatalogItem)

@@ -127,7 +127,12 @@ class EventPublisher:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every event to be acknowledged; raise PublishError for any that was not."""
         if self._producer is not None:
-            remaining = self._producer.flush(timeout)
+            # Short steps: a refused login or certificate (streamrec.security's error_cb) is raised
+            # when a flush call returns, so the app hears of it at once rather than after `timeout`.
+            deadline = time.monotonic() + timeout
+            remaining = self._producer.flush(min(timeout, 0.5))
+            while remaining and time.monotonic() < deadline:
+                remaining = self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
             if remaining:
                 self._failures.append(("?", f"{remaining} event(s) still queued after {timeout} s"))
         if self._failures:

@@ -27,6 +27,8 @@ DLQ_DETAIL = "streamrec.detail"
 DLQ_TOPIC = "streamrec.topic"
 DLQ_PARTITION = "streamrec.partition"
 DLQ_OFFSET = "streamrec.offset"
+# The event field at fault, when one is (absent for broken JSON, bad UTF-8, oversized...).
+DLQ_FIELD = "streamrec.field"
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class TopicSpec:
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(EVENTS, "user_id", "event JSON (input from apps)"),
-    TopicSpec(EVENTS_DLQ, "original key", "original bytes; headers: reason, topic, partition, offset",
+    TopicSpec(EVENTS_DLQ, "original key", "original bytes; headers: reason, detail, field, topic, partition, offset",
               configs={"retention.ms": str(14 * 24 * 3600 * 1000)}),
     TopicSpec(SCORE_REQUESTS, "user_id", "score request JSON (internal)"),
     TopicSpec(RECOMMENDATIONS, "user_id", "recommendation JSON (output to apps)"),
@@ -58,9 +60,17 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **kafka_security(settings)})
 
 
-def kafka_security(settings: Settings) -> dict[str, str]:
-    """Client options shared by every producer, consumer and admin client."""
-    return {}
+# Group members that crash hand their partitions over after 10 s rather than Kafka's default 45 s;
+# heartbeats every 3 s keep a live but busy member in the group.
+FAST_FAILOVER = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 3_000}
+
+
+def kafka_security(settings: Settings) -> dict:
+    """Client options shared by every producer, consumer and admin client (SASL, TLS; see
+    `streamrec.security.kafka_options`)."""
+    from streamrec.security import kafka_options
+
+    return kafka_options(settings)
 
 
 def _partitions(spec: TopicSpec, settings: Settings) -> int:

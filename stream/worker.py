@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from streamrec.health import HealthServer
+from streamrec.security import check_services, faust_credentials
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream import worker_metrics as metrics
@@ -74,7 +75,11 @@ class WorkerService:
         from confluent_kafka import TopicPartition
 
         topic = self.settings.topic(topics.EVENTS)
-        consumer = self.processor.ledger.consumer
+        # A client of its own: this runs beside the processing thread, whose ledger may replace its client.
+        if getattr(self, "_lag_client", None) is None:
+            from streamrec.stream.ledger import OutputLedger
+            self._lag_client = OutputLedger(self.settings)
+        consumer = self._lag_client.consumer
         for partition, offset in list(self.processor.last_offsets.items()):
             try:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2, cached=False)
@@ -84,6 +89,7 @@ class WorkerService:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
+        check_services(self.settings)  # a refused login or certificate stops here, with the setting to fix
         check_partitions(self.settings)
         metrics.initialise()
         metrics.redis_up.set(1 if self.processor.store.ping() else 0)
@@ -120,6 +126,7 @@ class StreamWorker(WorkerService):
         app = faust.App(
             self.group_id(),
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
+            broker_credentials=faust_credentials(s),  # SASL/TLS, as for the confluent clients
             web_enabled=False,
             datadir=str(datadir),
             consumer_auto_offset_reset="earliest",

@@ -21,8 +21,9 @@ console = Console(stderr=True)
 # Packages whose cli module registers subcommands; a package whose optional
 # dependencies are missing (torch in the serving image) is skipped quietly.
 SUBCOMMAND_MODULES = ("streamrec.stream.cli", "streamrec.serving.cli", "streamrec.trainer.cli",
-                      "streamrec.trainer.online_cli",
-                      "streamrec.demo")
+                      "streamrec.trainer.online_cli", "streamrec.trainer.segments",
+                      "streamrec.demo", "streamrec.soak",
+                      "streamrec.faults")
 
 
 def _settings(args) -> Settings:
@@ -33,14 +34,15 @@ def _settings(args) -> Settings:
 def cmd_config(args) -> int:
     """Print the effective settings and where each comes from."""
     s = _settings(args)
+    shown = s.redacted_env()  # passwords and tokens masked
     if args.json:
-        print(json.dumps(s.as_env(), indent=2))
+        print(json.dumps(shown, indent=2))
         return 0
     defaults = field_docs()
     table = Table(title="streamrec settings")
     for col in ("variable", "value", "default"):
         table.add_column(col)
-    for name, value in s.as_env().items():
+    for name, value in shown.items():
         table.add_row(name, value, defaults[name])
     Console().print(table)
     return 0
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and exc.name.startswith("streamrec") and exc.name != module:
                 raise
             continue  # optional dependency (torch, faust) missing in this install
-        mod.register(sub)
+        if hasattr(mod, "register"):  # some only add benchmarks (streamrec.soak)
+            mod.register(sub)
         if hasattr(mod, "register_bench"):
             mod.register_bench(bench_sub)
     return parser
@@ -191,10 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         return 2
+    from streamrec.security import SecurityError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except SecurityError as exc:  # a refused login or certificate: the message names the setting to fix
+        from rich.markup import escape
+
+        console.print(f"[red]connection refused:[/] {escape(str(exc))}", highlight=False)
+        return 2
 
 
 if __name__ == "__main__":

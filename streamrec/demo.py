@@ -18,16 +18,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-import uuid
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,105 +29,10 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from streamrec.loop import ClosedLoop, LiveStats, Service, metric_sum, metrics
 from streamrec.settings import Settings
 
 console = Console()
-ARMS = "popularity=1:ranker@pop:sasrec@v0,frozen=1:ranker@v0:sasrec@v0,online=1"
-
-
-@dataclass
-class Service:
-    name: str
-    port: int
-    proc: subprocess.Popen
-    log: str
-
-
-@dataclass
-class LiveStats:
-    started: float = field(default_factory=time.monotonic)
-    rec_latencies: deque = field(default_factory=lambda: deque(maxlen=5000))
-    recommendations: int = 0
-    bad_sent: int = 0
-    last_rec: object = None
-
-
-def _metrics(port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith("_created"):
-                continue
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[sample.name + ("{" + labels + "}" if labels else "")] = sample.value
-    return out
-
-
-def _sum(metrics: dict[str, float], name: str, having: str = "") -> float:
-    return sum(v for k, v in metrics.items() if (k == name or k.startswith(name + "{")) and having in k)
-
-
-def _start(name: str, args: list[str], settings: Settings, port: int, logdir: Path, **env) -> Service:
-    log = logdir / f"{name}.log"
-    full_env = {**os.environ, **settings.as_env(), "STREAMREC_LOG_LEVEL": "INFO", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", *args], env=full_env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    return Service(name, port, proc, str(log))
-
-
-def _wait_up(svc: Service, path: str = "/readyz", timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if svc.proc.poll() is not None:
-            raise RuntimeError(f"{svc.name} exited; see {svc.log}")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{svc.port}{path}", timeout=1).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{svc.name} not ready after {timeout:.0f} s; see {svc.log}")
-
-
-def _stop(svc: Service) -> int:
-    if svc.proc.poll() is None:
-        svc.proc.send_signal(signal.SIGTERM)
-        try:
-            return svc.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            svc.proc.kill()
-    return svc.proc.wait()
-
-
-def _initial_models(settings: Settings, world, seed: int, workdir: Path) -> None:
-    """Train and publish what the arms start from (the same code as `streamrec bench online`)."""
-    from streamrec.trainer.export import export_dcn, export_sasrec
-    from streamrec.trainer.online_bench import _publish, feature_ranker, pretrained_sasrec
-
-    cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
-    seq = pretrained_sasrec(world, seed)
-    popularity, initial = feature_ranker("item_log_views"), feature_ranker("seq_score")
-    _publish(settings, "sasrec", seq, export_sasrec(seq, workdir / "seq", world.item_ids, cats), "v0")
-    _publish(settings, "ranker", popularity, export_dcn(popularity, workdir / "pop"), "pop")
-    _publish(settings, "ranker", initial, export_dcn(initial, workdir / "v0"), "v0")
-
-
-def _recommendation_reader(settings: Settings, stats: LiveStats, stop: threading.Event) -> None:
-    from streamrec.stream.sdk import RecommendationConsumer
-
-    with RecommendationConsumer(settings) as recs:
-        while not stop.is_set():
-            rec = recs.poll(0.05)
-            if rec is not None:
-                stats.recommendations += 1
-                stats.rec_latencies.append(time.time() * 1000 - rec.event_ts)
-                stats.last_rec = rec
 
 
 def _careless_app(settings: Settings, stats: LiveStats, stop: threading.Event) -> None:
@@ -165,26 +63,26 @@ def _arm_rows(sim) -> list[tuple[str, int, float, float]]:
 
 def _view(sim, stats: LiveStats, services: dict[str, Service], seconds: float) -> Group:
     elapsed = time.monotonic() - stats.started
-    wm, sm, lm = (_metrics(services[n].port) for n in ("worker", "scorer", "learner"))
+    wm, sm, lm = (metrics(services[n].port) for n in ("worker", "scorer", "learner"))
     table = Table(title=f"streamrec demo — {elapsed:4.0f} / {seconds:.0f} s", expand=True)
     table.add_column("what")
     table.add_column("value")
     events = sim.stats.get("events", 0) + sim.stats.get("interactions", 0)
-    applied = _sum(wm, "streamrec_worker_events_applied_total")
+    applied = metric_sum(wm, "streamrec_worker_events_applied_total")
     table.add_row("events applied to Redis features (worker)", f"{applied:,.0f}  ({applied / max(elapsed, 1):,.0f}/s)")
     table.add_row("dead letters (malformed events from a careless app)",
-                  f"{_sum(wm, 'streamrec_worker_events_dead_lettered_total'):,.0f} of {stats.bad_sent} sent")
+                  f"{metric_sum(wm, 'streamrec_worker_events_dead_lettered_total'):,.0f} of {stats.bad_sent} sent")
     table.add_row("recommendations (scorer -> Kafka -> app)", f"{stats.recommendations:,}")
     if stats.rec_latencies:
         lat = np.array(stats.rec_latencies)
         table.add_row("event -> recommendation received (ms)",
                       f"p50 {np.percentile(lat, 50):.0f}   p95 {np.percentile(lat, 95):.0f}   "
                       f"p99 {np.percentile(lat, 99):.0f}")
-    table.add_row("rewards joined by the online trainer", f"{_sum(lm, 'streamrec_learner_rewards_total'):,.0f}")
+    table.add_row("rewards joined by the online trainer", f"{metric_sum(lm, 'streamrec_learner_rewards_total'):,.0f}")
     table.add_row("candidate models accepted / rejected by the gate",
-                  f"{_sum(lm, 'streamrec_learner_gate_decisions_total', 'accepted'):,.0f} / "
-                  f"{_sum(lm, 'streamrec_learner_gate_decisions_total', 'rejected'):,.0f}")
-    table.add_row("model versions swapped into the scorer", f"{_sum(sm, 'streamrec_scorer_swaps_total'):,.0f}")
+                  f"{metric_sum(lm, 'streamrec_learner_gate_decisions_total', 'accepted'):,.0f} / "
+                  f"{metric_sum(lm, 'streamrec_learner_gate_decisions_total', 'rejected'):,.0f}")
+    table.add_row("model versions swapped into the scorer", f"{metric_sum(sm, 'streamrec_scorer_swaps_total'):,.0f}")
     arms = Table(title="true reward per arm (from the simulator's hidden model)", expand=True)
     for col in ("arm", "slates", "click-through", "reward / slate"):
         arms.add_column(col)
@@ -217,72 +115,39 @@ def _plot(report: dict, path: Path) -> None:
 
 
 def cmd_demo(args) -> int:
-    from streamrec.deploy.localstack import LocalStack, StackError
-    from streamrec.simulator import SimConfig, Simulation, World
-    from streamrec.stream.topics import create_topics
+    from streamrec.deploy.localstack import StackError
+    from streamrec.simulator import SimConfig
 
     sys.setswitchinterval(0.0005)  # the simulator, the readers and the live view share the GIL
-    base: Settings = args.settings
-    run = uuid.uuid4().hex[:6]
-    logdir = base.home_path / "demo" / run
-    logdir.mkdir(parents=True, exist_ok=True)
-    settings = base.replace(topic_prefix=f"{base.topic_prefix}demo{run}.", redis_prefix=f"{base.redis_prefix}demo{run}:",
-                            registry_uri=str(logdir / "registry"))
+    cfg = SimConfig(users=args.users, items=300, seed=args.seed, rate=args.rate, seconds=args.seconds,
+                    bucket_s=max(args.seconds / 12, 5))
+    loop = ClosedLoop(args.settings, cfg, kind="demo", console=console)
+    settings, logdir = loop.settings, loop.logdir
     try:
-        with console.status("starting the local stack (Kafka, Redis)..."):
-            LocalStack(base).up(log=lambda m: console.print(f"[dim]{m}[/]"))
-            create_topics(settings)
+        loop.start_stack()
     except StackError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
     console.print(f"Kafka {settings.kafka_bootstrap}, Redis {settings.redis_url}; topics prefixed "
                   f"[bold]{settings.topic_prefix}[/]; logs in {logdir}")
-    cfg = SimConfig(users=args.users, items=300, seed=args.seed, rate=args.rate, seconds=args.seconds,
-                    bucket_s=max(args.seconds / 12, 5))
-    with console.status("training the initial models (SASRec on organic sessions) and publishing them..."):
-        _initial_models(settings, World(cfg), args.seed, logdir / "export")
-    services = {
-        "worker": _start("worker", ["worker"], settings, settings.worker_port, logdir),
-        "scorer": _start("scorer", ["serve"], settings, settings.scorer_port, logdir,
-                         STREAMREC_SCORER_AB_ARMS=ARMS, STREAMREC_SCORER_EXPLORATION="epsilon"),
-        "learner": _start("learner", ["learn", "--checkpoint-dir", str(logdir / "learner"), "--window-ms", "5000",
-                                      "--gate-every-s", "10", "--gate-every-samples", "5000",
-                                      "--min-gate-samples", "500"], settings, settings.learner_port, logdir),
-    }
-    stop, stats, code = threading.Event(), LiveStats(), 0
-    sim = Simulation(settings, cfg)
-    threads: list[threading.Thread] = []
-    report = None
+    code = 0
     try:
-        with console.status("starting the worker, the scorer and the online trainer..."):
-            _wait_up(services["worker"])
-            _wait_up(services["scorer"])
-            _wait_up(services["learner"], "/healthz")
-        result: dict = {}
-        threads = [threading.Thread(target=_recommendation_reader, args=(settings, stats, stop), daemon=True),
-                   threading.Thread(target=_careless_app, args=(settings, stats, stop), daemon=True),
-                   threading.Thread(target=lambda: result.update(report=sim.run()), daemon=True)]
-        for t in threads:
-            t.start()
-        stats.started = time.monotonic()
-        with Live(_view(sim, stats, services, args.seconds), console=console, refresh_per_second=2) as live:
-            while threads[2].is_alive():
+        loop.start_services(args.seed)
+        loop.start_traffic(_careless_app)
+        with Live(_view(loop.sim, loop.stats, loop.services, args.seconds), console=console,
+                  refresh_per_second=2) as live:
+            while loop.running:
                 time.sleep(0.5)
-                live.update(_view(sim, stats, services, args.seconds))
-        report = result.get("report")
+                live.update(_view(loop.sim, loop.stats, loop.services, args.seconds))
     except KeyboardInterrupt:
         console.print("interrupted; stopping")
-        sim.stop()
     except RuntimeError as exc:
         console.print(f"[red]error:[/] {exc}")
         code = 1
     finally:
-        stop.set()
-        sim.stop()
-        for t in threads:
-            t.join(10)
-        for svc in ("scorer", "learner", "worker"):
-            console.print(f"{svc} stopped (exit {_stop(services[svc])})")
+        for svc, exit_code in loop.stop().items():
+            console.print(f"{svc} stopped (exit {exit_code})")
+    report = loop.report
     if report:
         (logdir / "report.json").write_text(json.dumps(report, indent=2))
         _plot(report, logdir / "reward.png")

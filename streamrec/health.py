@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -25,6 +26,15 @@ Check = Callable[[], bool]
 # A route answers (status, content type, body) for a path and its query.
 Route = Callable[[str, dict[str, list[str]], dict[str, str]], tuple[int, str, bytes]]
 MAX_PATH = 2048
+# Bad input (fuzz): at most this many query parameters, and a client that sends
+# nothing for this long is dropped instead of holding a thread forever.
+MAX_QUERY_FIELDS = 20
+CLIENT_TIMEOUT_S = 10.0
+
+
+def json_error(status: int, message: str) -> tuple[int, str, bytes]:
+    """A route's error answer: the status and a JSON body saying what to fix."""
+    return status, "application/json", json.dumps({"error": message}).encode()
 
 
 class PortInUse(RuntimeError):
@@ -44,7 +54,17 @@ class HealthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CLIENT_TIMEOUT_S
+            # Answer HTTP/0.9-style lines ("GET /x") and garbage with a status line and JSON too.
+            default_request_version = "HTTP/1.0"
+
             def do_GET(self):  # noqa: N802 - http.server API
+                self._answer(with_body=True)
+
+            def do_HEAD(self):  # noqa: N802 - http.server API
+                self._answer(with_body=False)
+
+            def _answer(self, with_body: bool) -> None:
                 try:
                     status, ctype, body = server.handle(self.path, dict(self.headers.items()))
                 except Exception:  # noqa: BLE001 - a failing route must not kill the server
@@ -52,12 +72,57 @@ class HealthServer:
                     status, ctype, body = 500, "application/json", b'{"error": "internal"}'
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
+                if status == 401:  # RFC 6750: say which scheme the route wants
+                    self.send_header("WWW-Authenticate", 'Bearer realm="streamrec"')
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
+
+            def parse_request(self):
+                if not self.raw_requestline.strip():  # http.server would hang up without a word
+                    self.command, self.request_version, self.close_connection = None, "HTTP/1.0", True
+                    self.requestline = ""
+                    self.send_error(400, "empty request line; send e.g. GET /healthz HTTP/1.1")
+                    return False
+                return super().parse_request()
+
+            def send_error(self, code, message=None, explain=None):
+                """http.server's own refusals (bad request line, headers, methods) as JSON, not HTML."""
+                if code == 501:  # a method we do not serve: the client's mistake, not ours
+                    code, message = 405, f"method {str(self.command)[:32]!r} not allowed; use GET or HEAD"
+                elif code == 505:  # HTTP/2.0, HTTP/9.9...: a client error, not one to page anyone for
+                    code, message = 400, f"{message}; use HTTP/1.1"
+                body = json.dumps({"error": message or self.responses.get(code, ("error",))[0]}).encode()
+                self.log_error("code %d, message %s", code, message)
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
+                self.send_header("Content-Length", str(len(body)))
+                if code == 405:
+                    self.send_header("Allow", "GET, HEAD")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             def log_message(self, *args):  # quiet: metrics count requests instead
                 pass
+
+            def finish(self):
+                """Lingering close: read what the client still sends (a refused huge request) for a
+                moment, so closing does not reset the connection before it reads our answer."""
+                super().finish()
+                try:
+                    self.connection.shutdown(socket.SHUT_WR)
+                    self.connection.settimeout(1.0)
+                    drained = 0
+                    while drained < 1 << 20:
+                        chunk = self.connection.recv(65536)
+                        if not chunk:
+                            break
+                        drained += len(chunk)
+                except OSError:
+                    pass
 
         try:
             self._httpd = ThreadingHTTPServer((host, port), Handler)
@@ -81,7 +146,15 @@ class HealthServer:
         if len(raw_path) > MAX_PATH:
             return 414, "application/json", b'{"error": "path too long"}'
         parts = urlsplit(raw_path)
-        path, query = parts.path, parse_qs(parts.query, max_num_fields=20)
+        try:
+            pairs = parse_qsl(parts.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return json_error(400, f"too many query parameters; at most {MAX_QUERY_FIELDS}")
+        path, query = parts.path, {}
+        for name, value in pairs:
+            query.setdefault(name, []).append(value)
+        if path in ("/healthz", "/readyz", "/metrics") and query:
+            return json_error(400, f"unknown query parameter {next(iter(query))[:64]!r}; {path} takes none")
         if path == "/healthz":
             ok = not self.stopping
             return (200 if ok else 503), "application/json", json.dumps({"alive": ok}).encode()

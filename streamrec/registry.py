@@ -202,6 +202,9 @@ class Registry:
             return []
         return sorted(Path(e.rstrip("/")).name for e in self.fs.ls(path, detail=False))
 
+    def _size(self, path: str) -> int:
+        return Path(path).stat().st_size if self.local else int(self.fs.size(path))
+
     def _sha_and_size(self, path: str) -> tuple[str, int]:
         if self.local:
             return sha256_file(path), Path(path).stat().st_size
@@ -252,8 +255,8 @@ class Registry:
         meta_bytes = msgspec.json.format(msgspec.json.encode(meta), indent=2)
         if self.local:
             staging = Path(self._join(name, f".staging-{uuid.uuid4().hex}"))
-            staging.mkdir(parents=True)
             try:
+                staging.mkdir(parents=True)  # inside the try: an unwritable registry is a RegistryError too
                 for f, src in files.items():
                     shutil.copyfile(src, staging / f)
                 (staging / META).write_bytes(meta_bytes)
@@ -292,11 +295,14 @@ class Registry:
         except msgspec.DecodeError as exc:
             raise RegistryError(f"{name}/{version}: {META} is corrupt ({exc}); republish the version") from None
 
-    def verify(self, name: str, version: str, expected: Mapping[str, Signature] | None = None) -> ModelMeta:
+    def verify(self, name: str, version: str, expected: Mapping[str, Signature] | None = None,
+               max_bytes: int | None = None) -> ModelMeta:
         """Check every file's size and sha256 and the ONNX signatures; return the meta or raise.
 
         ``expected`` ({onnx file: Signature}) lets a reader refuse a version
         whose graphs do not have the inputs and outputs it was built for.
+        ``max_bytes`` refuses a version whose files (declared or on disk) add up to more,
+        before any of them is read.
         """
         meta = self.meta(name, version)
         where = f"{name}/{version}"
@@ -307,6 +313,12 @@ class Registry:
         missing = set(meta.files) - present
         if missing:
             raise RegistryError(f"{where} is incomplete: missing {', '.join(sorted(missing))}; republish it")
+        if max_bytes is not None:
+            declared = sum(e.bytes for e in meta.files.values())
+            on_disk = sum(self._size(self._join(name, version, f)) for f in meta.files)
+            if max(declared, on_disk) > max_bytes:
+                raise RegistryError(f"{where} is {max(declared, on_disk):,} bytes, larger than the limit of "
+                                    f"{max_bytes:,} (STREAMREC_MODEL_MAX_BYTES); raise the limit or shrink the model")
         for fname, entry in meta.files.items():
             sha, size = self._sha_and_size(self._join(name, version, fname))
             if size != entry.bytes or sha != entry.sha256:
@@ -317,6 +329,9 @@ class Registry:
                 raise RegistryError(f"{where}: {fname} has signature {meta.signatures.get(fname)}, "
                                     f"but this reader expects {sig}; use a compatible version")
         for fname, sig in meta.signatures.items():
+            if fname not in meta.files:  # security: only files pinned by a sha256 are ever opened
+                raise RegistryError(f"{where}: meta.json declares a signature for {fname!r}, which is not one "
+                                    "of its files; republish the version")
             self._check_graph(where, fname, sig)
         return meta
 
@@ -348,7 +363,9 @@ class Registry:
 
     def current(self, name: str) -> str | None:
         """The promoted version of ``name``, or None if none was promoted."""
-        return self._pointer(name)["version"]
+        version = self._pointer(name)["version"]
+        # security: current.json is a file like any other; what it names must be a valid version.
+        return check_version(version) if version is not None else None
 
     def promote(self, name: str, version: str) -> str | None:
         """Verify ``version`` and make it current; returns the version it replaced."""

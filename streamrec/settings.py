@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Events older than the user's newest by more than this go to the DLQ as too_late."""
     dedup_ttl_s: int = 6 * 3600
     """How long event ids are remembered to drop duplicates (about 100 bytes each in Redis)."""
+    # soak: the session TTL is a setting so a short soak run can see sessions expire (default as before)
+    session_ttl_s: int = 2 * 86400
+    """How long a derived session's keys (counts, item sequence) live after its last event."""
 
     # --- scorer ---------------------------------------------------------------------
     scorer_batch_max: int = 256
@@ -73,7 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scorer_covis_candidates: int = 50
     scorer_trending_candidates: int = 50
     scorer_content_candidates: int = 20
-    """Content-similar candidates for cold users."""
+    """Content-similar candidates per request (nearest the session's content profile; 0 turns the source off)."""
     scorer_recent_items: int = 5
     """Session items whose co-visitation feeds candidates."""
     scorer_exploration: Literal["off", "epsilon", "softmax"] = "off"
@@ -91,6 +94,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scorer_redis_retry_s: float = 1.0
     scorer_item_stats_ttl_s: float = 1.0
     """How long item statistics and co-visitation lists read from Redis are reused."""
+
+    # --- explanations (ranker feature attributions) --------------------------------
+    scorer_explain_messages: bool = False
+    """Also explain every item in the `recommendations` messages (costs a ranker run per feature group)."""
+    scorer_explain_top: int = 3
+    """Feature groups listed per explained item, largest effect first."""
+
+    # --- graph candidates and candidate metrics (LightGCN, streamrec.serving.graph) ---
+    scorer_graph_model: str = "graph"
+    """Registry name of the graph model (candidate source with reason `graph`; none published = no source)."""
+    scorer_graph_candidates: int = 50
+    """Candidates from the graph model per request (0 turns the source off)."""
+    scorer_click_memory: int = 100_000
+    """Recommendations remembered (rec_id -> item -> sources) to count which sources proposed clicked items."""
+
+    # --- content tower (text + category + tags; streamrec.serving.content) ---------
+    scorer_content_model: str = "content"
+    """Registry name of the content model (none published = content candidates from the sequence model's
+    item vectors, for cold users only)."""
+    scorer_content_max_items: int = 200_000
+    """Catalog items whose content vectors the scorer keeps in memory (oldest give way); ~1.8 KB each."""
+    scorer_content_profile_items: int = 10
+    """Newest session items that make the session's content profile (candidates and `content_sim`)."""
 
     # --- online trainer (each also a `streamrec learn` flag, which wins) ----------
     learner_window_ms: int = 20_000
@@ -112,6 +138,35 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     learner_checkpoint_dir: str = ".local/learner"
     learner_dry_run: bool = False
     """Gate candidates but never publish them."""
+
+    # --- security: Kafka SASL/TLS, Redis ACL/TLS, pull API token (streamrec.security) ---
+    # Secrets come from the variable itself or, better, from the file named by its *_FILE twin
+    # (a mounted Kubernetes/Docker secret); they never appear in logs, reprs or `streamrec config`.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to Kafka: SASL_SSL for SCRAM credentials over TLS."""
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_sasl_password_file: str = ""
+    kafka_ssl_ca: str = ""
+    """CA that signed the brokers' certificates: a PEM file path or the PEM text; empty = system CAs."""
+    redis_username: str = ""
+    """Redis ACL user (Redis 6+); credentials in STREAMREC_REDIS_URL work too but are best kept out of it."""
+    redis_password: str = ""
+    redis_password_file: str = ""
+    redis_ssl_ca: str = ""
+    """CA for `rediss://` URLs: a PEM file path or the PEM text; empty = system CAs."""
+    scorer_pull_token: str = ""
+    """When set (or its _FILE), GET /v1/recommendations/... requires `Authorization: Bearer <token>`."""
+    scorer_pull_token_file: str = ""
+
+    # --- customer segments (streamrec segments) ------------------------------------
+    segments_k: int = 8
+    """Number of customer segments (2..64) when `streamrec segments` is not given --k."""
+    segments_ttl_s: int = 3 * 86400
+    """Lifetime of a user's segment in Redis: a few refresh periods, so it never goes stale for good."""
+    segments_port: int = 9104
+    """Health and metrics of `streamrec segments --every`."""
 
     # --- service HTTP ports (health, readiness, metrics) --------------------
     http_host: str = "127.0.0.1"
@@ -135,6 +190,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Model registry root: a local path or an fsspec URL (s3://, gs://...)."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where the scorer runs its models: auto picks CUDA when present."""
+    # fault suite: a model version larger than this is refused before it is read
+    model_max_bytes: int = 2 << 30
+    """Largest model version (all its files) the scorer loads, in bytes; bigger ones are refused."""
+    fault_events: int = 50_000
+    """Events per case of the fault suite (`pytest -m faults`; `streamrec bench faults --events`)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -180,6 +240,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def as_env(self) -> dict[str, str]:
         """The settings as environment variables, for child processes."""
         return {env_name(k): str(v) for k, v in msgspec.structs.asdict(self).items()}
+
+    # --- security: secrets stay out of reprs and printed settings (streamrec.security) ---
+    def redacted_env(self) -> dict[str, str]:
+        """Like `as_env`, with every secret masked: what may be printed or logged."""
+        from streamrec.security import redact_settings
+
+        return {env_name(k): v for k, v in redact_settings(self).items()}
+
+    def __repr__(self) -> str:
+        from streamrec.security import redact_settings
+
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in redact_settings(self).items()) + ")"
+
+    def __rich_repr__(self):
+        from streamrec.security import redact_settings
+
+        yield from redact_settings(self).items()
 
 
 def env_name(field: str) -> str:

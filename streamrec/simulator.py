@@ -57,6 +57,9 @@ class SimConfig:
     seconds: float = 60.0
     new_item_every_s: float = 5.0
     """A new item joins the catalog this often (0: never)."""
+    retire_oldest: bool = False
+    """Catalog turnover: each new item pushes the oldest one still listed out of the catalog (a tombstone on
+    `catalog`; nobody can click or buy it any more), so the catalog keeps its size while it renews."""
     drift: float = 0.05
     """Std of the random step of a user's taste at each new session (then renormalised)."""
     session_steps: float = 6.0
@@ -106,6 +109,8 @@ class World:
         self.item_cat: list[int] = []
         self.item_vecs = np.zeros((0, cfg.dim))
         self.row: dict[str, int] = {}
+        self.retired = 0
+        """Items 0 .. retired-1 have left the catalog (oldest first, `retire_oldest`)."""
         for _ in range(cfg.items):
             self.add_item()
         self.users = []
@@ -131,19 +136,31 @@ class World:
         self.item_cat.append(cat)
         self.item_vecs = np.vstack([self.item_vecs, vec[None]])
         self.row[item_id] = n
-        return {"item_id": item_id, "category": f"cat{cat}", "tags": [f"t{cat}", f"t{n % 7}"],
-                "title": f"simulated item {n}"}
+        return self.record(n)
+
+    def record(self, n: int) -> dict:
+        """Item ``n``'s catalog record; its text reflects its hidden category and vector (content: the same
+        generator as `streamrec data synth`, its own seed, so the hidden world is unchanged)."""
+        from streamrec.trainer.synth import item_text
+
+        cat = self.item_cat[n]
+        text = item_text(cat, self.item_vecs[n] - self.centroids[cat], self.cfg.seed + 2 + n)
+        return {"item_id": self.item_ids[n], "category": f"cat{cat}", **text}
 
     def catalog(self) -> list[dict]:
-        return [{"item_id": i, "category": f"cat{c}", "tags": [f"t{c}", f"t{n % 7}"], "title": f"simulated item {n}"}
-                for n, (i, c) in enumerate(zip(self.item_ids, self.item_cat))]
+        return [self.record(n) for n in range(self.retired, len(self.item_ids))]
+
+    def retire_oldest(self) -> str:
+        """The oldest listed item leaves the catalog; returns its id (for the tombstone)."""
+        self.retired += 1
+        return self.item_ids[self.retired - 1]
 
     # -- the hidden click model -------------------------------------------------- #
     def attraction(self, user: SimUser, items: list[str]) -> np.ndarray:
         """P(click | examined) of each item for the user now (unknown items: 0)."""
         rows = np.array([self.row.get(i, -1) for i in items], dtype=np.int64)
         a = np.zeros(len(items))
-        known = rows >= 0
+        known = rows >= self.retired  # unknown or retired items cannot be clicked
         if known.any():
             logit = self.cfg.attraction_scale * (self.item_vecs[rows[known]] @ user.taste) + self.cfg.attraction_bias
             a[known] = 1.0 / (1.0 + np.exp(-logit))
@@ -194,8 +211,8 @@ class World:
 
     def browse(self, user: SimUser, k: int = 30) -> str:
         """An item the user finds by themselves (search, home page): by taste among a random few."""
-        n = len(self.item_ids)
-        cand = self.rng.choice(n, size=min(k, n), replace=False)
+        n = len(self.item_ids) - self.retired
+        cand = self.retired + self.rng.choice(n, size=min(k, n), replace=False)
         logits = 4.0 * (self.item_vecs[cand] @ user.taste)
         p = np.exp(logits - logits.max())
         return self.item_ids[int(cand[self.rng.choice(len(cand), p=p / p.sum())])]
@@ -282,7 +299,7 @@ class Simulation:
         from confluent_kafka import Producer
 
         from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
-        from streamrec.stream.topics import kafka_security
+        from streamrec.stream.topics import CATALOG, kafka_security
 
         cfg, world = self.cfg, self.world
         cat_producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "linger.ms": 5,
@@ -300,6 +317,9 @@ class Simulation:
                 if now >= next_item:
                     self.publish_catalog(cat_producer, [world.add_item()])
                     self.stats["new_items"] += 1
+                    if cfg.retire_oldest:
+                        cat_producer.produce(self.settings.topic(CATALOG), None, key=world.retire_oldest().encode())
+                        self.stats["retired_items"] += 1
                     next_item += cfg.new_item_every_s
                 budget = min(budget + (now - last) * cfg.rate, cfg.rate)  # at most 1 s of burst
                 last = now

@@ -55,6 +55,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--until", help="kafka: last event time (ISO-8601 or epoch ms; default: now)")
 
 
+def _cutoff(text: str) -> int:
+    """A --k value: a positive whole number."""
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of items (e.g. --k 5 10 20)")
+    return k
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=None,
@@ -67,6 +78,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
     g.add_argument("--top10", metavar="CSV", help="write each test user's top-10 items (sequence model) to this CSV")
+    g.add_argument("--k", type=_cutoff, nargs="+", default=[10], metavar="K",
+                   help="cutoffs of the leave-one-out metrics, e.g. --k 5 10 20 (default 10)")
+    g.add_argument("--graph-dim", type=int, default=64, help="graph model (LightGCN) embedding size (default 64)")
+    g.add_argument("--graph-layers", type=int, default=3, help="graph model propagation layers (default 3)")
+    g.add_argument("--content", action="store_true",
+                   help="content tower: embed the catalog text (--items CSV/JSONL with title, description, tags, "
+                        "or items.csv beside --data), train the ranker's content_sim feature on it, and (train) "
+                        "publish it as 'content' for the scorer's content candidates")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -104,16 +123,53 @@ def _config(args):
                    ranker_fit=replace(ranker_fit, checkpoint=str(ckpt / "ranker.pt") if ckpt else None, **common))
 
 
-def metrics_table(trained) -> Table:
-    """One table: the sequence model and its baselines, then the ranker and its baseline."""
-    table = Table(title="offline evaluation (leave-one-out, full ranking; ranker on a time split)")
-    for col in ("model", "HR@10", "NDCG@10", "MRR@10", "AUC", "logloss"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for name, m in trained.seq_metrics.items():
-        table.add_row(name, *(f"{m[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")), "", "")
-    for name, m in trained.ranker_metrics.items():
-        table.add_row(name, "", "", "", f"{m['AUC']:.4f}", f"{m['logloss']:.4f}")
+LOO_METRICS = ("HR", "NDCG", "MRR", "P", "R", "MAP", "coverage", "pop")
+
+
+def loo_table(rows: dict[str, dict[str, float]], ks: list[int], title: str) -> Table:
+    """The leave-one-out table: one row per model and cutoff K, every metric of
+    `streamrec.trainer.evaluate` (P = precision, R = recall, pop = mean training
+    interactions of the recommended items)."""
+    table = Table(title=title)
+    for col in ("model", "K", *LOO_METRICS):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for k in sorted(set(ks)):
+        for name, m in rows.items():
+            cells = [f"{m[f'{metric}@{k}']:.1f}" if metric == "pop" else f"{m[f'{metric}@{k}']:.4f}"
+                     for metric in LOO_METRICS]
+            table.add_row(name, str(k), *cells)
     return table
+
+
+def print_wide(table: Table) -> None:
+    """Print a table at its natural width (never cut to an 80-column pipe: the numbers are the point)."""
+    natural = Console(width=1000).measure(table).maximum
+    Console(width=max(out.width, natural)).print(table)
+
+
+def metrics_table(trained) -> Table:
+    """The ranker and its baseline (AUC, log loss on the time split)."""
+    table = Table(title="ranker (time split)")
+    for col in ("model", "AUC", "logloss"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in trained.ranker_metrics.items():
+        table.add_row(name, f"{m['AUC']:.4f}", f"{m['logloss']:.4f}")
+    return table
+
+
+def _loo_title(split, catalog: list[str]) -> str:
+    from streamrec.trainer.evaluate import Popularity
+
+    mean_pop = float(Popularity(split.train, catalog).counts.mean()) if catalog else 0.0
+    return (f"leave-one-out, full ranking over {len(catalog):,} items, {len(split.users):,} users "
+            f"(catalog mean pop {mean_pop:.1f})")
+
+
+def _graph_config(args):
+    from streamrec.trainer.graph import GraphConfig
+
+    cfg = GraphConfig(dim=args.graph_dim, layers=args.graph_layers, seed=args.seed, progress=not args.no_progress)
+    return replace(cfg, epochs=args.epochs) if args.epochs else cfg
 
 
 def _write_top10(path: str, users: list[str], tops, catalog: list[str]) -> None:
@@ -132,13 +188,43 @@ def _train_and_report(args):
 
     try:
         inter = load_data(args)
-        trained = train_all(inter, _config(args))
+        content = None
+        if getattr(args, "content", False):  # the content tower (streamrec.trainer.content)
+            from streamrec.trainer.content import catalog_vectors
+            items = args.items or (Path(args.data) / "items.csv" if Path(args.data).is_dir()
+                                   else Path(args.data).with_name("items.csv"))
+            content = catalog_vectors(items, progress=not args.no_progress, seed=args.seed)
+        trained = train_all(inter, _config(args), content[2] if content else None)
+        trained.content = content
     except (DataError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return None
     seq, rank = trained.seq_fit, trained.ranker_fit
     console.print(f"sasrec: {seq.samples_per_s:,.0f} sequences/s, best epoch {seq.best_epoch + 1}; "
                   f"dcn-v2: {rank.samples_per_s:,.0f} samples/s, best epoch {rank.best_epoch + 1}")
+    from streamrec.trainer.evaluate import CoVisitation, Popularity, leave_one_out_table
+    from streamrec.trainer.train import sasrec_scorer
+
+    split, catalog = trained.split, trained.catalog
+    scorers = {"sasrec": sasrec_scorer(trained.sasrec, trained.categories)}
+    trained.graph = None
+    if args.graph:
+        from streamrec.trainer.graph import graph_scorer, train_graph
+
+        try:
+            trained.graph, fit_result = train_graph(split, catalog, _graph_config(args))
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return None
+        console.print(f"graph: {fit_result.samples_per_s:,.0f} edges/s, best epoch {fit_result.best_epoch + 1}")
+        scorers["graph"] = graph_scorer(trained.graph, catalog)
+    scorers.update({"popularity": Popularity(split.train, catalog), "co-visitation": CoVisitation(split.train, catalog)})
+    try:
+        trained.loo_metrics, _ = leave_one_out_table(scorers, split, catalog, args.k)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return None
+    print_wide(loo_table(trained.loo_metrics, args.k, _loo_title(split, catalog)))
     out.print(metrics_table(trained))
     if args.top10:
         _write_top10(args.top10, trained.split.users, trained.top10, trained.catalog)
@@ -164,6 +250,31 @@ def cmd_train(args) -> int:
     except Exception as exc:  # noqa: BLE001 - Kafka errors: the version is written, say how to re-announce
         console.print(f"[red]error:[/] {exc}")
         return 1
+    if trained.graph is not None:
+        from streamrec.trainer.graph import GraphExportError
+        from streamrec.trainer.publish import publish_graph
+
+        try:
+            results.append(publish_graph(args.settings, trained.graph, trained.catalog,
+                                         metrics=trained.loo_metrics["graph"], data_window=trained.window,
+                                         real_histories=trained.split.test_history,
+                                         kafka_offsets=trained.kafka_offsets, name=args.graph_name,
+                                         send=not args.no_announce))
+        except (GraphExportError, RegistryError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 1
+        except Exception as exc:  # noqa: BLE001 - Kafka errors: the version is written, say how to re-announce
+            console.print(f"[red]error:[/] {exc}")
+            return 1
+    if trained.content is not None:
+        from streamrec.trainer.content import publish_content
+
+        tower, items, _ = trained.content
+        try:
+            results.append(publish_content(args.settings, items, tower=tower, send=not args.no_announce))
+        except Exception as exc:  # noqa: BLE001 - export, registry or Kafka: the message says which
+            console.print(f"[red]error:[/] {exc}")
+            return 1
     for meta, ann, exported in results:
         console.print(f"published [bold]{meta.name}/{meta.version}[/] ({meta.kind}) at {ann.uri}; export "
                       f"{exported.seconds:.2f} s, parity max |diff| {max(exported.max_abs_diff.values()):.1e}"
@@ -173,11 +284,14 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Train on the leave-one-out split and print the table, or score a published sequence model (``--model``)."""
+    if getattr(args, "cold", False):  # content tower on items held out of training (streamrec.trainer.cold_eval)
+        from streamrec.trainer.cold_eval import cmd_evaluate_cold
+        return cmd_evaluate_cold(args, load_data, console, print_wide)
     if not args.model:
         return 0 if _train_and_report(args) is not None else 1
     from streamrec.trainer.data import DataError
     from streamrec.trainer.evaluate import (CoVisitation, LeaveOneOut, OnnxSequenceScorer, Popularity,
-                                            evaluate_scorer)
+                                            PublishedGraphScorer, leave_one_out_table)
 
     name, _, version = args.model.partition("@")
     reg = Registry(args.settings.registry_uri)
@@ -189,18 +303,20 @@ def cmd_evaluate(args) -> int:
         console.print(f"[red]error:[/] {exc}")
         return 1
     split, catalog = LeaveOneOut.split(inter.sequences()), inter.catalog()
-    data = (split.test_history, split.test_target, catalog)
-    rows = {f"{name}@{version}": OnnxSequenceScorer(reg.location(name, version), meta, catalog, inter.categories),
-            "popularity": Popularity(split.train, catalog), "co-visitation": CoVisitation(split.train, catalog)}
-    table = Table(title=f"leave-one-out, full ranking over {len(catalog):,} items, {len(split.users):,} users")
-    for col in ("model", "HR@10", "NDCG@10", "MRR@10"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for label, scorer in rows.items():
-        metrics, top = evaluate_scorer(scorer, *data)
-        table.add_row(label, *(f"{metrics[k]:.4f}" for k in ("HR@10", "NDCG@10", "MRR@10")))
-        if args.top10 and label.startswith(name):
-            _write_top10(args.top10, split.users, top, catalog)
-    out.print(table)
+    folder = reg.location(name, version)
+    label = f"{name}@{version}"
+    model = (PublishedGraphScorer(folder, meta, catalog) if meta.kind == "lightgcn"
+             else OnnxSequenceScorer(folder, meta, catalog, inter.categories))
+    scorers = {label: model, "popularity": Popularity(split.train, catalog),
+               "co-visitation": CoVisitation(split.train, catalog)}
+    try:
+        rows, tops = leave_one_out_table(scorers, split, catalog, args.k)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    if args.top10:
+        _write_top10(args.top10, split.users, tops[label][:, :10], catalog)
+    print_wide(loo_table(rows, args.k, _loo_title(split, catalog)))
     return 0
 
 
@@ -210,7 +326,8 @@ def cmd_data_synth(args) -> int:
     from streamrec.trainer.synth import SynthConfig, synthesize, write_synth
 
     cfg = SynthConfig(users=args.users, items=args.items, categories=args.categories,
-                      sessions_per_user=args.sessions, session_length=args.session_length, seed=args.seed)
+                      sessions_per_user=args.sessions, session_length=args.session_length, seed=args.seed,
+                      segments=args.segments)
     data = synthesize(cfg)
     paths = write_synth(data, args.out)
     console.print(f"{len(data.events):,} events by {cfg.users:,} users on {cfg.items:,} items -> "
@@ -305,19 +422,31 @@ def register(sub) -> None:
     g = p.add_argument_group("publishing")
     g.add_argument("--seq-name", default="sasrec", help="registry name of the sequence model")
     g.add_argument("--ranker-name", default="ranker", help="registry name of the ranker")
+    g.add_argument("--graph", action="store_true",
+                   help="also train the LightGCN graph model (a row in the table), export and publish it")
+    g.add_argument("--graph-name", default="graph", help="registry name of the graph model")
     g.add_argument("--no-publish", action="store_true", help="train and evaluate only")
     g.add_argument("--no-announce", action="store_true", help="publish without announcing on model-versions")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate both models against baselines on a history (no publishing)",
-                       description="Leave-one-out by time (HR/NDCG/MRR@10, full ranking, seen items excluded) "
-                                   "for the sequence model vs popularity and co-visitation; AUC and log loss "
-                                   "on a time split for the ranker vs logistic regression. One table.")
+                       description="Leave-one-out by time (full ranking, seen items excluded; HR, NDCG, MRR, "
+                                   "precision, recall, MAP, catalog coverage and mean popularity at each --k) "
+                                   "for the sequence model and the graph model vs popularity and co-visitation; "
+                                   "AUC and log loss "
+                                   "on a time split for the ranker vs logistic regression.")
     _add_data_args(p)
     _add_model_args(p)
+    p.add_argument("--no-graph", dest="graph", action="store_false",
+                   help="leave the graph model (LightGCN) out of the table")
     p.add_argument("--model", metavar="NAME[@VERSION]",
-                   help="instead of training, score this published sequence model (ONNX Runtime, as served; "
+                   help="instead of training, score this published sequence or graph model (as served; "
                         "default version: current) on the leave-one-out test split of --data")
+    p.add_argument("--cold", action="store_true",
+                   help="instead: cold items (held out of training entirely) ranked by the content tower (text "
+                        "+ category + tags) vs popularity and random; needs the catalog text (--items CSV/JSONL)")
+    p.add_argument("--cold-share", type=float, default=0.2, metavar="S",
+                   help="--cold: share of the items held out as cold (default 0.2)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="synthetic data and input checks")
@@ -333,6 +462,9 @@ def register(sub) -> None:
     s.add_argument("--sessions", type=int, default=6, help="sessions per user")
     s.add_argument("--session-length", type=float, default=8.0, help="mean views per session")
     s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--segments", type=int, default=0,
+                   help="plant this many customer segments (users share favourite categories; written to "
+                        "segments.csv for `streamrec segments --truth`); 0 = none")
     s.set_defaults(func=cmd_data_synth)
     s = dsub.add_parser("show", help="read a history and print its summary (users, items, time span)")
     _add_data_args(s)

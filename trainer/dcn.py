@@ -23,7 +23,9 @@ DENSE_FEATURES = (
     "session_length",     # log1p positive interactions in the session so far
     "category_affinity",  # share of the user's history in the item's category (smoothed)
     "seq_score",          # the sequence model's score of the item for the user
+    "content_sim",        # content: cosine of the item's content vector and the session's content profile
 )
+"""Appended only at the end: a ranker trained on the first N (``config["n_dense"]``) keeps working."""
 SPARSE_FIELDS = ("user_h1", "user_h2", "item_h1", "item_h2", "category")
 
 

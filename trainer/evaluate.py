@@ -1,9 +1,27 @@
 """Offline evaluation with standard protocols, and the baselines it compares against.
 
-Sequence model: leave-one-out by time (each user's last item is the test
-target, the one before is validation), full ranking over the whole catalog,
-items the user already interacted with excluded (except the target), HR@10,
-NDCG@10, MRR@10. Baselines: popularity and item-to-item co-visitation.
+Sequence model (and the graph model): leave-one-out by time (each user's last
+item is the test target, the one before is validation), full ranking over the
+whole catalog, items the user already interacted with excluded (except the
+target). Metrics at each cutoff K, from the 0-based rank r of the one target:
+
+- HR@K (hit rate): share of users with r < K;
+- NDCG@K: mean of 1/log2(r + 2) over hits (0 otherwise); with one relevant
+  item the ideal DCG is 1, so no further normalisation;
+- MRR@K: mean of 1/(r + 1) over hits;
+- precision@K: relevant items in the top K / K; with one target this is
+  exactly HR@K / K;
+- recall@K: relevant items in the top K / relevant items; with one target
+  this is exactly HR@K;
+- MAP@K: mean average precision; with one target the average precision is
+  precision at the target's position, 1/(r + 1), so MAP@K equals MRR@K.
+
+Beside them, two properties of the lists themselves (`list_metrics`):
+coverage@K, the share of the catalog that appears in at least one user's
+top K, and pop@K, the mean popularity of recommended items (training
+interactions per item; compare with the catalog's mean, printed in the
+table title: above it = biased towards popular items).
+Baselines: popularity and item-to-item co-visitation.
 
 Ranker: AUC and log loss on a time split, against logistic regression on the
 same dense features.
@@ -11,6 +29,8 @@ same dense features.
 >>> ranks = np.array([0, 3, 20])
 >>> {k: round(v, 3) for k, v in ranking_metrics(ranks, k=10).items()}
 {'HR@10': 0.667, 'NDCG@10': 0.477, 'MRR@10': 0.417}
+>>> {k: round(v, 3) for k, v in ranking_metrics(ranks, k=5, extended=True).items()}
+{'HR@5': 0.667, 'NDCG@5': 0.477, 'MRR@5': 0.417, 'P@5': 0.133, 'R@5': 0.667, 'MAP@5': 0.417}
 >>> auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
 0.75
 """
@@ -18,7 +38,7 @@ same dense features.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,17 +85,46 @@ def target_ranks(scores: np.ndarray, histories: list[list[str]], targets: list[s
     return ranks
 
 
-def ranking_metrics(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR@k from 0-based target ranks (one relevant item per user)."""
+def ranking_metrics(ranks: np.ndarray, k: int = 10, extended: bool = False) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR@k from 0-based target ranks (one relevant item per user);
+    with ``extended`` also P@k, R@k and MAP@k (definitions in the module docstring)."""
     hit = ranks < k
-    return {f"HR@{k}": float(hit.mean()),
-            f"NDCG@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean()),
-            f"MRR@{k}": float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean())}
+    out = {f"HR@{k}": float(hit.mean()) if len(ranks) else 0.0,
+           f"NDCG@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean()) if len(ranks) else 0.0,
+           f"MRR@{k}": float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean()) if len(ranks) else 0.0}
+    if extended:
+        out.update({f"P@{k}": out[f"HR@{k}"] / k, f"R@{k}": out[f"HR@{k}"], f"MAP@{k}": out[f"MRR@{k}"]})
+    return out
+
+
+def list_metrics(tops: np.ndarray, k: int, n_catalog: int, popularity: np.ndarray | None = None) -> dict[str, float]:
+    """coverage@k (share of the catalog in someone's top k) and, given per-item ``popularity``,
+    pop@k (mean popularity of the recommended items, every slot counted).
+
+    >>> list_metrics(np.array([[0, 1], [0, 2]]), 2, 4, np.array([10.0, 2.0, 0.0, 5.0]))
+    {'coverage@2': 0.75, 'pop@2': 5.5}
+    """
+    top = np.asarray(tops)[:, :k]
+    out = {f"coverage@{k}": len(np.unique(top)) / max(n_catalog, 1)}
+    if popularity is not None:
+        out[f"pop@{k}"] = float(popularity[top].mean()) if top.size else 0.0
+    return out
 
 
 def evaluate_scorer(score: ScoreFn, histories: list[list[str]], targets: list[str], catalog: list[str],
-                    k: int = 10, batch: int = 256) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics of one scorer, plus each user's top-k catalog indices (for the CSV export)."""
+                    k: int | Sequence[int] = 10, batch: int = 256,
+                    popularity: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of one scorer, plus each user's top catalog indices (for the CSV export).
+
+    ``k`` an int: HR, NDCG and MRR at k, and the top-k lists (as before). ``k`` a
+    list: every metric of the module docstring at each cutoff, coverage and
+    pop@K (``popularity``: per catalog item, e.g. `Popularity.counts`), and
+    lists of the largest cutoff.
+    """
+    ks = [k] if isinstance(k, int) else sorted(set(int(x) for x in k))
+    if not ks or min(ks) < 1:
+        raise ValueError(f"k: cutoffs must be positive integers, got {k!r}")
+    width = max(ks)
     index = {item: j for j, item in enumerate(catalog)}
     ranks, tops = [], []
     for start in range(0, len(targets), batch):
@@ -85,8 +134,27 @@ def evaluate_scorer(score: ScoreFn, histories: list[list[str]], targets: list[st
         for r, hist in enumerate(h):  # top-k among unseen items, as a user would get them
             row = s[r].astype(np.float64, copy=True)
             row[[index[i] for i in set(hist) if i in index]] = -np.inf
-            tops.append(np.argsort(-row, kind="stable")[:k])
-    return ranking_metrics(np.concatenate(ranks) if ranks else np.zeros(0, np.int64), k), np.array(tops)
+            tops.append(np.argsort(-row, kind="stable")[:width])
+    all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+    tops = np.array(tops, dtype=np.int64).reshape(len(tops), -1)
+    if isinstance(k, int):
+        return ranking_metrics(all_ranks, k), tops
+    metrics: dict[str, float] = {}
+    for cut in ks:
+        metrics.update(ranking_metrics(all_ranks, cut, extended=True))
+        metrics.update(list_metrics(tops, cut, len(catalog), popularity))
+    return metrics, tops
+
+
+def leave_one_out_table(scorers: dict[str, ScoreFn], split: "LeaveOneOut", catalog: list[str],
+                        ks: Sequence[int] = (10,)) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Every metric at every cutoff for each named scorer on the split's test users; also their top lists."""
+    pop = Popularity(split.train, catalog).counts
+    rows, tops = {}, {}
+    for name, scorer in scorers.items():
+        rows[name], tops[name] = evaluate_scorer(scorer, split.test_history, split.test_target, catalog, list(ks),
+                                                 popularity=pop)
+    return rows, tops
 
 
 class Popularity:
@@ -217,3 +285,24 @@ class OnnxSequenceScorer:
         items, cats = encode_sequences(histories, self.categories, self.items, self.cats, self.max_len)
         user = self.encoder.run(None, {"seq_items": items, "seq_cats": cats})[0]
         return user @ self.vectors.T
+
+
+class PublishedGraphScorer:
+    """A published graph model (kind ``lightgcn``), scored as the scorer runs it (numpy, no torch).
+
+    Catalog items the graph never saw get no score (ranked last).
+    """
+
+    def __init__(self, folder: str, meta, catalog: list[str]):
+        from streamrec.serving.graph import GraphModel
+
+        self.model = GraphModel(folder, meta)
+        rows = np.array([self.model.row_of.get(i, -1) for i in catalog], dtype=np.int64)
+        self.known = rows >= 0
+        self.vectors = np.zeros((len(catalog), self.model.vectors.shape[1]), dtype=np.float32)
+        self.vectors[self.known] = self.model.vectors[rows[self.known]]
+
+    def __call__(self, histories: list[list[str]]) -> np.ndarray:
+        scores = self.model.user_vectors(histories) @ self.vectors.T
+        scores[:, ~self.known] = -np.inf
+        return scores

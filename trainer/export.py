@@ -141,6 +141,15 @@ def export_dcn(model: DCNRanker, out_dir: str | Path,
     if real_batch is not None:
         batches.append(tuple(torch.from_numpy(np.ascontiguousarray(a[:512])) for a in real_batch))
     diffs = {"model.onnx": parity(path, model, batches, sig)}
-    extra = {"dense_features": list(DENSE_FEATURES), "sparse_fields": list(SPARSE_FIELDS), "config": model.config}
+    names = DENSE_FEATURES[: model.config["n_dense"]]  # a ranker of an older, shorter feature list keeps it
+    extra = {"dense_features": list(names), "sparse_fields": list(SPARSE_FIELDS), "config": model.config}
+    if "content_sim" in names:
+        # content: fed by the scorer only when the ranker learnt it (a constant 0 in training would turn any
+        # served value into an outlier after standardisation).
+        extra["content_sim_trained"] = bool(model.dense_std[names.index("content_sim")] > 1e-5)
+    if model.dense_mean.any() or not bool((model.dense_std == 1).all()):
+        # Explanations: the training mean is each dense feature's neutral value (standardised to 0);
+        # a ranker that never learnt its statistics has no mean to offer.
+        extra["dense_baseline"] = dict(zip(names, map(float, model.dense_mean.tolist())))
     return Exported(files={"model.onnx": path}, signatures={"model.onnx": sig}, extra=extra,
                     seconds=time.perf_counter() - t0, max_abs_diff=diffs)

@@ -24,6 +24,7 @@ from streamrec.trainer.dcn import DENSE_FEATURES
 SESSION_GAP_MS = 30 * 60 * 1000  # DESIGN.md: a session ends after 30 min of inactivity
 NEVER_HOURS = 24 * 365.0
 SEQ_SCORE = DENSE_FEATURES.index("seq_score")
+CONTENT_SIM = DENSE_FEATURES.index("content_sim")
 
 
 @dataclass
@@ -75,7 +76,7 @@ def build_samples(inter: Interactions, negatives: int = 4, max_prefix: int = 50,
         counts = user_cats.get(user)
         affinity = ((counts[cat] if counts else 0) + 0.1) / (user_len[user] + 1.0)
         out_x.append((np.log1p(views[item]), (clicks[item] + 1.0) / (imps[item] + 10.0), np.log1p(max(hours, 0.0)),
-                      np.log1p(session_len[user_session.get(user, "")]), affinity, 0.0))
+                      np.log1p(session_len[user_session.get(user, "")]), affinity, 0.0, 0.0))
         if user not in prefix_of:
             prefix_of[user] = len(prefixes)
             prefixes.append(list(recent.get(user, ())))
@@ -133,3 +134,24 @@ def add_seq_scores(samples: RankerSamples, sasrec, categories: dict[str, str], b
         item_cats = torch.from_numpy(sasrec.cat_hasher.first(samples.cats))
         item_vecs = sasrec.item_vectors(item_ids, item_cats).numpy()
     samples.dense[:, SEQ_SCORE] = (user_vecs[samples.prefix] * item_vecs).sum(1)
+
+
+def add_content_sims(samples: RankerSamples, vectors: dict[str, np.ndarray], profile_items: int = 10,
+                     decay: float = 0.8) -> None:
+    """Fill the ``content_sim`` feature (in place): cosine of each candidate's content vector with the
+    content profile of the user's newest ``profile_items`` items (`streamrec.trainer.content.profile_vectors`,
+    as the scorer's `session_profiles`); 0 where either is unknown."""
+    from streamrec.trainer.content import profile_vectors
+
+    if not vectors or not len(samples):
+        return
+    ids = list(vectors)
+    row = {i: r for r, i in enumerate(ids)}
+    mat = np.stack([vectors[i] for i in ids]).astype(np.float32)
+    used = np.unique(samples.prefix)
+    hist = [[row[i] for i in samples.prefixes[p][-profile_items:] if i in row] for p in used]
+    profiles = np.zeros((len(samples.prefixes), mat.shape[1]), dtype=np.float32)
+    profiles[used] = profile_vectors(mat, hist, decay)
+    cand = np.array([row.get(i, -1) for i in samples.items], dtype=np.int64)
+    item_vecs = np.where((cand >= 0)[:, None], mat[np.maximum(cand, 0)], 0.0)
+    samples.dense[:, CONTENT_SIM] = (profiles[samples.prefix] * item_vecs).sum(1)

@@ -11,6 +11,13 @@ trained on by the candidate). Two checks, both must pass:
   below the live one by more than ``reward_tolerance`` (relative), or when
   its interval lies wholly below the live estimate.
 
+Position bias: without exploration the logged clicks sit mostly at the ranks
+the live model chose, so both checks favour the live ordering whatever its
+quality. ``exam_weight`` (per shown item, ``1 / examination(rank)``, see
+`OnlineModels.estimate_examination`) counts a reward as what it would have
+been worth had its rank been looked at: rewards are scaled by it in the SNIPS
+estimate, and rewarded items weigh it in the AUC.
+
 >>> import numpy as np
 >>> slate = np.repeat(np.arange(50), 4)
 >>> reward = np.tile([1.0, 0, 0, 0], 50)
@@ -63,23 +70,27 @@ class Gate:
         self.cfg = cfg or GateConfig()
 
     def evaluate(self, slate_of: np.ndarray, reward: np.ndarray, propensity: np.ndarray,
-                 scores: np.ndarray) -> tuple[dict[str, float], Estimate]:
+                 scores: np.ndarray, exam_weight: np.ndarray | None = None) -> tuple[dict[str, float], Estimate]:
         """Offline metrics and the SNIPS estimate of one model on the window."""
         label = (reward > 0).astype(np.float64)
         target = slate_softmax(scores, slate_of, self.cfg.temperature)
         logging = normalised_propensity(propensity, slate_of)
-        est = snips(reward, target, logging, self.cfg.weight_cap)
-        metrics = {"auc": auc(label, scores) if 0 < label.sum() < len(label) else 0.5, **est.as_dict()}
-        return metrics, est
+        if exam_weight is None:
+            est = snips(reward, target, logging, self.cfg.weight_cap)
+            area = auc(label, scores) if 0 < label.sum() < len(label) else 0.5
+        else:
+            est = snips(reward * exam_weight, target, logging, self.cfg.weight_cap)
+            area = weighted_auc(label, scores, np.where(label > 0, exam_weight, 1.0))
+        return {"auc": area, **est.as_dict()}, est
 
     def decide(self, slate_of: np.ndarray, reward: np.ndarray, propensity: np.ndarray, live: np.ndarray,
-               candidate: np.ndarray) -> GateDecision:
+               candidate: np.ndarray, exam_weight: np.ndarray | None = None) -> GateDecision:
         """Accept the candidate when it is not worse than the live model on this window."""
         n = len(reward)
         if n < self.cfg.min_samples:
             return GateDecision(False, f"too few held-out samples ({n} < {self.cfg.min_samples})", n=n)
-        lm, le = self.evaluate(slate_of, reward, propensity, live)
-        cm, ce = self.evaluate(slate_of, reward, propensity, candidate)
+        lm, le = self.evaluate(slate_of, reward, propensity, live, exam_weight)
+        cm, ce = self.evaluate(slate_of, reward, propensity, candidate, exam_weight)
         d = GateDecision(True, "not worse", lm, cm, n)
         if cm["auc"] < lm["auc"] - self.cfg.auc_tolerance:
             d.accepted, d.reason = False, f"auc {cm['auc']:.3f} < live {lm['auc']:.3f} - {self.cfg.auc_tolerance}"
@@ -89,3 +100,26 @@ class Gate:
         elif ce.high < le.value:
             d.accepted, d.reason = False, f"snips CI [{ce.low:.4f}, {ce.high:.4f}] below live {le.value:.4f}"
         return d
+
+
+def weighted_auc(label: np.ndarray, score: np.ndarray, weight: np.ndarray) -> float:
+    """AUC where each item counts ``weight`` times (ties count half); 0.5 without both classes.
+
+    >>> weighted_auc(np.array([1, 0, 1]), np.array([3.0, 2.0, 1.0]), np.array([1.0, 1.0, 3.0]))
+    0.25
+    """
+    label = np.asarray(label) > 0.5
+    w = np.asarray(weight, dtype=np.float64)
+    pos_w, neg_w = w[label].sum(), w[~label].sum()
+    if pos_w <= 0 or neg_w <= 0:
+        return 0.5
+    order = np.argsort(score, kind="mergesort")
+    s, lab, ws = np.asarray(score)[order], label[order], w[order]
+    # Per distinct score: negative weight strictly below, plus half the negatives tied with it.
+    _, first, counts = np.unique(s, return_index=True, return_counts=True)
+    neg = np.where(lab, 0.0, ws)
+    neg_tie = np.add.reduceat(neg, first)
+    neg_below = np.concatenate([[0.0], np.cumsum(neg_tie)[:-1]])
+    group = np.repeat(np.arange(len(first)), counts)
+    credit = neg_below[group] + 0.5 * neg_tie[group]
+    return float((ws[lab] * credit[lab]).sum() / (pos_w * neg_w))

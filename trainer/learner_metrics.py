@@ -6,9 +6,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 samples_joined = Counter("streamrec_learner_samples_joined_total", "Slates joined and closed (training samples)")
 items_joined = Counter("streamrec_learner_items_joined_total", "Shown items in joined slates")
-arm_slates = Counter("streamrec_learner_arm_slates_total", "Joined slates by A/B arm", ["variant"])
-arm_reward = Counter("streamrec_learner_arm_reward_total", "Reward of joined slates by A/B arm (observed, "
-                     "inside the attribution window)", ["variant"])
+# The A/B view, per arm and customer segment (a segment id or "none": bounded, see schemas.MAX_SEGMENTS).
+arm_slates = Counter("streamrec_learner_arm_slates_total", "Joined slates by A/B arm and customer segment",
+                     ["variant", "segment"])
+arm_reward = Counter("streamrec_learner_arm_reward_total", "Reward of joined slates by A/B arm and customer "
+                     "segment (observed, inside the attribution window)", ["variant", "segment"])
+arm_clicked_slates = Counter("streamrec_learner_arm_clicked_slates_total",
+                             "Joined slates with at least one click, by A/B arm and customer segment "
+                             "(click-through = this / arm_slates)", ["variant", "segment"])
 rewards = Counter("streamrec_learner_rewards_total", "Interactions joined to a slate, by type", ["type"])
 window_drops = Counter("streamrec_learner_window_drops_total",
                        "Interactions dropped: late (outside the attribution window), duplicate, unattributable",
@@ -26,6 +31,17 @@ event_to_model = Histogram("streamrec_learner_event_to_published_model_seconds",
 refresh_seconds = Histogram("streamrec_learner_refresh_seconds", "Gate + export + publish of one candidate",
                             ["model"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
 lag_seconds = Gauge("streamrec_learner_watermark_lag_seconds", "Wall clock minus the joiner's event-time watermark")
+
+
+def count_arm(slate) -> None:
+    """A joined slate in the A/B view: slates, reward and clicked slates per arm and segment."""
+    from streamrec.stream.schemas import segment_label
+
+    labels = (slate.variant, segment_label(slate.segment))
+    arm_slates.labels(*labels).inc()
+    arm_reward.labels(*labels).inc(slate.reward)
+    if slate.kinds.get("click"):
+        arm_clicked_slates.labels(*labels).inc()
 
 
 def count_join(before: dict, after: dict) -> None:
@@ -46,8 +62,8 @@ def initialise(models: tuple[str, ...], arms: tuple[str, ...] = ("default",)) ->
     for kind in ("click", "add_to_cart", "purchase", "skip"):
         rewards.labels(kind)
     for arm in arms:
-        arm_slates.labels(arm)
-        arm_reward.labels(arm)
+        for counter in (arm_slates, arm_reward, arm_clicked_slates):
+            counter.labels(arm, "none")
     for reason in ("late", "duplicates", "unattributable", "pending_dropped", "evicted"):
         window_drops.labels(reason)
     for name in models:

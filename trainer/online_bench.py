@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -106,7 +107,9 @@ def _metric(body: str, name: str) -> float:
 
 
 def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float, seed: int, out: Path,
-              bots: int = 0, exploration: str = "off", epsilon: float = 0.1, log=print) -> dict:
+              bots: int = 0, exploration: str = "off", epsilon: float = 0.1, log=print,
+              learner_args: tuple[str, ...] = (), world: dict | None = None) -> dict:
+    """``learner_args``: extra `streamrec learn` flags; ``world``: `SimConfig` overrides (drift, churn), all arms."""
     from streamrec.serving.config import ScorerConfig, parse_arms
     from streamrec.serving.scorer import Scorer
     from streamrec.stream.bench import _free_port, start_worker, stop_worker
@@ -118,7 +121,7 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
                          redis_prefix=f"{settings.redis_prefix}bo{run}:", registry_uri=str(out / f"registry-{run}"))
     create_topics(s)
     cfg = SimConfig(users=users, items=300, seed=seed, rate=rate, seconds=seconds, bucket_s=max(seconds / 12, 5),
-                    bots=bots)
+                    bots=bots, **(world or {}))
     world = World(cfg)
     cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
     log("pre-training the sequence model on organic sessions...")
@@ -134,7 +137,7 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
     env = {**os.environ, **s.as_env(), "STREAMREC_LEARNER_PORT": str(port), "STREAMREC_LOG_LEVEL": "INFO"}
     learner = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "learn", "--checkpoint-dir",
                                 str(out / f"learner-{run}"), "--window-ms", "5000", "--gate-every-s", "10",
-                                "--gate-every-samples", "5000", "--min-gate-samples", "500"],
+                                "--gate-every-samples", "5000", "--min-gate-samples", "500", *learner_args],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(out / f"learner-{run}.log", "w"))
     scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), seed=seed, exploration=exploration, epsilon=epsilon),
                     port=0)
@@ -158,7 +161,8 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
         stop_worker(worker)
         delete_topics(s)
     count = _metric(metrics, "streamrec_learner_event_to_published_model_seconds_count")
-    result = {"config": report["config"], "arms": ARMS, "exploration": exploration, "warmup_s": warmup_s, "counts": report["counts"],
+    result = {"config": report["config"], "arms": ARMS, "exploration": exploration, "warmup_s": warmup_s,
+              "learner_args": list(learner_args), "counts": report["counts"],
               "summary": summarise(report, warmup_s),
               "learner": {"exit_code": learner_rc,
                           "versions_published": _metric(metrics, "streamrec_learner_versions_published_total"),
@@ -200,7 +204,9 @@ def cmd_bench_online(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
                        bots=args.bots, exploration=args.exploration, epsilon=args.epsilon,
-                       log=lambda m: print(m, file=sys.stderr))
+                       log=lambda m: print(m, file=sys.stderr), learner_args=tuple(shlex.split(args.learner_args)),
+                       world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
+                              "retire_oldest": args.retire_oldest})
     (out / "online.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "online.png")
     print(json.dumps({k: result[k] for k in ("summary", "learner", "counts")}, indent=2))

@@ -106,6 +106,8 @@ def cmd_bench_online(args) -> int:
 
 def register_bench(bench) -> None:
     # Arguments only: torch loads when the benchmark runs, not on every `streamrec` start.
+    from streamrec.simulator import SimConfig
+
     p = bench.add_parser("online", help="closed loop: simulated users vs popularity, frozen and online-learning "
                                         "arms (the scorer's A/B variants); true reward per arm, JSON and PNG")
     p.add_argument("--seconds", type=float, default=240.0, help="length of the simulation (default 240)")
@@ -117,5 +119,14 @@ def register_bench(bench) -> None:
     p.add_argument("--exploration", choices=["off", "epsilon", "softmax"], default="off",
                    help="the scorer's exploration in every arm (default off); logged propensities feed the IPS terms")
     p.add_argument("--epsilon", type=float, default=0.1, help="with --exploration epsilon (default 0.1)")
+    # online lift: how fast the simulated world changes (the same for every arm), and the learner's knobs
+    p.add_argument("--drift", type=float, default=SimConfig.drift,
+                   help=f"std of a user's taste step per session (default {SimConfig.drift})")
+    p.add_argument("--new-item-every-s", type=float, default=SimConfig.new_item_every_s,
+                   help=f"a new item joins the catalog this often, 0: never (default {SimConfig.new_item_every_s})")
+    p.add_argument("--retire-oldest", action="store_true",
+                   help="catalog turnover: each new item retires the oldest one (tombstone; default off)")
+    p.add_argument("--learner-args", default="",
+                   help="extra `streamrec learn` flags for the learner, e.g. \"--lr 0.01\" (default none)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=cmd_bench_online)

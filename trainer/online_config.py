@@ -36,6 +36,8 @@ class LearnerConfig:
     """One slate in this many (by rec_id hash) is held out for the gate."""
     holdout_slates: int = 1000
     buffer_slates: int = 4000
+    max_closed_slates: int = 200_000
+    """Closed rec_ids the joiner remembers to recognise late interactions (its memory bound)."""
     min_gate_samples: int = 200
     auc_tolerance: float = 0.01
     reward_tolerance: float = 0.02
@@ -63,7 +65,7 @@ class LearnerConfig:
 
     def join(self) -> JoinConfig:
         return JoinConfig(window_ms=self.window_ms, click=self.reward_click, add_to_cart=self.reward_add_to_cart,
-                          purchase=self.reward_purchase, skip=self.reward_skip)
+                          purchase=self.reward_purchase, skip=self.reward_skip, max_closed=self.max_closed_slates)
 
     def train(self):
         from streamrec.trainer.online_models import TrainConfig

@@ -229,13 +229,16 @@ class OnlineModels:
         """Decide for each candidate on the held-out slates (nothing is published here)."""
         f = self.flat(holdout)
         out = {}
+        exam_weight = None
+        if f and len(self.examination) > 1:  # position bias estimated: judge what would be clicked if seen
+            exam_weight = 1.0 / self.examination[np.minimum(f["position"], len(self.examination) - 1)]
         for name in self.cand:
             if not f:
                 out[name] = GateDecision(False, "no held-out slates with features")
                 continue
             score = self.ranker_scores if name == self.ranker_name else self.seq_scores
             d = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
-                                 score(self.cand[name], f))
+                                 score(self.cand[name], f), exam_weight)
             out[name] = d
             m.gate_decisions.labels(name, "accepted" if d.accepted else "rejected").inc()
             for policy, metrics in (("live", d.live), ("candidate", d.candidate)):

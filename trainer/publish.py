@@ -87,3 +87,20 @@ def publish_trained(settings: Settings, trained, seq_name: str = "sasrec", ranke
                                 hashing=hashing, send=send)
             out.append((meta, ann, exported))
     return out
+
+
+def publish_graph(settings: Settings, model, catalog: list[str], *, metrics: dict[str, float], data_window: dict,
+                  real_histories: list[list[str]] | None = None, kafka_offsets: dict | None = None,
+                  name: str = "graph", send: bool = True) -> tuple[ModelMeta, Announcement, Exported]:
+    """Export the graph model's arrays (parity-checked against torch, `streamrec.trainer.graph`) and publish them."""
+    import tempfile
+
+    from streamrec.trainer.graph import export_graph
+    from streamrec.trainer.weights import WEIGHTS, save_weights
+
+    with tempfile.TemporaryDirectory(prefix="streamrec-export-") as tmp:
+        exported = export_graph(model, f"{tmp}/graph", catalog, real_histories)
+        exported.files[WEIGHTS] = save_weights(model, f"{tmp}/graph")
+        meta, ann = publish(settings, name, exported, kind=model.kind, metrics=metrics, data_window=data_window,
+                            kafka_offsets=kafka_offsets, hashing={}, send=send)
+    return meta, ann, exported

@@ -57,6 +57,10 @@ class SynthConfig:
     """Latent dimension of tastes and items."""
     drift: float = 0.15
     """Standard deviation of the taste random walk per session."""
+    segments: int = 0
+    """Planted customer segments: user ``uN`` belongs to segment ``N % segments`` and shares its
+    favourite categories (disjoint between segments where the categories allow); 0 = each user
+    picks their own. The same seed gives the same events otherwise."""
     seed: int = 0
 
 
@@ -69,6 +73,59 @@ class SynthData:
     config: SynthConfig
     truth: dict = field(default_factory=dict)
     """Planted parameters (successor of each item, item categories), for checks."""
+
+
+# content: item text that reflects the hidden category (theme words) and the item's own latent
+# offset (adjectives), so a text model can pick up what users like about it.
+THEMES = (
+    ("hiking", ("boots", "backpack", "tent", "trail map", "water bottle"), ("outdoor", "mountain", "camping")),
+    ("kitchen", ("frying pan", "chef knife", "blender", "cutting board", "kettle"), ("cooking", "recipes", "home")),
+    ("gaming", ("console", "controller", "headset", "gaming mouse", "keyboard"), ("video games", "esports", "pc")),
+    ("garden", ("shovel", "seeds", "flower pot", "hose", "pruning shears"), ("plants", "gardening", "lawn")),
+    ("baby", ("stroller", "diapers", "crib", "baby bottle", "onesie"), ("infant", "toddler", "nursery")),
+    ("fitness", ("dumbbells", "yoga mat", "protein powder", "running shoes", "kettlebell"), ("gym", "workout",
+                                                                                              "sport")),
+    ("books", ("novel", "cookbook", "biography", "poetry collection", "thriller"), ("reading", "literature",
+                                                                                    "paperback")),
+    ("music", ("guitar", "piano keyboard", "drum kit", "violin", "microphone"), ("instrument", "band", "studio")),
+    ("pets", ("dog food", "cat litter", "leash", "aquarium", "bird cage"), ("animals", "pet care", "veterinary")),
+    ("beauty", ("lipstick", "face cream", "perfume", "shampoo", "nail polish"), ("cosmetics", "skincare",
+                                                                                 "makeup")),
+    ("office", ("stapler", "desk lamp", "notebook", "fountain pen", "office chair"), ("stationery", "work",
+                                                                                      "desk")),
+    ("auto", ("car battery", "tyre", "motor oil", "dash camera", "wiper blades"), ("car", "vehicle", "garage")),
+    ("travel", ("suitcase", "passport holder", "neck pillow", "travel adapter", "duffel bag"), ("trip", "luggage",
+                                                                                                "vacation")),
+    ("photo", ("camera lens", "tripod", "memory card", "flash", "camera bag"), ("photography", "dslr", "pictures")),
+    ("tools", ("drill", "hammer", "screwdriver set", "saw", "tape measure"), ("diy", "hardware", "workshop")),
+    ("toys", ("puzzle", "building blocks", "doll", "toy car", "board game"), ("kids", "play", "children")),
+)
+ADJECTIVES = (("lightweight", "heavy-duty"), ("budget", "premium"), ("classic", "modern"), ("compact", "large"),
+              ("colourful", "black"), ("beginner", "professional"), ("eco-friendly", "high-tech"),
+              ("quiet", "powerful"))
+
+
+def item_text(category: int, offset: np.ndarray, seed: int) -> dict:
+    """Title, description and tags of one synthetic item (its own seed: the events are unchanged).
+
+    The category picks a theme (its nouns and tags; categories past the themes
+    combine two); the two largest coordinates of the item's latent offset from
+    its category pick adjectives, so items a user likes read alike.
+
+    >>> item_text(0, np.array([0.9, -0.1, 0, 0, 0, 0, 0, -0.5]), seed=1)["title"]
+    'Lightweight powerful tent'
+    """
+    rng = np.random.default_rng(seed)
+    name, nouns, tags = THEMES[category % len(THEMES)]
+    if category >= len(THEMES):
+        extra = THEMES[(category // len(THEMES) + category) % len(THEMES)]
+        name, nouns, tags = f"{name} {extra[0]}", nouns + extra[1], tags[:2] + extra[2][:1]
+    top = np.argsort(-np.abs(offset), kind="stable")[:2] % len(ADJECTIVES)
+    adjectives = [ADJECTIVES[d][int(offset[d] < 0)] for d in top]
+    noun = nouns[int(rng.integers(len(nouns)))]
+    title = " ".join(adjectives + [noun]).capitalize()
+    description = f"A {adjectives[0]} {noun} for {tags[0]} fans, {adjectives[1]} and made for {name}."
+    return {"title": title, "description": description, "tags": [name, *tags[:2], adjectives[0]]}
 
 
 def _position_bias(slate: int) -> np.ndarray:
@@ -106,9 +163,16 @@ def synthesize(cfg: SynthConfig) -> SynthData:
         events.append({"event_id": f"e{seq}", "type": kind, "user_id": user, "ts": int(ts),
                        "session_id": session, **extra})
 
+    # Favourite categories of each planted segment, from their own generator so that the main
+    # random stream (and so every other planted pattern) is the same with or without segments.
+    per_segment = max(1, min(3, c // max(cfg.segments, 1)))
+    order = np.random.default_rng(cfg.seed + 1).permutation(c)
+    segment_favourites = [order[(g * per_segment + np.arange(per_segment)) % c] for g in range(cfg.segments)]
     for u in range(cfg.users):
         user = f"u{u}"
         favourites = rng.choice(c, size=min(3, c), replace=False)
+        if cfg.segments:
+            favourites = segment_favourites[u % cfg.segments]
         mainstream = rng.choice([-1.0, 1.0])  # clicks popular items more, or less, than their fit says
         taste = cat_vec[favourites].mean(axis=0) + 0.3 * rng.normal(size=cfg.dim)
         ts = START_MS + int(rng.integers(0, 7 * 86_400_000))
@@ -145,13 +209,18 @@ def synthesize(cfg: SynthConfig) -> SynthData:
                         prev = int(cand[pos])
             ts += int(rng.integers(3_600_000, 3 * 86_400_000))  # next session hours or days later
     events.sort(key=lambda e: (e["ts"], e["event_id"]))
-    items = [{"item_id": item_ids[j], "category": f"c{cat_of[j]}"} for j in range(n)]
+    items = [{"item_id": item_ids[j], "category": f"c{cat_of[j]}",
+              **item_text(int(cat_of[j]), item_vec[j] - cat_vec[cat_of[j]], cfg.seed + 2 + j)} for j in range(n)]
     truth = {"successor": [item_ids[j] for j in successor], "category": [f"c{x}" for x in cat_of]}
+    if cfg.segments:
+        truth["segment"] = {f"u{u}": u % cfg.segments for u in range(cfg.users)}
+        truth["segment_categories"] = [[f"c{x}" for x in favs] for favs in segment_favourites]
     return SynthData(events=events, items=items, config=cfg, truth=truth)
 
 
 def write_synth(data: SynthData, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``events.jsonl`` (one event per line, schema v1) and ``items.csv`` (item_id, category)."""
+    """Write ``events.jsonl`` (one event per line, schema v1) and ``items.csv`` (item_id, category, title,
+    description, tags joined by ``|``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     events_path, items_path = out / "events.jsonl", out / "items.csv"
@@ -160,8 +229,15 @@ def write_synth(data: SynthData, out_dir: str | Path) -> dict[str, Path]:
         for e in data.events:
             f.write(enc.encode(e) + b"\n")
     with open(items_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["item_id", "category"])
+        w = csv.DictWriter(f, fieldnames=["item_id", "category", "title", "description", "tags"])
         w.writeheader()
-        w.writerows(data.items)
+        w.writerows({**it, "tags": "|".join(it.get("tags", []))} for it in data.items)
     (out / "synth.json").write_text(json.dumps(data.config.__dict__, indent=2) + "\n")
-    return {"events": events_path, "items": items_path}
+    paths = {"events": events_path, "items": items_path}
+    if "segment" in data.truth:  # planted segments: for `streamrec segments --truth`
+        paths["segments"] = out / "segments.csv"
+        with open(paths["segments"], "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["user_id", "segment"])
+            w.writerows(data.truth["segment"].items())
+    return paths

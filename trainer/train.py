@@ -20,7 +20,7 @@ from streamrec.trainer.data import Interactions
 from streamrec.trainer.dcn import DCNRanker
 from streamrec.trainer.evaluate import (CoVisitation, LeaveOneOut, LogisticRegression, Popularity, auc,
                                         evaluate_scorer, logloss)
-from streamrec.trainer.features import RankerSamples, add_seq_scores, build_samples
+from streamrec.trainer.features import RankerSamples, add_content_sims, add_seq_scores, build_samples
 from streamrec.trainer.fit import FitConfig, FitResult, fit
 from streamrec.trainer.sasrec import SASRec
 
@@ -101,13 +101,19 @@ def sasrec_scorer(model: SASRec, categories: dict[str, str]):
     return score
 
 
-def train_ranker(inter: Interactions, sasrec: SASRec, cfg: TrainConfig) -> tuple[DCNRanker, tuple, FitResult]:
-    """Fit DCN-V2 on a time split of labelled candidates; returns the model, (train, val, test), history."""
+def train_ranker(inter: Interactions, sasrec: SASRec, cfg: TrainConfig,
+                 content_vectors: dict[str, np.ndarray] | None = None) -> tuple[DCNRanker, tuple, FitResult]:
+    """Fit DCN-V2 on a time split of labelled candidates; returns the model, (train, val, test), history.
+
+    ``content_vectors`` (item -> content vector, `streamrec.trainer.content`) fill the ``content_sim``
+    feature; without them it is 0 and the scorer feeds 0 too."""
     samples = build_samples(inter, negatives=cfg.negatives, max_prefix=sasrec.max_len, seed=cfg.seed)
     if len(samples) < 10 or samples.label.min() == samples.label.max():
         raise ValueError(f"only {len(samples)} ranker samples with one label value; the ranker needs both "
                          "clicked and not-clicked candidates")
     add_seq_scores(samples, sasrec, inter.categories)
+    if content_vectors:
+        add_content_sims(samples, content_vectors)
     parts = samples.time_split()
     torch.manual_seed(cfg.seed)
     model = DCNRanker(**cfg.ranker)
@@ -128,7 +134,7 @@ def ranker_predict(model: DCNRanker, s: RankerSamples) -> np.ndarray:
     return model(torch.from_numpy(arrays["sparse"]), torch.from_numpy(arrays["dense"])).numpy()
 
 
-def train_all(inter: Interactions, cfg: TrainConfig) -> Trained:
+def train_all(inter: Interactions, cfg: TrainConfig, content_vectors: dict[str, np.ndarray] | None = None) -> Trained:
     """Train both models and evaluate them side by side with the baselines."""
     sasrec, split, seq_result, catalog = train_sequence_model(inter, cfg)
     args = (split.test_history, split.test_target, catalog)
@@ -137,7 +143,7 @@ def train_all(inter: Interactions, cfg: TrainConfig) -> Trained:
     seq_metrics["popularity"], _ = evaluate_scorer(Popularity(split.train, catalog), *args)
     seq_metrics["co-visitation"], _ = evaluate_scorer(CoVisitation(split.train, catalog), *args)
 
-    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg)
+    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg, content_vectors)
     lr = LogisticRegression().fit(train.dense, train.label)
     p_dcn, p_lr = ranker_predict(dcn, test), lr.predict(test.dense)
     ranker_metrics = {"dcn-v2": {"AUC": auc(test.label, p_dcn), "logloss": logloss(test.label, p_dcn)},

@@ -82,6 +82,9 @@ local function apply_user(B, events)
         if not last or t > last then
           redis.call('HSET', S, 'last_ts', fmt(t))
           redis.call('ZADD', SK, t, sid)
+          -- Sessions silent for longer than their TTL have no keys left: forget them, or the
+          -- index grows by one entry per session for as long as the user stays active.
+          redis.call('ZREMRANGEBYSCORE', SK, '-inf', '(' .. fmt(t - cfg.session_ttl * 1000))
         end
         if e.item ~= '' then
           redis.call('ZADD', SEQ, t, e.item .. '\031' .. e.type .. '\031' .. e.id)

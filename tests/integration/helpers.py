@@ -24,7 +24,7 @@ def read_topic(s: Settings, name: str, timeout: float = 60.0) -> list:
     """Every record now on a topic (all partitions, up to the high watermark)."""
     topic = s.topic(name)
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+                         "enable.auto.commit": False, "enable.partition.eof": True, **topics.kafka_security(s)})
     out = []
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     deadline = time.monotonic() + timeout
@@ -48,7 +48,8 @@ def read_topic(s: Settings, name: str, timeout: float = 60.0) -> list:
 
 
 def output_count(s: Settings) -> int:
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "test-count"})
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "test-count",
+                         **topics.kafka_security(s)})
     total = 0
     for name in (topics.SCORE_REQUESTS, topics.EVENTS_DLQ):
         topic = s.topic(name)

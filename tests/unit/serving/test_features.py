@@ -51,7 +51,8 @@ def test_dense_matrix_follows_the_rankers_order_and_refuses_unknown_features():
     contexts = [ctx("u1", HOUR)]
     m = dense_matrix(["seq_score", "item_ctr"], stats(), np.array([0]), contexts, np.array([0]))
     assert m.shape == (1, 2) and m[0, 0] == 0.0
-    assert dense_matrix(DENSE_FEATURES, stats(), np.zeros(0, np.int64), contexts, np.zeros(0, np.int64)).shape == (0, 6)
+    assert dense_matrix(DENSE_FEATURES, stats(), np.zeros(0, np.int64), contexts,
+                        np.zeros(0, np.int64)).shape == (0, len(DENSE_FEATURES))
     with pytest.raises(KeyError, match="price"):
         dense_matrix(["price"], stats(), np.array([0]), contexts, np.array([0]))
 

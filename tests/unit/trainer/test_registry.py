@@ -181,3 +181,24 @@ def test_announcement_round_trip_and_name_check():
     assert Announcement.decode(ann.encode()) == ann
     assert json.loads(ann.encode())["sha256"] == "ab" * 32
     assert check_name("sasrec") == "sasrec"
+
+
+def test_a_version_over_the_size_limit_is_refused_before_it_is_read(reg, files):
+    reg.publish("ranker", files, kind="dcn", version="v1")
+    assert reg.verify("ranker", "v1", max_bytes=1010).version == "v1"
+    with pytest.raises(RegistryError, match="1,010 bytes, larger than the limit of 1,000.*STREAMREC_MODEL_MAX_BYTES"):
+        reg.verify("ranker", "v1", max_bytes=1000)
+
+
+def test_a_publish_that_cannot_write_is_a_registry_error_and_leaves_nothing(reg, files, monkeypatch):
+    import shutil
+
+    reg.publish("ranker", files, kind="dcn", version="v1")
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    with pytest.raises(RegistryError, match="could not publish ranker/v2.*No space left"):
+        reg.publish("ranker", files, kind="dcn", version="v2")
+    assert sorted(p.name for p in (Path(reg.root) / "ranker").iterdir()) == ["v1"]
