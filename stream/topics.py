@@ -157,3 +157,43 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> list[TopicInfo
         replication = len(next(iter(parts.values())).replicas) if parts else 0
         infos.append(TopicInfo(n, len(parts), replication, configs.get(n, {})))
     return infos
+
+
+def read_all(settings: Settings, name: str, timeout: float = 60.0, **client: object) -> list:
+    """Every record now on a topic (all partitions, up to the high watermark), for audits and tests.
+
+    Raises TimeoutError when a partition stops yielding before its high watermark. `client` adds
+    confluent-kafka options (e.g. ``log_level``).
+    """
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    topic = settings.topic(name)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         **kafka_security(settings), **client})
+    out = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        deadline = time.monotonic() + timeout
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            position = low
+            while position < high:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic}[{p}] stalled at {position} of {high}")
+                for m in consumer.consume(5000, timeout=1):
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            position = high
+                        continue
+                    out.append(m)
+                    position = m.offset() + 1
+    finally:
+        consumer.close()
+    return out

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
@@ -125,32 +125,7 @@ class FaultStack:
 # --------------------------------------------------------------------------- reading topics
 def read_all(s: Settings, name: str, timeout: float = 120.0) -> list:
     """Every record now on a topic (all partitions, up to the high watermark)."""
-    topic = s.topic(name)
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"faults-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, **QUIET})
-    out = []
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        deadline = time.monotonic() + timeout
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, low)])
-            position = low
-            while position < high:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {topic}[{p}] stalled at {position} of {high}")
-                for m in consumer.consume(5000, timeout=1):
-                    if m.error():
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            position = high
-                        continue
-                    out.append(m)
-                    position = m.offset() + 1
-    finally:
-        consumer.close()
-    return out
+    return topics.read_all(s, name, timeout, **QUIET)
 
 
 class TopicCounter:

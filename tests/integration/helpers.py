@@ -8,7 +8,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
@@ -22,29 +22,7 @@ publish = _load
 
 def read_topic(s: Settings, name: str, timeout: float = 60.0) -> list:
     """Every record now on a topic (all partitions, up to the high watermark)."""
-    topic = s.topic(name)
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True, **topics.kafka_security(s)})
-    out = []
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    deadline = time.monotonic() + timeout
-    for p in parts:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-        if high <= low:
-            continue
-        consumer.assign([TopicPartition(topic, p, low)])
-        position = low
-        while position < high:
-            assert time.monotonic() < deadline, f"reading {topic}[{p}] stalled at {position} of {high}"
-            for m in consumer.consume(5000, timeout=1):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        position = high
-                    continue
-                out.append(m)
-                position = m.offset() + 1
-    consumer.close()
-    return out
+    return topics.read_all(s, name, timeout)
 
 
 def output_count(s: Settings) -> int:
