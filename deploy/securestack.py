@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from streamrec.deploy.localstack import KafkaService, LocalStack, RedisService, StackError
+from streamrec.deploy.localstack import KafkaService, LocalStack, RedisService, StackError, install_debian
 from streamrec.settings import Settings
 
 MECHANISM = "SCRAM-SHA-512"
@@ -44,18 +44,19 @@ def make_tls(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) 
     files = TlsFiles(folder / "ca.pem", folder / "server.crt", folder / "server.key", folder / "server.pem")
     if files.server.exists():
         return files
+    openssl = install_debian("openssl", "openssl")  # like redis-server: installed when missing
     ca_key = folder / "ca.key"
     san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() else f"DNS:{h}" for h in hosts)
     ext = folder / "server.ext"
     ext.write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
                    "extendedKeyUsage=serverAuth\n")
     steps = [
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(files.ca),
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(files.ca),
          "-days", "7", "-subj", "/CN=streamrec throwaway test CA",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(files.key),
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(files.key),
          "-out", str(folder / "server.csr"), "-subj", f"/CN={hosts[0]}"],
-        ["openssl", "x509", "-req", "-in", str(folder / "server.csr"), "-CA", str(files.ca), "-CAkey", str(ca_key),
+        [openssl, "x509", "-req", "-in", str(folder / "server.csr"), "-CA", str(files.ca), "-CAkey", str(ca_key),
          "-CAcreateserial", "-out", str(files.cert), "-days", "7", "-extfile", str(ext)],
     ]
     for cmd in steps:
