@@ -120,3 +120,88 @@ def register(bench_sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and the PNG")
     p.set_defaults(func=cmd_bench_train)
+
+
+# --------------------------------------------------------------------------- explanations
+def explain_cost(repeats: int = 30, seed: int = 0) -> dict:
+    """Time the ranker on a request's candidates against explaining the request's slate.
+
+    A default-size DCN-V2 is exported and served by `serving.ranking.Ranker` on CPU; a request is 200
+    candidates ranked and its top 10 explained (`serving.explain.Explainer`: one ONNX call over
+    items x (groups + 1) rows, plus the words). Best and median milliseconds per call.
+    """
+    import numpy as np
+
+    from streamrec.registry import Registry
+    from streamrec.serving.explain import Explainer, ItemFacts
+    from streamrec.serving.ranking import Ranker
+    from streamrec.settings import Settings
+    from streamrec.trainer.dcn import DCNRanker
+    from streamrec.trainer.export import export_dcn
+    from streamrec.trainer.publish import publish
+
+    rng = np.random.default_rng(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-explain-"))
+    model = DCNRanker()
+    model.set_dense_stats(np.abs(rng.normal(size=(1000, model.config["n_dense"]))).astype(np.float32))
+    exported = export_dcn(model, tmp / "dcn")
+    hashing = {h.namespace: h.describe() for h in vars(model).values() if hasattr(h, "describe")}
+    s = Settings().replace(registry_uri=str(tmp / "registry"))
+    meta, _ = publish(s, "ranker", exported, kind="dcn", metrics={}, data_window={}, hashing=hashing,
+                      version="v1", send=False)
+    ranker = Ranker(Registry(s.registry_uri).location("ranker", "v1"), meta, device="cpu")
+    explainer = Explainer(ranker)
+
+    def inputs(n: int):
+        sparse = ranker.sparse([f"u{k % 50}" for k in range(n)], [f"i{k}" for k in range(n)],
+                               [f"c{k % 7}" for k in range(n)])
+        return sparse, np.abs(rng.normal(size=(n, len(ranker.dense_features)))).astype(np.float32)
+
+    def timed(fn, reps: int) -> tuple[float, float]:
+        fn()  # warm-up
+        runs = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t)
+        return min(runs) * 1000, float(np.median(runs)) * 1000
+
+    rows = []
+    for requests in (1, 256):
+        rank_sp, rank_d = inputs(requests * 200)
+        ex_sp, ex_d = inputs(requests * 10)
+        facts = [ItemFacts("c1", 2, 0.3)] * (requests * 10)
+        reps = repeats if requests == 1 else max(3, repeats // 6)
+        rb, rm = timed(lambda: ranker.score(rank_sp, rank_d), reps)
+        eb, em = timed(lambda: explainer.explain(ex_sp, ex_d, facts, top=3), reps)
+        rows.append({"requests": requests, "rank_rows": requests * 200, "rank_best_ms": rb, "rank_median_ms": rm,
+                     "explain_rows": requests * 10 * (len(explainer.groups) + 1), "explain_best_ms": eb,
+                     "explain_median_ms": em})
+    return {"groups": len(explainer.groups), "rows": rows, "machine": platform.platform()}
+
+
+def cmd_bench_explain(args) -> int:
+    from rich.table import Table
+
+    result = explain_cost(args.repeats, args.seed)
+    table = Table(title=f"explanations vs ranking (default DCN-V2, CPU, {result['groups']} feature groups)")
+    for col in ("requests", "ranking rows", "ranking best / median ms", "explaining rows",
+                "explaining best / median ms"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(str(r["requests"]), f"{r['rank_rows']:,}", f"{r['rank_best_ms']:.2f} / {r['rank_median_ms']:.2f}",
+                      f"{r['explain_rows']:,}", f"{r['explain_best_ms']:.2f} / {r['explain_median_ms']:.2f}")
+    Console().print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-explain.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def register_explain(bench_sub) -> None:
+    """Add the `explain` benchmark."""
+    p = bench_sub.add_parser("explain", help="cost of ranker explanations against the ranking itself (CPU)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per measure (a sixth for the batch)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON")
+    p.set_defaults(func=cmd_bench_explain)

@@ -481,6 +481,7 @@ def register(sub) -> None:
 
 
 def register_bench(bench_sub) -> None:
-    """Add `streamrec bench train`."""
-    from streamrec.trainer.bench import register as register_train_bench
+    """Add `streamrec bench train` and `streamrec bench explain`."""
+    from streamrec.trainer.bench import register as register_train_bench, register_explain
     register_train_bench(bench_sub)
+    register_explain(bench_sub)
