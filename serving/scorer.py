@@ -104,6 +104,9 @@ class Scorer:
         self._publish_versions()
 
         def assigned(consumer, parts):
+            # Positions seen before this assignment may be stale: another scorer may have answered
+            # past them without its commit landing. The next batch of each partition checks the ledger.
+            self._next_offset.clear()
             self.consuming.set()
 
         self.consumer.subscribe([self.topic_in], on_assign=assigned)

@@ -56,6 +56,7 @@ class ConfluentWorker(WorkerService):
         mine = {tp.partition for tp in partitions if tp.topic == self.events_topic}
         metrics.assigned_partitions.set(len(mine))
         log.info("events partitions assigned: %s", sorted(mine))
+        self.processor.partitions_assigned()
         self.assigned.set()
 
     def _on_revoke(self, consumer, partitions) -> None:

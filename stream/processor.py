@@ -142,6 +142,11 @@ class EventProcessor:
                 if src.partition == partition:
                     self._next_offset[partition] = src.offset + 1
 
+    def partitions_assigned(self) -> None:
+        """A new assignment: positions seen before may be stale (another member may have answered
+        past them without its commit landing), so the next batch of every partition checks the ledger."""
+        self._next_offset.clear()
+
     def _is_answered(self, src: SourceEvent) -> bool:
         answered = self._answered.get(src.partition)
         return bool(answered) and src.offset in answered

@@ -105,6 +105,9 @@ class WorkerService:
         raise NotImplementedError
 
 
+REVOKE_WAIT_S = 20.0  # a batch stuck on Redis does not hold a rebalance longer than this
+
+
 class StreamWorker(WorkerService):
     """The faust-streaming engine."""
 
@@ -112,6 +115,7 @@ class StreamWorker(WorkerService):
         super().__init__(settings)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.started = threading.Event()
+        self._in_flight: asyncio.Future | None = None  # the batch being applied, awaited on revocation
         self.app = self._build_app()
 
     def consuming(self) -> bool:
@@ -160,6 +164,16 @@ class StreamWorker(WorkerService):
             mine = {tp.partition for tp in assigned if tp.topic == events_name}
             metrics.assigned_partitions.set(len(mine))
             log.info("events partitions assigned: %s", sorted(mine))
+            self.processor.partitions_assigned()
+
+        @app.on_partitions_revoked.connect
+        async def revoked(app, revoked, **kwargs):
+            # The next owner reads the outputs' tail to learn what is answered: the batch in hand
+            # must reach the broker before the partitions move, or it would be answered twice.
+            batch = self._in_flight
+            if batch is not None and not batch.done():
+                log.info("partitions revoked: finishing the batch in hand first")
+                await asyncio.wait({asyncio.shield(batch)}, timeout=REVOKE_WAIT_S)
 
         @app.timer(interval=5.0)
         async def report_lag():
@@ -172,6 +186,7 @@ class StreamWorker(WorkerService):
                                ev.message.value, int((ev.message.timestamp or time.time()) * 1000))
                    for ev in batch]
         future = asyncio.get_running_loop().run_in_executor(self.executor, fn, records)
+        self._in_flight = future
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
