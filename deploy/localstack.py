@@ -324,8 +324,8 @@ class KafkaService(LocalService):
         # Storage is formatted once; the cluster id is kept so data survives restarts.
         cluster_id_file = self.dir / "cluster.id"
         if not (data / "meta.properties").exists():
-            if not cluster_id_file.exists():
-                cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+            if not cluster_id_file.exists() or cluster_id_file.read_text().startswith("-"):
+                cluster_id_file.write_text(new_cluster_id())
             proc = subprocess.run(
                 self._java("kafka.tools.StorageTool") + ["format", "-t", cluster_id_file.read_text().strip(),
                                                           "-c", str(self._config()), "--ignore-formatted",
@@ -354,6 +354,15 @@ class KafkaService(LocalService):
             return True
         except Exception:  # noqa: BLE001 - not ready yet
             return False
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id. Like Kafka's own, never one starting with "-", which the storage
+    tool's argument parser would take for an option (1 id in 64 otherwise)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def min_heap(heap: str) -> str:
