@@ -784,6 +784,10 @@ def register(sub) -> None:
                     "each user's segment in Redis for the scorer. --data redis reads the users' recent "
                     "items from Redis instead of a file.")
     _add_data_args(p)
+    for action in p._actions:  # the shared --data flag, plus the source only this command reads
+        if action.dest == "data":
+            action.metavar = "PATH|kafka|redis"
+            action.help += "; or 'redis': the users' recent items in Redis"
     p.add_argument("--model", metavar="NAME[@VERSION]",
                    help="sequence model in the registry (default: STREAMREC_SCORER_SEQ_MODEL, current version)")
     p.add_argument("--k", type=int, default=None, help="number of segments (default: STREAMREC_SEGMENTS_K)")
