@@ -58,3 +58,6 @@ def register_bench(bench) -> None:
     p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=cmd_bench_serve)
+    from streamrec.serving import bench_gpu
+
+    bench_gpu.register_bench(bench)

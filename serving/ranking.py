@@ -25,7 +25,7 @@ import onnxruntime as ort
 from streamrec.hashing import IdHasher
 from streamrec.registry import ModelMeta
 from streamrec.serving import metrics
-from streamrec.serving.candidates import top_k
+from streamrec.serving.index import ExactIndex, index_for
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
@@ -55,6 +55,16 @@ def providers_for(device: str, available: Sequence[str] | None = None) -> list[s
     return gpu + [CPU]
 
 
+# TF32 matrix products keep 10 mantissa bits: scores would differ from the CPU's by ~1e-3, more than the
+# 1e-4 parity the registry promises, for a speed-up these small graphs do not need.
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
+def session_providers(providers: Sequence[str]) -> list:
+    """``providers`` with their options, as `ort.InferenceSession` takes them."""
+    return [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
+
+
 class Graph:
     """One ONNX graph: a session on the chosen providers, run with IO binding on a GPU."""
 
@@ -76,7 +86,7 @@ class Graph:
         # scorer's own Python thread need between runs; on a small machine that costs more than it saves.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=session_providers(providers))
         except Exception as exc:  # noqa: BLE001 - a GPU provider that fails to start: use the CPU
             if providers == [CPU]:
                 raise ModelError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
@@ -154,23 +164,6 @@ class _HashCache:
         return self.table[rows]
 
 
-class ExactIndex:
-    """Exact inner-product top-K over an item matrix (numpy; fine up to about a million items).
-
-    The retrieval index is pluggable: anything with ``search(queries, k) ->
-    (indices, scores)`` (an ANN index for larger catalogs) can replace it on a
-    `SeqModel` (``model.index = ...``).
-    """
-
-    def __init__(self, vectors: np.ndarray):
-        self.vectors = vectors
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = queries @ self.vectors.T
-        idx = top_k(scores, k)
-        return idx, np.take_along_axis(scores, idx, axis=1)
-
-
 class SeqModel:
     """A loaded sequence-model version: user vectors, exact top-K retrieval, item vectors."""
 
@@ -192,7 +185,8 @@ class SeqModel:
             raise ModelError(f"{self.name}: {self.vectors.shape[0]} item vectors for {len(self.item_ids)} ids")
         self.max_len = int(meta.extra.get("max_len", 50))
         self.dim = self.vectors.shape[1]
-        self.index = ExactIndex(self.vectors)
+        # Exact top-K on the GPU when the encoder runs there (item matrix kept on the device), else numpy.
+        self.index = index_for(self.vectors, self.encoder.on_gpu, self.encoder.session.get_providers())
         self.items = _HashCache(_hasher(meta, "item"))
         self.cats = _HashCache(_hasher(meta, "cat"), width=1)
         self.provider = self.encoder.provider
@@ -212,7 +206,15 @@ class SeqModel:
 
     def retrieve(self, user_vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-K items by inner product: (indices into `item_ids` [b, k], scores [b, k])."""
-        return self.index.search(user_vecs, k)
+        try:
+            return self.index.search(user_vecs, k)
+        except Exception as exc:  # noqa: BLE001 - a GPU error must not fail requests: numpy from now on
+            if isinstance(self.index, ExactIndex):
+                raise
+            log.error("GPU retrieval for %s failed (%s); falling back to numpy", self.name, exc)
+            metrics.gpu_fallbacks.inc()
+            self.index = ExactIndex(self.vectors)
+            return self.index.search(user_vecs, k)
 
     def item_vectors(self, items: Sequence[str], categories: Sequence[str]) -> np.ndarray:
         """Vectors of ``items``: from the exported matrix, or the item encoder for items it lacks."""

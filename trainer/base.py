@@ -22,6 +22,27 @@ import torch
 from streamrec.registry import Signature
 
 
+DEVICES = ("cpu", "cuda", "auto")
+"""Accepted values of ``FitConfig.device`` (``--device``): auto = cuda when torch sees a GPU, else cpu."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``FitConfig.device`` / ``--device`` value (cpu, cuda or auto)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICES:
+        raise ValueError(f"FitConfig.device / --device is {name!r}: use one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("FitConfig.device / --device is 'cuda' but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): use --device cpu or auto")
+    return torch.device(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights live (CPU for a model without parameters)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch so a run with the same seed gives the same weights."""
     random.seed(seed)
@@ -54,12 +75,14 @@ class RecModel(torch.nn.Module):
 
     @torch.no_grad()
     def eval_loss(self, data: dict[str, np.ndarray], batch_size: int = 512) -> float:
-        """Mean loss over a whole dataset (validation), weighted by batch size."""
+        """Mean loss over a whole dataset (validation), weighted by batch size; runs where the model is."""
         self.eval()
+        device = model_device(self)
         n = len(next(iter(data.values())))
         total = 0.0
         for start in range(0, n, batch_size):
-            batch = {k: torch.from_numpy(v[start:start + batch_size]) for k, v in data.items()}
+            batch = {k: torch.from_numpy(v[start:start + batch_size]).to(device, non_blocking=True)
+                     for k, v in data.items()}
             total += float(self.loss(batch)) * len(next(iter(batch.values())))
         return total / max(n, 1)
 

@@ -2,11 +2,14 @@
 
 Writes ``bench-train.json`` and ``bench-train.png`` to ``--out`` and prints
 the JSON. Epochs are fixed (no early stopping) so throughput is comparable
-between runs.
+between runs. ``--device`` trains on a GPU and ``--seq-batch`` / ``--ranker-batch``
+set the batch sizes (a GPU only pays off at large batches); the JSON records the
+device actually used and the batch sizes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import tempfile
@@ -19,25 +22,33 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
-def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: str = "") -> dict:
-    """Train both models on a synthetic history and measure; returns the JSON report."""
+def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: str = "", device: str = "cpu",
+        seq_batch: int | None = None, ranker_batch: int | None = None) -> dict:
+    """Train both models on a synthetic history and measure; returns the JSON report.
+
+    ``seq_batch`` / ``ranker_batch`` default to `TrainConfig.tiny`'s batch sizes."""
     import os
 
     import torch
 
+    from streamrec.trainer.base import resolve_device
     from streamrec.trainer.data import Interactions
     from streamrec.trainer.export import export_dcn, export_sasrec
     from streamrec.trainer.synth import SynthConfig, synthesize
     from streamrec.trainer.train import TrainConfig, train_all
+
+    used = resolve_device(device)  # fails before the synthetic data is built
 
     t0 = time.perf_counter()
     data = synthesize(SynthConfig(users=users, items=items, seed=seed))
     inter = Interactions.from_rows(data.events, {r["item_id"]: r["category"] for r in data.items}, source="synth")
     synth_s = time.perf_counter() - t0
     base = TrainConfig.tiny()
+    seq_batch, ranker_batch = seq_batch or base.seq_fit.batch_size, ranker_batch or base.ranker_fit.batch_size
     cfg = replace(base, seq={**base.seq, "dim": dim},
-                  seq_fit=replace(base.seq_fit, epochs=epochs, patience=epochs, progress=True),
-                  ranker_fit=replace(base.ranker_fit, epochs=epochs, patience=epochs, progress=True)).with_seed(seed)
+                  seq_fit=replace(base.seq_fit, epochs=epochs, patience=epochs, progress=True, batch_size=seq_batch),
+                  ranker_fit=replace(base.ranker_fit, epochs=epochs, patience=epochs, progress=True,
+                                     batch_size=ranker_batch)).with_seed(seed).on_device(device)
     t0 = time.perf_counter()
     trained = train_all(inter, cfg)
     total_s = time.perf_counter() - t0
@@ -50,15 +61,18 @@ def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: s
     return {
         "bench": "train", "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                                      f"torch {torch.__version__}, {torch.get_num_threads()} threads {device_note}",
+        "device": used.type, "device_requested": device,
+        "device_name": torch.cuda.get_device_name(used) if used.type == "cuda" else "cpu",
         "data": {"users": users, "items": items, "events": len(data.events), "seed": seed, "synth_s": synth_s,
                  "ranker_samples": trained.ranker_fit.samples // max(len(trained.ranker_fit.train_loss), 1)},
-        "sasrec": {"sequences_per_s": trained.seq_fit.samples_per_s,
+        "sasrec": {"sequences_per_s": trained.seq_fit.samples_per_s, "batch_size": seq_batch,
                    # Each training sequence carries up to max_len next-item targets (one softmax each).
                    "targets_per_s": trained.seq_fit.samples_per_s * _targets_per_sequence(trained),
-                   "epochs": len(trained.seq_fit.train_loss),
+                   "epochs": len(trained.seq_fit.train_loss), "epoch_s": trained.seq_fit.epoch_seconds,
                    "params_bytes": trained.sasrec.size_bytes(), "export_s": seq.seconds,
                    "parity_max_abs_diff": max(seq.max_abs_diff.values())},
-        "ranker": {"samples_per_s": trained.ranker_fit.samples_per_s, "epochs": len(trained.ranker_fit.train_loss),
+        "ranker": {"samples_per_s": trained.ranker_fit.samples_per_s, "batch_size": ranker_batch,
+                   "epochs": len(trained.ranker_fit.train_loss), "epoch_s": trained.ranker_fit.epoch_seconds,
                    "params_bytes": trained.dcn.size_bytes(), "export_s": dcn.seconds,
                    "parity_max_abs_diff": max(dcn.max_abs_diff.values())},
         "file_bytes": sizes, "total_train_s": total_s,
@@ -98,7 +112,12 @@ def plot(report: dict, path: Path) -> None:
 
 def cmd_bench_train(args) -> int:
     """Run the benchmark and write JSON and PNG."""
-    report = run(args.users, args.items, args.epochs, args.seed, args.dim)
+    try:
+        report = run(args.users, args.items, args.epochs, args.seed, args.dim, device=args.device,
+                     seq_batch=args.seq_batch, ranker_batch=args.ranker_batch)
+    except ValueError as exc:  # e.g. --device cuda without a GPU
+        console.print(f"[red]error:[/] {exc}")
+        return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-train.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -110,7 +129,6 @@ def cmd_bench_train(args) -> int:
 
 def register(bench_sub) -> None:
     """Add the `train` benchmark."""
-    import argparse
     p = bench_sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                              help="training throughput, export time, model sizes, quality on synthetic data")
     p.add_argument("--users", type=int, default=2000, help="synthetic users")
@@ -118,8 +136,28 @@ def register(bench_sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="epochs per model (fixed, no early stopping)")
     p.add_argument("--dim", type=int, default=32, help="sequence model embedding size")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="where both models train (auto = cuda when torch sees a GPU)")
+    # Defaults: TrainConfig.tiny's batch sizes (written out so the CLI starts without importing torch;
+    # tests/unit/trainer/test_fit_device.py checks they agree).
+    p.add_argument("--seq-batch", type=_batch_size, default=16, metavar="N",
+                   help="sequence model batch size, in sequences")
+    p.add_argument("--ranker-batch", type=_batch_size, default=256, metavar="N",
+                   help="ranker batch size, in samples")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and the PNG")
     p.set_defaults(func=cmd_bench_train)
+
+
+def _batch_size(text: str) -> int:
+    """A --seq-batch / --ranker-batch value: a positive whole number."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of rows per batch "
+                                         "(e.g. --seq-batch 256 --ranker-batch 4096)")
+    return n
 
 
 # --------------------------------------------------------------------------- explanations

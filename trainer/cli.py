@@ -87,6 +87,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "or items.csv beside --data), train the ranker's content_sim feature on it, and (train) "
                         "publish it as 'content' for the scorer's content candidates")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="where the sequence model and the ranker train (auto = cuda when torch sees a GPU); "
+                        "the models come back on the CPU for export (default cpu)")
 
 
 def load_data(args) -> "Interactions":  # noqa: F821 - imported lazily (torch-free CLI start)
@@ -118,7 +121,7 @@ def _config(args):
     seq_fit, ranker_fit = cfg.seq_fit, cfg.ranker_fit
     if args.epochs:
         seq_fit, ranker_fit = replace(seq_fit, epochs=args.epochs), replace(ranker_fit, epochs=args.epochs)
-    common = dict(progress=not args.no_progress, resume=args.resume)
+    common = dict(progress=not args.no_progress, resume=args.resume, device=args.device)
     return replace(cfg, seq_fit=replace(seq_fit, checkpoint=str(ckpt / "sasrec.pt") if ckpt else None, **common),
                    ranker_fit=replace(ranker_fit, checkpoint=str(ckpt / "ranker.pt") if ckpt else None, **common))
 

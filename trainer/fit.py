@@ -4,6 +4,11 @@ Works on any `RecModel` and a dataset given as a dict of numpy arrays with a
 common first dimension. Validation loss decides early stopping; the best
 weights are restored at the end. With ``checkpoint`` set, the state after
 every epoch is saved, and ``resume=True`` continues from it.
+
+``device`` (cpu, cuda, auto) is where the epochs run; the model always comes
+back on the CPU, because export, evaluation and the online trainer expect CPU
+tensors. Checkpoints and the best weights are kept as CPU tensors, so a run
+resumes on any device.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streamrec.trainer.base import RecModel, seed_everything
+from streamrec.trainer.base import RecModel, resolve_device, seed_everything
 
 
 @dataclass
@@ -33,6 +38,8 @@ class FitConfig:
     checkpoint: str | None = None
     resume: bool = False
     progress: bool = True
+    device: str = "cpu"
+    """Where to train: cpu, cuda or auto (cuda when torch sees a GPU, else cpu)."""
 
 
 @dataclass
@@ -45,6 +52,8 @@ class FitResult:
     best_val: float = float("inf")
     samples: int = 0
     seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
+    """Training time of each epoch: the first one on a GPU also pays for kernel and cuBLAS warm-up."""
     stopped_early: bool = False
 
     @property
@@ -60,12 +69,14 @@ def _rows(data: dict[str, np.ndarray]) -> int:
 def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray] | None,
         cfg: FitConfig, label: str = "") -> FitResult:
     """Train ``model`` in place; returns the history. Deterministic for a given ``cfg.seed``."""
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    model.to(device)  # before the optimizer, so its state is created where the weights are
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result, start_epoch, best_state = FitResult(), 0, None
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if ckpt and cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         result, start_epoch, best_state = state["result"], state["epoch"] + 1, state["best_state"]
@@ -81,12 +92,15 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
             total, t0 = 0.0, time.perf_counter()
             for start in range(0, n, cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                batch = {k: torch.from_numpy(v[idx]) for k, v in train.items()}
+                batch = {k: torch.from_numpy(v[idx]).to(device, non_blocking=True) for k, v in train.items()}
                 total += model.fit_batch(batch, opt) * len(idx)
                 done = min(start + cfg.batch_size, n)
                 bar.update(task, completed=done, loss=total / done,
                            rate=done / max(time.perf_counter() - t0, 1e-9))
-            result.seconds += time.perf_counter() - t0
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # queued GPU work belongs to this epoch's time
+            result.epoch_seconds.append(time.perf_counter() - t0)
+            result.seconds += result.epoch_seconds[-1]
             result.samples += n
             result.train_loss.append(total / max(n, 1))
             bar.remove_task(task)
@@ -94,16 +108,22 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
             result.val_loss.append(val_loss)
             if val_loss < result.best_val - 1e-6:
                 result.best_val, result.best_epoch = val_loss, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = _cpu_copy(model.state_dict())
             if ckpt:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "result": result,
-                            "epoch": epoch, "best_state": best_state, "config": model.config,
+                torch.save({"model": _cpu_copy(model.state_dict()), "optimizer": opt.state_dict(),
+                            "result": result, "epoch": epoch, "best_state": best_state, "config": model.config,
                             "torch_rng": torch.get_rng_state()}, ckpt)
             if epoch - result.best_epoch >= cfg.patience:
                 result.stopped_early = True
                 break
+    model.to("cpu")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a state dict (a clone on CPU, a device-to-host copy on a GPU)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -53,6 +53,11 @@ class TrainConfig:
         return replace(self, seed=seed, seq_fit=replace(self.seq_fit, seed=seed),
                        ranker_fit=replace(self.ranker_fit, seed=seed))
 
+    def on_device(self, device: str) -> "TrainConfig":
+        """The same config training both models on ``device`` (cpu, cuda or auto; see `FitConfig.device`)."""
+        return replace(self, seq_fit=replace(self.seq_fit, device=device),
+                       ranker_fit=replace(self.ranker_fit, device=device))
+
 
 @dataclass
 class Trained:
