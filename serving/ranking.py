@@ -14,6 +14,8 @@ the trainer used, rebuilt from the version's ``meta.json``.
 
 from __future__ import annotations
 
+import ctypes.util
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -29,11 +31,19 @@ from streamrec.serving.index import ExactIndex, index_for
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, "CUDAExecutionProvider")
 
 
 class ModelError(RuntimeError):
     """A model version the scorer cannot use; the message says why."""
+
+
+@functools.cache
+def tensorrt_installed() -> bool:
+    """onnxruntime-gpu always offers TensorRT, but it needs TensorRT's own libraries; without them ONNX
+    Runtime retries on CUDA *without the provider options* (so TF32 would be back on): leave it out."""
+    return ctypes.util.find_library("nvinfer") is not None
 
 
 def providers_for(device: str, available: Sequence[str] | None = None) -> list[str]:
@@ -47,7 +57,7 @@ def providers_for(device: str, available: Sequence[str] | None = None) -> list[s
     available = list(ort.get_available_providers() if available is None else available)
     if device == "cpu":
         return [CPU]
-    gpu = [p for p in GPU_PROVIDERS if p in available]
+    gpu = [p for p in GPU_PROVIDERS if p in available and (p != TENSORRT or tensorrt_installed())]
     if device == "cuda" and not gpu:
         log.warning("STREAMREC_DEVICE=cuda but onnxruntime offers %s; using the CPU "
                     "(install onnxruntime-gpu, the `gpu` extra, on a machine with CUDA)", available)

@@ -22,7 +22,16 @@ def graph_path(tmp_path):
     return path, w
 
 
-def test_provider_choice():
+def test_tensorrt_is_left_out_without_its_libraries(monkeypatch):
+    # onnxruntime-gpu offers TensorRT whether or not libnvinfer is there; falling back from it would drop
+    # the CUDA provider's options (TF32 off), so it is only asked for when it can load.
+    monkeypatch.setattr("streamrec.serving.ranking.tensorrt_installed", lambda: False)
+    assert providers_for("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]) == [
+        "CUDAExecutionProvider", CPU]
+
+
+def test_provider_choice(monkeypatch):
+    monkeypatch.setattr("streamrec.serving.ranking.tensorrt_installed", lambda: True)
     assert providers_for("cpu", ["CUDAExecutionProvider", CPU]) == [CPU]
     assert providers_for("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]) == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
