@@ -131,6 +131,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """...or this many seconds, whichever comes first."""
     learner_lr: float = 1e-3
     learner_seq_lr: float = 5e-4
+    learner_embedding_lr: float = 0.0
+    """SGD step per sample of the ranker's id embeddings (the dense layers use Adam at ``learner_lr``). 0 keeps
+    them as trained offline: measured in `streamrec bench online`, fine-tuning them on a few dozen impressions
+    per id added per-item noise that swamped the position-debiased attraction estimate (its correlation with
+    the simulator's hidden item appeal fell from 0.47 to 0.07 at 0.05)."""
     learner_rl_mix: float = 0.5
     """Share of the off-policy REINFORCE loss in the sequence model's loss (the rest is next-item)."""
     learner_weight_cap: float = 10.0

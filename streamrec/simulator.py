@@ -68,6 +68,10 @@ class SimConfig:
     """Think time between sessions of one user."""
     attraction_scale: float = 3.0
     attraction_bias: float = -1.5
+    appeal: float = 1.0
+    """Std of each item's own click appeal (a logit added to the taste match): how well its picture, title and
+    price sell it when it is shown. Organic browsing does not depend on it, so a model trained on browsing
+    logs cannot know it; only the reactions to recommendations reveal it (0: items differ by taste alone)."""
     position_decay: float = 0.8
     """Examination probability of rank r is ``1 / (1 + r) ** position_decay``."""
     fatigue: float = 0.7
@@ -108,6 +112,9 @@ class World:
         self.item_ids: list[str] = []
         self.item_cat: list[int] = []
         self.item_vecs = np.zeros((0, cfg.dim))
+        self.item_appeal = np.zeros(0)
+        # Appeal comes from its own stream, so tastes, item vectors and sessions are those of appeal=0.
+        self._appeal_rng = np.random.default_rng([cfg.seed, 7])
         self.row: dict[str, int] = {}
         self.retired = 0
         """Items 0 .. retired-1 have left the catalog (oldest first, `retire_oldest`)."""
@@ -135,6 +142,7 @@ class World:
         self.item_ids.append(item_id)
         self.item_cat.append(cat)
         self.item_vecs = np.vstack([self.item_vecs, vec[None]])
+        self.item_appeal = np.append(self.item_appeal, self.cfg.appeal * self._appeal_rng.normal())
         self.row[item_id] = n
         return self.record(n)
 
@@ -162,7 +170,9 @@ class World:
         a = np.zeros(len(items))
         known = rows >= self.retired  # unknown or retired items cannot be clicked
         if known.any():
-            logit = self.cfg.attraction_scale * (self.item_vecs[rows[known]] @ user.taste) + self.cfg.attraction_bias
+            r = rows[known]
+            logit = (self.cfg.attraction_scale * (self.item_vecs[r] @ user.taste) + self.cfg.attraction_bias
+                     + self.item_appeal[r])
             a[known] = 1.0 / (1.0 + np.exp(-logit))
         return a
 

@@ -49,10 +49,12 @@ class DCNRanker(RecModel):
 
     def __init__(self, user_buckets: int = 100_000, item_buckets: int = 50_000, cat_buckets: int = 1_000,
                  dim: int = 16, cross_layers: int = 2, hidden: tuple[int, ...] = (64, 32), dropout: float = 0.1,
-                 n_dense: int = len(DENSE_FEATURES)):
+                 n_dense: int = len(DENSE_FEATURES), item_bias: bool = False):
         super().__init__()
         self.config = dict(user_buckets=user_buckets, item_buckets=item_buckets, cat_buckets=cat_buckets, dim=dim,
                            cross_layers=cross_layers, hidden=tuple(hidden), dropout=dropout, n_dense=n_dense)
+        if item_bias:
+            self.config["item_bias"] = True
         self.user_hasher = IdHasher(user_buckets, "user")
         self.item_hasher = IdHasher(item_buckets, "item")
         self.cat_hasher = IdHasher(cat_buckets, "cat")
@@ -61,6 +63,11 @@ class DCNRanker(RecModel):
         self.cats = nn.Embedding(cat_buckets, dim, padding_idx=0)
         for emb in (self.users, self.items, self.cats):
             nn.init.normal_(emb.weight, std=0.01)
+        # Optional first-order term: one logit offset per item (both hash rows summed), starting at 0. The
+        # online trainer sets it from rewards (`streamrec.trainer.attraction`): how each item sells when shown.
+        self.item_bias = nn.Embedding(item_buckets, 1) if item_bias else None
+        if self.item_bias is not None:
+            nn.init.zeros_(self.item_bias.weight)
         width = 3 * dim + n_dense
         self.cross = nn.ModuleList(CrossV2(width) for _ in range(cross_layers))
         layers: list[nn.Module] = []
@@ -89,15 +96,21 @@ class DCNRanker(RecModel):
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        return self.head(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1)
+        out = self.head(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1)
+        if self.item_bias is not None:
+            out = out + (self.item_bias(sparse[:, 2]) + self.item_bias(sparse[:, 3])).squeeze(-1)
+        return out
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Click probability ``[batch]``."""
         return torch.sigmoid(self.logit(sparse, dense))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Binary cross-entropy on click labels (optionally weighted, e.g. by inverse propensity)."""
+        """Binary cross-entropy on click labels (optionally weighted, e.g. by inverse propensity; optionally with
+        a fixed per-row ``offset`` added to the logit, e.g. the log examination probability of the row's rank)."""
         logit = self.logit(batch["sparse"], batch["dense"])
+        if "offset" in batch:
+            logit = logit + batch["offset"]
         weight = batch.get("weight")
         return nn.functional.binary_cross_entropy_with_logits(logit, batch["label"], weight=weight)
 

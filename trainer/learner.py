@@ -294,6 +294,7 @@ class OnlineLearner:
         with self._lock:
             buf = list(self.train_buf)
         self.models.estimate_examination(buf)
+        self.models.set_attraction(buf)
         rng = np.random.default_rng(len(self.train_buf))
         for _ in range(self.cfg.epochs_per_round):
             order = rng.permutation(len(fresh))
@@ -311,6 +312,7 @@ class OnlineLearner:
         """Fine-tune a fresh candidate (a copy of the live model) on the whole recent training buffer."""
         with self._lock:
             buf = list(self.train_buf)
+        self.models.set_attraction(buf)
         rng = np.random.default_rng(len(buf))
         for _ in range(self.cfg.replay_epochs):
             order = rng.permutation(len(buf))

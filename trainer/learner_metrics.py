@@ -19,6 +19,8 @@ window_drops = Counter("streamrec_learner_window_drops_total",
                        "Interactions dropped: late (outside the attribution window), duplicate, unattributable",
                        ["reason"])
 filtered = Counter("streamrec_learner_filtered_slates_total", "Slates left out of training and gating", ["reason"])
+attraction_items = Gauge("streamrec_learner_attraction_items",
+                         "Items whose position-debiased attraction the candidate ranker carries (per-item bias)")
 training_loss = Gauge("streamrec_learner_training_loss", "Loss of the last micro-batch", ["model"])
 train_steps = Counter("streamrec_learner_train_steps_total", "Optimisation steps", ["model"])
 gate_decisions = Counter("streamrec_learner_gate_decisions_total", "Gate decisions", ["model", "decision"])

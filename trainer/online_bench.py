@@ -39,8 +39,12 @@ ARMS = "popularity=1:ranker@pop:sasrec@v0,frozen=1:ranker@v0:sasrec@v0,online=1"
 
 
 def feature_ranker(feature: str, buckets: int = 20_000) -> DCNRanker:
-    """A DCN-V2 whose logit is one standardised dense feature: a hand-set policy in the ranker's format."""
-    model = DCNRanker(user_buckets=buckets, item_buckets=buckets, cat_buckets=200, dim=8, hidden=(32,), dropout=0.0)
+    """A DCN-V2 whose logit is one standardised dense feature: a hand-set policy in the ranker's format.
+
+    It carries a per-item bias (zero here), which the online trainer fills from rewards.
+    """
+    model = DCNRanker(user_buckets=buckets, item_buckets=buckets, cat_buckets=200, dim=8, hidden=(32,), dropout=0.0,
+                      item_bias=True)
     with torch.no_grad():
         # Cross layers with zero weights pass x0 through, and the head reads the chosen feature only;
         # embeddings and the deep part keep their random start, so fine-tuning has gradients everywhere.
@@ -206,7 +210,7 @@ def cmd_bench_online(args) -> int:
                        bots=args.bots, exploration=args.exploration, epsilon=args.epsilon,
                        log=lambda m: print(m, file=sys.stderr), learner_args=tuple(shlex.split(args.learner_args)),
                        world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
-                              "retire_oldest": args.retire_oldest})
+                              "retire_oldest": args.retire_oldest, "appeal": args.appeal})
     (out / "online.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "online.png")
     print(json.dumps({k: result[k] for k in ("summary", "learner", "counts")}, indent=2))

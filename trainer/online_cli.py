@@ -124,6 +124,8 @@ def register_bench(bench) -> None:
                    help=f"std of a user's taste step per session (default {SimConfig.drift})")
     p.add_argument("--new-item-every-s", type=float, default=SimConfig.new_item_every_s,
                    help=f"a new item joins the catalog this often, 0: never (default {SimConfig.new_item_every_s})")
+    p.add_argument("--appeal", type=float, default=SimConfig.appeal,
+                   help=f"std of each item's hidden click appeal, unseen in organic browsing (default {SimConfig.appeal})")
     p.add_argument("--retire-oldest", action="store_true",
                    help="catalog turnover: each new item retires the oldest one (tombstone; default off)")
     p.add_argument("--learner-args", default="",

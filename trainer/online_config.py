@@ -35,7 +35,8 @@ class LearnerConfig:
     holdout_every: int = 5
     """One slate in this many (by rec_id hash) is held out for the gate."""
     holdout_slates: int = 1000
-    buffer_slates: int = 4000
+    buffer_slates: int = 8000
+    """Recent slates trained on (replays) and behind the items' attraction estimate."""
     max_closed_slates: int = 200_000
     """Closed rec_ids the joiner remembers to recognise late interactions (its memory bound)."""
     min_gate_samples: int = 200
@@ -43,6 +44,7 @@ class LearnerConfig:
     reward_tolerance: float = 0.02
     lr: float = _DEFAULTS.learner_lr
     seq_lr: float = _DEFAULTS.learner_seq_lr
+    embedding_lr: float = _DEFAULTS.learner_embedding_lr
     rl_mix: float = _DEFAULTS.learner_rl_mix
     weight_cap: float = _DEFAULTS.learner_weight_cap
     topk: int = 10
@@ -70,7 +72,7 @@ class LearnerConfig:
     def train(self):
         from streamrec.trainer.online_models import TrainConfig
 
-        return TrainConfig(lr=self.lr, seq_lr=self.seq_lr, rl_mix=self.rl_mix, weight_cap=self.weight_cap,
+        return TrainConfig(lr=self.lr, seq_lr=self.seq_lr, embedding_lr=self.embedding_lr, rl_mix=self.rl_mix, weight_cap=self.weight_cap,
                            topk=self.topk, batch=self.batch)
 
     def gate(self):

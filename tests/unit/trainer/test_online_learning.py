@@ -74,8 +74,10 @@ def slates(n, seed=0, bot=False, start=0):
 def learner(tmp_path):
     s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
     publish_models(s, tmp_path)
+    # This world's signal is in the category ids, so the ranker's id embeddings must learn here (the
+    # default, 0, leaves them as trained offline).
     cfg = LearnerConfig(dry_run=True, min_gate_samples=100, checkpoint_dir=str(tmp_path / "ckpt"), lr=0.01,
-                        seq_lr=0.005, epochs_per_round=3)
+                        seq_lr=0.005, embedding_lr=0.05, epochs_per_round=3)
     lr = OnlineLearner(s, cfg, port=0)
     assert set(lr.models.load()) == {"sasrec", "ranker"}
     return lr

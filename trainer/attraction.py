@@ -1,0 +1,74 @@
+"""How well each item sells when it is shown: its attraction under the position-based click model.
+
+A shown item is clicked when the user looks at its rank (examination, estimated from the logs by
+`OnlineModels.estimate_examination`) and it attracts them. Over the recent joined slates, an item's
+attraction relative to the average one is
+
+    (clicks + prior * rate) / (examinations + prior) / rate
+
+where examinations sums the examination probability of every rank the item was shown at, rate is the
+clicks-per-examination of all items, and ``prior`` examinations of an average item shrink items seen
+rarely towards 1. Its log is a logit offset, which the online trainer writes into the ranker's per-item
+bias (`DCNRanker(item_bias=True)`), so the next exported version ranks by it.
+
+Why not learn the offset by gradient descent like the other weights: measured in `streamrec bench online`,
+per-item rows fitted by SGD or Adam inside the DCN took up whatever the dense features left over, and their
+correlation with the simulator's hidden item appeal was -0.2 to 0.2, while this estimate on the same
+slates reached 0.6. The estimate is a function of the training buffer alone, so it survives a restart with
+the buffer's checkpoint and never sees the gate's held-out slates.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+PRIOR_EXAMINATIONS = 5.0
+"""Examinations of an average item added to every item (the shrinkage towards no offset)."""
+MIN_CLICKS = 50
+"""Below this many clicks in the buffer the estimate is not used (the offsets stay as they are)."""
+
+
+def attraction_offsets(slates: Sequence, examination: np.ndarray,
+                       prior: float = PRIOR_EXAMINATIONS) -> dict[str, float]:
+    """Item -> log relative attraction from joined slates (``items`` and ``rewards`` in rank order).
+
+    >>> from types import SimpleNamespace as S
+    >>> slates = [S(items=["a", "b"], rewards=[1.0, 0.0])] * 40 + [S(items=["b", "a"], rewards=[0.0, 0.0])] * 40
+    >>> off = attraction_offsets(slates * 2, np.array([1.0, 0.5]))
+    >>> off["a"] > 0 > off["b"]
+    True
+    """
+    clicks: dict[str, float] = defaultdict(float)
+    exams: dict[str, float] = defaultdict(float)
+    last = len(examination) - 1
+    for s in slates:
+        for pos, (item, reward) in enumerate(zip(s.items, s.rewards)):
+            exams[item] += float(examination[min(pos, last)])
+            clicks[item] += reward > 0
+    total_clicks, total_exams = sum(clicks.values()), sum(exams.values())
+    if total_clicks < MIN_CLICKS or total_exams <= 0:
+        return {}
+    rate = total_clicks / total_exams
+    items = list(exams)
+    c = np.fromiter((clicks[i] for i in items), dtype=np.float64, count=len(items))
+    e = np.fromiter((exams[i] for i in items), dtype=np.float64, count=len(items))
+    offsets = np.log((c + prior * rate) / (e + prior) / rate)
+    return dict(zip(items, offsets.tolist()))
+
+
+def write_offsets(model, offsets: dict[str, float]) -> int:
+    """Set the ranker's per-item bias rows from ``offsets`` (half on each of the item's two hash rows)."""
+    if getattr(model, "item_bias", None) is None or not offsets:
+        return 0
+    import torch
+
+    items = list(offsets)
+    rows = torch.from_numpy(model.item_hasher(items))
+    half = torch.tensor([offsets[i] / 2 for i in items], dtype=model.item_bias.weight.dtype)
+    with torch.no_grad():
+        model.item_bias.weight[rows[:, 0], 0] = half
+        model.item_bias.weight[rows[:, 1], 0] = half
+    return len(items)
