@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from streamrec.settings import Settings
+from streamrec.trainer.attraction import attraction_offsets
 from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
 from streamrec.trainer.export import export_dcn, export_sasrec
 from streamrec.trainer.joiner import Slate
@@ -24,12 +25,13 @@ ITEMS = [f"i{i}" for i in range(40)]
 CATS = {i: f"c{n % 4}" for n, i in enumerate(ITEMS)}
 
 
-def publish_models(settings, out, seed=0):
+def publish_models(settings, out, seed=0, item_bias=False):
     """Tiny untrained models with their weights, published to the registry (not announced)."""
     torch.manual_seed(seed)
     seq = SASRec(item_buckets=200, cat_buckets=20, dim=8, layers=1, heads=1, max_len=10, dropout=0.0)
     seq.set_catalog(ITEMS, [CATS[i] for i in ITEMS])
-    dcn = DCNRanker(user_buckets=100, item_buckets=200, cat_buckets=20, dim=4, hidden=(8,), dropout=0.0)
+    dcn = DCNRanker(user_buckets=100, item_buckets=200, cat_buckets=20, dim=4, hidden=(8,), dropout=0.0,
+                    item_bias=item_bias)
     torch.nn.init.zeros_(dcn.head.weight)  # knows nothing yet: every item scores the same
     for name, model, exported in (("sasrec", seq, export_sasrec(seq, out / "seq", ITEMS, CATS)),
                                   ("ranker", dcn, export_dcn(dcn, out / "dcn"))):
@@ -139,3 +141,24 @@ def test_checkpoint_restores_buffers_and_join_state(learner, tmp_path):
     assert again.offsets == {"t:0": 42} and "open1" in again.joiner.open
     assert [s.rec_id for s in again.train_buf] == [s.rec_id for s in learner.train_buf]
     assert len(again.holdout) == len(learner.holdout)
+
+
+def test_the_items_attraction_from_training_slates_goes_into_the_rankers_per_item_bias(tmp_path):
+    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
+    publish_models(s, tmp_path, item_bias=True)
+    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt")), port=0)
+    learner.models.load()
+    data = slates(800, seed=5)
+    for sl in data:  # i0 sells whenever it is shown, i1 never does
+        sl.rewards = [1.0 if it == "i0" else 0.0 if it == "i1" else r for it, r in zip(sl.items, sl.rewards)]
+    learner._accept(data)
+    learner.train_round()
+    model = learner.models.cand["ranker"]
+    offsets = attraction_offsets(list(learner.train_buf), learner.models.examination)
+    assert offsets["i0"] > 0 > offsets["i1"]
+    with torch.no_grad():
+        bias = model.item_bias(torch.from_numpy(model.item_hasher(["i0", "i1"]))).sum(1).squeeze(-1).numpy()
+    np.testing.assert_allclose(bias, [offsets["i0"], offsets["i1"]], atol=1e-3)  # shared rows: least squares
+    # Only training slates count: the gate's held-out slates never reach the estimate.
+    held = {sl.rec_id for sl in learner.holdout}
+    assert held and not held & {sl.rec_id for sl in learner.train_buf}
