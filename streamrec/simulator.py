@@ -243,8 +243,15 @@ class Tally:
     t0: float
     cells: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
 
-    def add(self, variant: str, now: float, realised: float, expected: float, clicked: bool) -> None:
-        c = self.cells[(variant, int((now - self.t0) // self.bucket_s))]
+    users: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    """(variant, bucket) -> user -> [slates, clicks]: the unit of an A/B arm is a user, not a slate."""
+
+    def add(self, variant: str, now: float, realised: float, expected: float, clicked: bool, user: str = "") -> None:
+        key = (variant, int((now - self.t0) // self.bucket_s))
+        per_user = self.users[key][user]
+        per_user[0] += 1
+        per_user[1] += int(clicked)
+        c = self.cells[key]
         c["slates"] += 1
         c["clicks"] += clicked
         c["reward"] += realised
@@ -255,7 +262,8 @@ class Tally:
         """{variant: {"buckets": [...], "total": {...}}}; CTR = clicks / slates, CI = 95% normal."""
         out: dict = {}
         for (variant, b), c in sorted(self.cells.items()):
-            out.setdefault(variant, {"buckets": []})["buckets"].append({"t_s": b * self.bucket_s, **_summary(c)})
+            out.setdefault(variant, {"buckets": []})["buckets"].append(
+                {"t_s": b * self.bucket_s, **_summary(c), "by_user": dict(self.users[(variant, b)])})
         for variant, v in out.items():
             tot: dict = defaultdict(float)
             for (var, _), c in self.cells.items():
@@ -378,7 +386,7 @@ class Simulation:
         if uid in self.world.bots:
             self.stats["bot_slates"] += 1
         else:
-            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions))
+            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions), uid)
         for kind, item, pos in actions:
             pub.publish(kind, user_id=uid, item_id=item, session_id=user.session_id, rec_id=rec.rec_id,
                         position=pos)

@@ -80,6 +80,8 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         result, start_epoch, best_state = state["result"], state["epoch"] + 1, state["best_state"]
+        if not hasattr(result, "epoch_seconds"):  # a checkpoint written before epochs were timed one by one
+            result.epoch_seconds = []
         torch.set_rng_state(state["torch_rng"])
     n = _rows(train)
     cols = TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.0f} samples/s")

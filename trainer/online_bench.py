@@ -29,6 +29,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from streamrec.simulator import SimConfig, Simulation, World
@@ -100,9 +101,38 @@ def summarise(report: dict, warmup_s: float) -> dict:
                     "reward_per_slate": sum(x["reward_per_slate"] * x["slates"] for x in b) / max(n, 1),
                     "expected_reward_per_slate": sum(x["expected_reward_per_slate"] * x["slates"] for x in b)
                     / max(n, 1)}
+        per_user: dict[str, list[int]] = {}
+        for x in b:
+            for user, (slates, clicks_u) in x.get("by_user", {}).items():
+                acc = per_user.setdefault(user, [0, 0])
+                acc[0] += slates
+                acc[1] += clicks_u
+        out[arm].update(users_ci(per_user))
     if "online" in out and "frozen" in out and out["frozen"]["ctr"] > 0:
         out["online_vs_frozen_ctr_lift"] = out["online"]["ctr"] / out["frozen"]["ctr"] - 1.0
+        if "ctr_se_users" in out["online"] and "ctr_se_users" in out["frozen"]:
+            diff = out["online"]["ctr"] - out["frozen"]["ctr"]
+            half = 1.96 * (out["online"]["ctr_se_users"] ** 2 + out["frozen"]["ctr_se_users"] ** 2) ** 0.5
+            out["online_minus_frozen_ctr_ci95_users"] = [diff - half, diff + half]
     return out
+
+
+def users_ci(per_user: dict[str, list[int]]) -> dict:
+    """CTR's 95% interval with users as the unit (clustered): an arm is a fixed group of users, and slates of
+    one user are not independent, so counting slates overstates the certainty.
+
+    >>> r = users_ci({"a": [10, 5], "b": [10, 5], "c": [10, 1], "d": [10, 9]})
+    >>> r["users"], round(r["ctr_se_users"], 3)
+    (4, 0.163)
+    """
+    u = len(per_user)
+    if u < 2:
+        return {}
+    n = np.array([v[0] for v in per_user.values()], dtype=float)
+    c = np.array([v[1] for v in per_user.values()], dtype=float)
+    p = c.sum() / max(n.sum(), 1.0)
+    se = float(np.sqrt(u / (u - 1) * ((c - p * n) ** 2).sum()) / max(n.sum(), 1.0))
+    return {"users": u, "ctr_se_users": se, "ctr_ci95_users": [p - 1.96 * se, p + 1.96 * se]}
 
 
 def _metric(body: str, name: str) -> float:

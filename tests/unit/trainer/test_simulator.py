@@ -69,6 +69,22 @@ def test_tally_reports_per_variant_with_ci():
     assert lo < 0.5 < hi
 
 
+def test_intervals_with_users_as_the_unit_are_wider_when_users_differ():
+    """Two users, one who always clicks and one who never does: 40 slates look certain, 2 users do not."""
+    from streamrec.trainer.online_bench import summarise
+
+    t = Tally(bucket_s=10, t0=0.0)
+    for i in range(40):
+        user = "u1" if i % 2 else "u2"
+        t.add("a", i % 20, realised=float(user == "u1"), expected=0.5, clicked=user == "u1", user=user)
+    report = {"variants": t.report(), "config": {"seconds": 20}}
+    arm = summarise(report, warmup_s=0)["a"]
+    assert arm["ctr"] == 0.5 and arm["users"] == 2
+    slate_width = arm["ctr_ci95"][1] - arm["ctr_ci95"][0]
+    user_width = arm["ctr_ci95_users"][1] - arm["ctr_ci95_users"][0]
+    assert user_width > 2 * slate_width
+
+
 def test_bots_click_everything_and_stay_out_of_the_population():
     w = World(SimConfig(users=3, items=20, seed=0, bots=2))
     assert len(w.users) == 5 and w.bots == {"sim-bot0", "sim-bot1"}
