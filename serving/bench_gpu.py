@@ -130,7 +130,7 @@ def ranker_rows_per_s(registry_uri: str, device: str, rows: int, seconds: float)
 def retrieval(device: str, items: int, dim: int, batch: int, k: int, seconds: float) -> dict:
     """Milliseconds per batch of exact top-``k`` over ``items`` random vectors: numpy and the device index."""
     from streamrec.serving.index import DeviceIndex, ExactIndex
-    from streamrec.serving.ranking import providers_for
+    from streamrec.serving.providers import providers_for
 
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(items, dim)).astype(np.float32)
@@ -260,7 +260,16 @@ def plot(report: dict, path: Path) -> None:
 def cmd_bench_gpu(args) -> int:
     from streamrec.settings import Settings
 
+    import onnxruntime as ort
+
+    from streamrec.serving.providers import CUDA
+
     registry = args.registry or Settings.from_env().registry_uri
+    if args.device == "cuda" and CUDA not in ort.get_available_providers():
+        console.print(f"[red]--device cuda: this onnxruntime offers {ort.get_available_providers()}, no CUDA. "
+                      "Install the `gpu` extra (onnxruntime-gpu) on a machine with an NVIDIA GPU, or run "
+                      "--device cpu to compare the CPU with itself.[/red]")
+        return 2
     report = run(registry, args.device, args.candidates, args.batch, args.seconds,
                  tuple(int(n) for n in args.catalog_sizes))
     out = Path(args.out)
@@ -274,10 +283,12 @@ def cmd_bench_gpu(args) -> int:
 
 
 def register_bench(bench) -> None:
-    p = bench.add_parser("gpu", help="the scorer on the GPU against the CPU: parity within 1e-4, requests/s, "
+    import argparse
+
+    p = bench.add_parser("gpu", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the scorer on the GPU against the CPU: parity within 1e-4, requests/s, "
                                      "retrieval, memory (features from memory; needs onnxruntime-gpu)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="device to compare with the CPU")
-    p.add_argument("--registry", default=None, help="registry with sasrec and ranker (default STREAMREC_REGISTRY_URI)")
+    p.add_argument("--registry", default=None, help="registry with sasrec and ranker; None means STREAMREC_REGISTRY_URI")
     p.add_argument("--candidates", type=int, default=1000, help="candidates ranked per request")
     p.add_argument("--batch", type=int, default=256, help="requests per batch")
     p.add_argument("--seconds", type=float, default=8.0, help="length of each throughput run")

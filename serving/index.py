@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from streamrec.serving import metrics
 from streamrec.serving.candidates import top_k
+from streamrec.serving.providers import CPU, session_providers
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,13 @@ class DeviceIndex:
     """Exact inner-product top-K on the device of an ONNX Runtime provider; the item matrix stays there."""
 
     def __init__(self, vectors: np.ndarray, providers: list[str]):
-        from streamrec.serving.ranking import session_providers  # ranking imports this module
-
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(topk_graph(self.vectors.shape[1]), sess_options=opts,
                                             providers=session_providers(providers))
         self.provider = self.session.get_providers()[0]
-        self.where = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
+        self.where = "cpu" if self.provider == CPU else "cuda"
         self.items = ort.OrtValue.ortvalue_from_numpy(self.vectors, self.where, 0)  # copied to the device once
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

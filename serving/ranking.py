@@ -1,8 +1,6 @@
 """ONNX Runtime sessions for the two model kinds, on the GPU when there is one.
 
-Provider choice (`Settings.device`): ``cpu``; ``cuda`` (TensorRT, then CUDA,
-then CPU if neither is installed: logged and counted as a fallback);
-``auto`` (GPU providers when onnxruntime-gpu offers them, else CPU). On a GPU
+Provider choice (`Settings.device`) is `streamrec.serving.providers`. On a GPU
 provider, inputs and outputs go through IO binding, so ONNX Runtime copies
 each input to the device once and allocates outputs there; a GPU error at
 run time rebuilds the session on the CPU and serving goes on (counted in
@@ -14,8 +12,6 @@ the trainer used, rebuilt from the version's ``meta.json``.
 
 from __future__ import annotations
 
-import ctypes.util
-import functools
 import logging
 import threading
 from pathlib import Path
@@ -28,51 +24,11 @@ from streamrec.hashing import IdHasher
 from streamrec.registry import ModelMeta
 from streamrec.serving import metrics
 from streamrec.serving.index import ExactIndex, index_for
+from streamrec.serving.providers import CPU, providers_for, session_providers
 
 log = logging.getLogger(__name__)
-CPU = "CPUExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-GPU_PROVIDERS = (TENSORRT, "CUDAExecutionProvider")
-
-
 class ModelError(RuntimeError):
     """A model version the scorer cannot use; the message says why."""
-
-
-@functools.cache
-def tensorrt_installed() -> bool:
-    """onnxruntime-gpu always offers TensorRT, but it needs TensorRT's own libraries; without them ONNX
-    Runtime retries on CUDA *without the provider options* (so TF32 would be back on): leave it out."""
-    return ctypes.util.find_library("nvinfer") is not None
-
-
-def providers_for(device: str, available: Sequence[str] | None = None) -> list[str]:
-    """Execution providers for a device setting, best first, CPU always last.
-
-    >>> providers_for("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    ['CPUExecutionProvider']
-    >>> providers_for("auto", ["CPUExecutionProvider"])
-    ['CPUExecutionProvider']
-    """
-    available = list(ort.get_available_providers() if available is None else available)
-    if device == "cpu":
-        return [CPU]
-    gpu = [p for p in GPU_PROVIDERS if p in available and (p != TENSORRT or tensorrt_installed())]
-    if device == "cuda" and not gpu:
-        log.warning("STREAMREC_DEVICE=cuda but onnxruntime offers %s; using the CPU "
-                    "(install onnxruntime-gpu, the `gpu` extra, on a machine with CUDA)", available)
-        metrics.gpu_fallbacks.inc()
-    return gpu + [CPU]
-
-
-# TF32 matrix products keep 10 mantissa bits: scores would differ from the CPU's by ~1e-3, more than the
-# 1e-4 parity the registry promises, for a speed-up these small graphs do not need.
-CUDA_OPTIONS = {"use_tf32": "0"}
-
-
-def session_providers(providers: Sequence[str]) -> list:
-    """``providers`` with their options, as `ort.InferenceSession` takes them."""
-    return [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
 class Graph:

@@ -19,7 +19,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from streamrec.trainer.cli import positive_int
+
 console = Console(stderr=True)
+_BATCH = positive_int("rows per batch", "--seq-batch 256 --ranker-batch 4096")
 
 
 def run(users: int, items: int, epochs: int, seed: int, dim: int, device_note: str = "", device: str = "cpu",
@@ -140,24 +143,12 @@ def register(bench_sub) -> None:
                    help="where both models train (auto = cuda when torch sees a GPU)")
     # Defaults: TrainConfig.tiny's batch sizes (written out so the CLI starts without importing torch;
     # tests/unit/trainer/test_fit_device.py checks they agree).
-    p.add_argument("--seq-batch", type=_batch_size, default=16, metavar="N",
+    p.add_argument("--seq-batch", type=_BATCH, default=16, metavar="N",
                    help="sequence model batch size, in sequences")
-    p.add_argument("--ranker-batch", type=_batch_size, default=256, metavar="N",
+    p.add_argument("--ranker-batch", type=_BATCH, default=256, metavar="N",
                    help="ranker batch size, in samples")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and the PNG")
     p.set_defaults(func=cmd_bench_train)
-
-
-def _batch_size(text: str) -> int:
-    """A --seq-batch / --ranker-batch value: a positive whole number."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of rows per batch "
-                                         "(e.g. --seq-batch 256 --ranker-batch 4096)")
-    return n
 
 
 # --------------------------------------------------------------------------- explanations

@@ -55,15 +55,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--until", help="kafka: last event time (ISO-8601 or epoch ms; default: now)")
 
 
-def _cutoff(text: str) -> int:
-    """A --k value: a positive whole number."""
-    try:
-        k = int(text)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of items (e.g. --k 5 10 20)")
-    return k
+def positive_int(unit: str, example: str):
+    """An argparse ``type`` accepting a positive whole number; the error names the unit and an example."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of {unit} (e.g. {example})")
+        return n
+    return parse
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -78,7 +80,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
     g.add_argument("--top10", metavar="CSV", help="write each test user's top-10 items (sequence model) to this CSV")
-    g.add_argument("--k", type=_cutoff, nargs="+", default=[10], metavar="K",
+    g.add_argument("--k", type=positive_int("items", "--k 5 10 20"), nargs="+", default=[10], metavar="K",
                    help="cutoffs of the leave-one-out metrics, e.g. --k 5 10 20 (default 10)")
     g.add_argument("--graph-dim", type=int, default=64, help="graph model (LightGCN) embedding size (default 64)")
     g.add_argument("--graph-layers", type=int, default=3, help="graph model propagation layers (default 3)")

@@ -129,6 +129,7 @@ def register_bench(bench) -> None:
     p.add_argument("--retire-oldest", action="store_true",
                    help="catalog turnover: each new item retires the oldest one (tombstone; default off)")
     p.add_argument("--learner-args", default="",
-                   help="extra `streamrec learn` flags for the learner, e.g. \"--lr 0.01\" (default none)")
+                   help="extra `streamrec learn` flags for the learner, e.g. \"--lr 0.01\"; a single flag "
+                        "needs '=': --learner-args=--dry-run (default none)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=cmd_bench_online)

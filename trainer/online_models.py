@@ -87,6 +87,8 @@ class DenseAdamSparseSGD:
     @torch.no_grad()
     def step(self) -> None:
         self.dense.step()
+        if not self.embedding_lr:  # the default: id embeddings stay as trained
+            return
         for p in self.sparse:
             if p.grad is not None:
                 p.add_(p.grad, alpha=-self.embedding_lr * self.rows)

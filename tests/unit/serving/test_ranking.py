@@ -5,7 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from streamrec.serving.ranking import CPU, Graph, ModelError, providers_for
+from streamrec.serving.providers import CPU, providers_for
+from streamrec.serving.ranking import Graph, ModelError
 
 
 @pytest.fixture
@@ -25,13 +26,13 @@ def graph_path(tmp_path):
 def test_tensorrt_is_left_out_without_its_libraries(monkeypatch):
     # onnxruntime-gpu offers TensorRT whether or not libnvinfer is there; falling back from it would drop
     # the CUDA provider's options (TF32 off), so it is only asked for when it can load.
-    monkeypatch.setattr("streamrec.serving.ranking.tensorrt_installed", lambda: False)
+    monkeypatch.setattr("streamrec.serving.providers.tensorrt_installed", lambda: False)
     assert providers_for("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]) == [
         "CUDAExecutionProvider", CPU]
 
 
 def test_provider_choice(monkeypatch):
-    monkeypatch.setattr("streamrec.serving.ranking.tensorrt_installed", lambda: True)
+    monkeypatch.setattr("streamrec.serving.providers.tensorrt_installed", lambda: True)
     assert providers_for("cpu", ["CUDAExecutionProvider", CPU]) == [CPU]
     assert providers_for("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]) == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]

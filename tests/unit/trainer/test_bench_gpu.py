@@ -28,3 +28,13 @@ def test_bench_gpu_on_the_cpu_reports_exact_parity_and_every_measure(trained, tm
     mem = report["memory_100k_items"]
     assert mem["items"] == 100_000 and mem["index"] == "ExactIndex" and mem["rss_mb_added"] > 0
     assert (out / "bench-gpu.png").stat().st_size > 0
+
+
+def test_bench_gpu_without_cuda_says_what_to_install_and_exits_2(tmp_path, monkeypatch, capsys):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert main(["bench", "gpu", "--registry", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime-gpu" in err and "--device cpu" in err
+    assert not (tmp_path / "out").exists()
