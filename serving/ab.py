@@ -26,10 +26,10 @@ def bucket(user_id: str, salt: str = "ab1") -> int:
     return int.from_bytes(d, "little") % _BUCKETS
 
 
-def arm_of(user_id: str, arms: tuple[Arm, ...]) -> Arm:
+def arm_of(user_id: str, arms: tuple[Arm, ...], salt: str = "ab1") -> Arm:
     """The arm of a user: arms take consecutive shares of the buckets by weight."""
     if len(arms) == 1:
         return arms[0]
     total = sum(a.weight for a in arms)
     edges = [w / total * _BUCKETS for w in accumulate(a.weight for a in arms)]
-    return arms[min(bisect_right(edges, bucket(user_id)), len(arms) - 1)]
+    return arms[min(bisect_right(edges, bucket(user_id, salt)), len(arms) - 1)]

@@ -97,6 +97,8 @@ class ScorerConfig:
     epsilon: float = _DEFAULTS.scorer_epsilon
     temperature: float = _DEFAULTS.scorer_temperature
     arms: tuple[Arm, ...] = DEFAULT_ARMS
+    ab_salt: str = _DEFAULTS.scorer_ab_salt
+    """Salt of the user -> arm hash: a new salt re-draws the arms' users (a fresh experiment)."""
     seq_model: str = _DEFAULTS.scorer_seq_model
     ranker_model: str = _DEFAULTS.scorer_ranker_model
     redis_timeout_s: float = _DEFAULTS.scorer_redis_timeout_s
@@ -133,6 +135,8 @@ class ScorerConfig:
             raise ConfigError(f"scorer_temperature: {self.temperature} must be > 0")
         if self.batch_max < 1 or self.top_n < 1:
             raise ConfigError("scorer_batch_max and scorer_top_n must be at least 1")
+        if not 0 < len(self.ab_salt.encode()) <= 16:
+            raise ConfigError(f"scorer_ab_salt: {self.ab_salt!r}; use 1 to 16 bytes")
         if self.explain_top < 1:
             raise ConfigError(f"scorer_explain_top: {self.explain_top}; list at least 1 feature group per item")
 

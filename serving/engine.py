@@ -101,7 +101,7 @@ class Engine:
         # Round trip 2: co-visitation of recent items, categories of session items.
         recent = list(dict.fromkeys(i for c in contexts for i in c.recent(cfg.recent_items)))
         session_items = [i for c in contexts for i in c.session_items]
-        arms = [ab.arm_of(r.user_id, cfg.arms) for r in requests]
+        arms = [ab.arm_of(r.user_id, cfg.arms, cfg.ab_salt) for r in requests]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, arm in enumerate(arms):
             groups[arm.name].append(i)
@@ -278,8 +278,8 @@ class Engine:
         for r in requests:
             c = merge([src], {r.item_id}, self.config.max_candidates)
             metrics.degraded.labels(mode).inc()
-            out.append(self._slate(r, c, _source_scores(c), [], ab.arm_of(r.user_id, self.config.arms).name,
-                                   now_ms, degraded=True))
+            arm = ab.arm_of(r.user_id, self.config.arms, self.config.ab_salt)
+            out.append(self._slate(r, c, _source_scores(c), [], arm.name, now_ms, degraded=True))
         return out
 
     def _slate(self, r: ScoreRequest, c: Candidates, scores: np.ndarray, models: list[str], variant: str,

@@ -56,12 +56,14 @@ class ConfluentWorker(WorkerService):
         mine = {tp.partition for tp in partitions if tp.topic == self.events_topic}
         metrics.assigned_partitions.set(len(mine))
         log.info("events partitions assigned: %s", sorted(mine))
+        self.owned = mine
         self.processor.partitions_assigned()
         self.assigned.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Called inside consume(), so no batch is in hand: everything processed is committed.
         metrics.assigned_partitions.set(0)
+        self.owned = set()
 
     def _stop(self, *_) -> None:
         self.stopping.set()

@@ -36,6 +36,7 @@ from streamrec.stream import worker_metrics as metrics
 from streamrec.stream.feature_store import Stopping
 from streamrec.stream.features import SourceEvent
 from streamrec.stream.processor import CatalogProcessor, EventProcessor
+from streamrec.stream.watchdog import StallWatchdog, restart_in_place, restarts_so_far
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class WorkerService:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.owned: set[int] = set()
+        """Partitions of `events` this process owns now."""
         self.processor = EventProcessor(settings)
         self.catalog = CatalogProcessor(settings, self.processor.store, self.processor.producer)
         self.http = HealthServer(settings.http_host, settings.worker_port, checks={
@@ -71,7 +74,8 @@ class WorkerService:
     def group_id(self) -> str:
         return f"{self.settings.topic_prefix}streamrec-worker"
 
-    def _report_lag(self) -> None:
+    def _report_lag(self) -> bool:
+        """Sets the lag gauges; returns whether a partition this process owns has records not yet processed."""
         from confluent_kafka import TopicPartition
 
         topic = self.settings.topic(topics.EVENTS)
@@ -80,18 +84,41 @@ class WorkerService:
             from streamrec.stream.ledger import OutputLedger
             self._lag_client = OutputLedger(self.settings)
         consumer = self._lag_client.consumer
-        for partition, offset in list(self.processor.last_offsets.items()):
+        positions = {p: o + 1 for p, o in self.processor.last_offsets.items() if p in self.owned}
+        if self.owned - positions.keys():
+            positions.update(self._committed(self.owned - positions.keys()))
+        lagging = False
+        for partition, position in positions.items():
             try:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2, cached=False)
-                metrics.consumer_lag.labels(str(partition)).set(max(0, high - offset - 1))
             except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
-                pass
+                continue
+            lag = max(0, high - position)
+            metrics.consumer_lag.labels(str(partition)).set(lag)
+            lagging = lagging or lag > 0
+        return lagging
+
+    def _committed(self, partitions: set[int]) -> dict[int, int]:
+        """The group's committed positions of owned partitions this process has not processed yet."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        group, topic = self.group_id(), self.settings.topic(topics.EVENTS)
+        if getattr(self, "_admin", None) is None:
+            self._admin = topics.admin_client(self.settings)  # kept: a dropped client never answers its futures
+        try:
+            result = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in sorted(partitions)])]
+            )[group].result(5)
+        except Exception:  # noqa: BLE001 - no reading this time
+            return {}
+        return {tp.partition: max(tp.offset, 0) for tp in result.topic_partitions}
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         check_services(self.settings)  # a refused login or certificate stops here, with the setting to fix
         check_partitions(self.settings)
         metrics.initialise()
+        metrics.stall_restarts.set(restarts_so_far())
         metrics.redis_up.set(1 if self.processor.store.ping() else 0)
         self.http.start()
         log.info("worker: health and metrics on http://%s:%d", self.settings.http_host, self.http.port)
@@ -116,10 +143,14 @@ class StreamWorker(WorkerService):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.started = threading.Event()
         self._in_flight: asyncio.Future | None = None  # the batch being applied, awaited on revocation
+        self.watchdog = StallWatchdog(settings.worker_stall_s, busy=self._busy)
         self.app = self._build_app()
 
     def consuming(self) -> bool:
         return self.started.is_set() and not self.app.rebalancing
+
+    def _busy(self) -> bool:
+        return self._in_flight is not None and not self._in_flight.done()
 
     def _build_app(self):
         import faust
@@ -150,6 +181,7 @@ class StreamWorker(WorkerService):
         async def apply_events(stream):
             self.started.set()
             async for batch in stream.noack_take(batch_max, within=within):
+                self.watchdog.progressed()
                 await self._run_batch(self.processor.process, batch, stream)
 
         @app.agent(catalog, name="apply-catalog")
@@ -164,10 +196,12 @@ class StreamWorker(WorkerService):
             mine = {tp.partition for tp in assigned if tp.topic == events_name}
             metrics.assigned_partitions.set(len(mine))
             log.info("events partitions assigned: %s", sorted(mine))
+            self.owned = mine
             self.processor.partitions_assigned()
 
         @app.on_partitions_revoked.connect
         async def revoked(app, revoked, **kwargs):
+            self.owned = self.owned - {tp.partition for tp in revoked if tp.topic == events_name}
             # The next owner reads the outputs' tail to learn what is answered: the batch in hand
             # must reach the broker before the partitions move, or it would be answered twice.
             batch = self._in_flight
@@ -177,7 +211,11 @@ class StreamWorker(WorkerService):
 
         @app.timer(interval=5.0)
         async def report_lag():
-            await asyncio.get_running_loop().run_in_executor(None, self._report_lag)
+            lagging = await asyncio.get_running_loop().run_in_executor(None, self._report_lag)
+            if self.watchdog.stalled(lagging):
+                restart_in_place(f"events partitions {sorted(self.owned)} have records waiting but no batch "
+                                 f"started for {s.worker_stall_s:g} s (STREAMREC_WORKER_STALL_S): the consumer "
+                                 "stalled")
 
         return app
 

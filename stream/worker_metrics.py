@@ -19,6 +19,8 @@ event_lag = Histogram("streamrec_worker_event_time_lag_seconds", "Now minus even
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300, 3600))
 consumer_lag = Gauge("streamrec_worker_consumer_lag", "Records not yet processed per partition", ["partition"])
 redis_up = Gauge("streamrec_worker_redis_up", "1 while Redis answers the worker")
+stall_restarts = Gauge("streamrec_worker_stall_restarts",
+                       "Times this worker restarted itself in place after its consumer stalled")
 assigned_partitions = Gauge("streamrec_worker_assigned_partitions", "Partitions of `events` this process owns")
 
 

@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Most events the worker applies in one batch (one Redis round trip per phase)."""
     worker_batch_wait_ms: int = 20
     """Longest the worker waits to fill a batch."""
+    worker_stall_s: float = 60.0
+    """A faust worker that owns partitions with records waiting but has started no batch for this long
+    restarts itself in place (a consumer stalled after a broker outage); 0 turns the watchdog off."""
     session_gap_s: int = 1800
     """Inactivity (event time) that ends a derived session."""
     lateness_s: int = 6 * 3600
@@ -85,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scorer_temperature: float = 1.0
     scorer_ab_arms: str = ""
     """A/B arms: "NAME=WEIGHT[:model@version...],..."; empty = one arm "default"."""
+    scorer_ab_salt: str = "ab1"
+    """Salt of the user -> arm hash (1 to 16 bytes): a new salt re-draws which users are in which arm."""
     scorer_seq_model: str = "sasrec"
     """Registry name of the sequence model."""
     scorer_ranker_model: str = "ranker"

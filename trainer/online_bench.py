@@ -142,8 +142,9 @@ def _metric(body: str, name: str) -> float:
 
 def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float, seed: int, out: Path,
               bots: int = 0, exploration: str = "off", epsilon: float = 0.1, log=print,
-              learner_args: tuple[str, ...] = (), world: dict | None = None) -> dict:
-    """``learner_args``: extra `streamrec learn` flags; ``world``: `SimConfig` overrides (drift, churn), all arms."""
+              learner_args: tuple[str, ...] = (), world: dict | None = None, salt: str = "ab1") -> dict:
+    """``learner_args``: extra `streamrec learn` flags; ``world``: `SimConfig` overrides (drift, churn), all arms;
+    ``salt``: of the user -> arm hash (each salt puts other users in each arm)."""
     from streamrec.serving.config import ScorerConfig, parse_arms
     from streamrec.serving.scorer import Scorer
     from streamrec.stream.bench import _free_port, start_worker, stop_worker
@@ -173,8 +174,8 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
                                 str(out / f"learner-{run}"), "--window-ms", "5000", "--gate-every-s", "10",
                                 "--gate-every-samples", "5000", "--min-gate-samples", "500", *learner_args],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(out / f"learner-{run}.log", "w"))
-    scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), seed=seed, exploration=exploration, epsilon=epsilon),
-                    port=0)
+    scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), ab_salt=salt, seed=seed, exploration=exploration,
+                                    epsilon=epsilon), port=0)
     st = threading.Thread(target=scorer.run, kwargs={"install_signals": False}, daemon=True)
     st.start()
     metrics = ""
@@ -195,7 +196,8 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
         stop_worker(worker)
         delete_topics(s)
     count = _metric(metrics, "streamrec_learner_event_to_published_model_seconds_count")
-    result = {"config": report["config"], "arms": ARMS, "exploration": exploration, "warmup_s": warmup_s,
+    result = {"config": report["config"], "arms": ARMS, "salt": salt, "exploration": exploration,
+              "warmup_s": warmup_s,
               "learner_args": list(learner_args), "counts": report["counts"],
               "summary": summarise(report, warmup_s),
               "learner": {"exit_code": learner_rc,
@@ -237,7 +239,7 @@ def cmd_bench_online(args) -> int:
     out = Path(args.out or Path(args.settings.home) / "bench")
     out.mkdir(parents=True, exist_ok=True)
     result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
-                       bots=args.bots, exploration=args.exploration, epsilon=args.epsilon,
+                       bots=args.bots, exploration=args.exploration, epsilon=args.epsilon, salt=args.salt,
                        log=lambda m: print(m, file=sys.stderr), learner_args=tuple(shlex.split(args.learner_args)),
                        world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
                               "retire_oldest": args.retire_oldest, "appeal": args.appeal})

@@ -276,3 +276,31 @@ def test_redis_outage_makes_the_worker_wait_unready_and_resume(fresh_settings, t
         check_counters(redis_lib.Redis(port=redis_port), Keys(own.redis_prefix), exp)
     finally:
         server.stop()
+
+
+def test_lag_reading_behind_the_stall_watchdog(fresh_settings, redis):
+    """The faust worker's watchdog acts on this reading: records waiting on partitions it owns."""
+    from confluent_kafka import TopicPartition
+
+    from streamrec.stream.worker import WorkerService
+
+    s = fresh_settings
+    publish(s, list(synthetic_stream(300, users=30, items=50, seed=5)))
+    svc = WorkerService(s)
+    try:
+        assert not svc._report_lag()  # owns nothing: nothing of its own is waiting
+        svc.owned = set(range(s.topic_partitions))
+        assert svc._report_lag()  # nothing processed, nothing committed: every record waits
+        consumer = svc._lag_client.consumer
+        highs = {p: consumer.get_watermark_offsets(TopicPartition(s.topic(topics.EVENTS), p), timeout=10)[1]
+                 for p in svc.owned}
+        assert sum(highs.values()) >= 300
+        svc.processor.last_offsets.update({p: h - 1 for p, h in highs.items()})
+        assert not svc._report_lag()  # all processed
+        busiest = max(highs, key=highs.get)
+        svc.processor.last_offsets[busiest] -= 1
+        assert svc._report_lag()
+        svc.owned = svc.owned - {busiest}
+        assert not svc._report_lag()  # that partition moved to another member: not this one's lag
+    finally:
+        svc.processor.close()

@@ -41,3 +41,18 @@ def test_config_from_settings_reads_scorer_fields_when_present():
     assert ScorerConfig.from_settings(object()) == ScorerConfig()
     with pytest.raises(ConfigError, match="scorer_exploration"):
         ScorerConfig(exploration="greedy")
+
+
+def test_a_new_salt_redraws_the_users_of_each_arm_with_the_same_shares():
+    arms = parse_arms("a=1,b=1,c=1")
+    users = [f"u{i}" for i in range(9_000)]
+    first = [arm_of(u, arms).name for u in users]
+    again = [arm_of(u, arms, "ab1").name for u in users]
+    other = [arm_of(u, arms, "run-2").name for u in users]
+    assert first == again  # "ab1" is the default salt
+    moved = sum(x != y for x, y in zip(first, other)) / len(users)
+    assert moved == pytest.approx(2 / 3, abs=0.03)  # independent draws: a user stays with chance 1/3
+    assert Counter(other)["a"] / len(users) == pytest.approx(1 / 3, abs=0.02)
+    assert ScorerConfig(ab_salt="run-2").ab_salt == "run-2"
+    with pytest.raises(ConfigError, match="scorer_ab_salt"):
+        ScorerConfig(ab_salt="")
