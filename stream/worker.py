@@ -84,9 +84,10 @@ class WorkerService:
             from streamrec.stream.ledger import OutputLedger
             self._lag_client = OutputLedger(self.settings)
         consumer = self._lag_client.consumer
-        positions = {p: o + 1 for p, o in self.processor.last_offsets.items() if p in self.owned}
-        if self.owned - positions.keys():
-            positions.update(self._committed(self.owned - positions.keys()))
+        owned = self.owned  # replaced (not mutated) by the event loop on a rebalance
+        positions = {p: o + 1 for p, o in list(self.processor.last_offsets.items()) if p in owned}
+        if owned - positions.keys():
+            positions.update(self._committed(owned - positions.keys()))
         lagging = False
         for partition, position in positions.items():
             try:
@@ -100,18 +101,21 @@ class WorkerService:
 
     def _committed(self, partitions: set[int]) -> dict[int, int]:
         """The group's committed positions of owned partitions this process has not processed yet."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
 
-        group, topic = self.group_id(), self.settings.topic(topics.EVENTS)
-        if getattr(self, "_admin", None) is None:
-            self._admin = topics.admin_client(self.settings)  # kept: a dropped client never answers its futures
+        if getattr(self, "_offsets_client", None) is None:
+            # A consumer of the worker's group that never subscribes, so never joins: it only reads the
+            # group's commits. (Not the admin client's ListConsumerGroupOffsets: librdkafka 2.16 crashes
+            # the process when that request meets a coordinator that moved, as after a broker restart.)
+            self._offsets_client = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                                             "group.id": self.group_id(), "enable.auto.commit": False,
+                                             **topics.kafka_security(self.settings)})
+        topic = self.settings.topic(topics.EVENTS)
         try:
-            result = self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in sorted(partitions)])]
-            )[group].result(5)
+            got = self._offsets_client.committed([TopicPartition(topic, p) for p in sorted(partitions)], timeout=5)
         except Exception:  # noqa: BLE001 - no reading this time
             return {}
-        return {tp.partition: max(tp.offset, 0) for tp in result.topic_partitions}
+        return {tp.partition: max(tp.offset, 0) for tp in got if not tp.error}
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""

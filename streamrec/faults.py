@@ -504,22 +504,33 @@ def _pipeline_case(stack: FaultStack, case: str, fault: str, events: int, rate: 
         outcome = inject(run)
         run.finish()
         recovery = run.recovery_after(outcome["back"]) if "back" in outcome else None
-        return run.result(case, fault, outcome.get("down", 0.0), recovery, outcome.get("checks"),
-                          outcome.get("details"))
+        # A stalled consumer restarts itself in place (stream/watchdog.py; same pid): say when it did.
+        logs = "".join(p.read_text(errors="replace") for p in run.logdir.glob("worker*.log"))
+        details = {**outcome.get("details", {}),
+                   "worker_stall_restarts": logs.count("restarting the process in place")}
+        return run.result(case, fault, outcome.get("down", 0.0), recovery, outcome.get("checks"), details)
     finally:
         run.close()
+
+
+def _broker_down(run: Run, kill: bool, seconds: float) -> None:
+    (run.stack.kill if kill else run.stack.stop)("kafka")
+    time.sleep(seconds)
+    run.stack.start("kafka")
+
+
+def _broker_outcome(run: Run, t: float) -> dict:
+    back = run.now()
+    return {"down": back - t, "back": back,
+            "checks": {"worker alive": run.services["worker"].proc.poll() is None,
+                       "scorer alive": run.services["scorer"].proc.poll() is None}}
 
 
 def _broker_outage(kill: bool, seconds: float = 10.0):
     def inject(run: Run) -> dict:
         t = run.now()
-        (run.stack.kill if kill else run.stack.stop)("kafka")
-        time.sleep(seconds)
-        run.stack.start("kafka")
-        back = run.now()
-        return {"down": back - t, "back": back,
-                "checks": {"worker alive": run.services["worker"].proc.poll() is None,
-                           "scorer alive": run.services["scorer"].proc.poll() is None}}
+        _broker_down(run, kill, seconds)
+        return _broker_outcome(run, t)
     return inject
 
 
@@ -543,13 +554,8 @@ def _broker_flap(seconds: float = 10.0, again_after_s: float = 0.5):
                 break  # stalled: the second stop still lands, and the audit shows what is lost
             time.sleep(0.05)
         time.sleep(again_after_s)
-        run.stack.stop("kafka")
-        time.sleep(seconds)
-        run.stack.start("kafka")
-        back = run.now()
-        return {"down": back - t, "back": back,
-                "checks": {"worker alive": run.services["worker"].proc.poll() is None,
-                           "scorer alive": run.services["scorer"].proc.poll() is None}}
+        _broker_down(run, False, seconds)
+        return _broker_outcome(run, t)
     return inject
 
 
