@@ -29,8 +29,9 @@ import time
 from typing import Callable
 
 log = logging.getLogger(__name__)
-RESTARTS_ENV = "STREAMREC_WORKER_STALL_RESTARTS"
-"""How many in-place restarts came before this process (carried over the exec, for the metric)."""
+RESTARTS_ENV = "_STREAMREC_WORKER_STALL_RESTARTS"
+"""How many in-place restarts came before this process (carried over the exec, for the metric). Not a
+STREAMREC_ setting: the settings refuse names they do not know."""
 
 
 class StallWatchdog:

@@ -166,6 +166,7 @@ class StreamWorker(WorkerService):
             self.group_id(),
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
             broker_credentials=faust_credentials(s),  # SASL/TLS, as for the confluent clients
+            broker_client_id=self.group_id(),  # the broker's logs and quotas name the app, not "faust-0.x"
             web_enabled=False,
             datadir=str(datadir),
             consumer_auto_offset_reset="earliest",
@@ -201,6 +202,7 @@ class StreamWorker(WorkerService):
             metrics.assigned_partitions.set(len(mine))
             log.info("events partitions assigned: %s", sorted(mine))
             self.owned = mine
+            self.watchdog.progressed()  # a new assignment gets the full stall time to start fetching
             self.processor.partitions_assigned()
 
         @app.on_partitions_revoked.connect

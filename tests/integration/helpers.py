@@ -145,3 +145,19 @@ def check_counters(redis, keys, exp: Expected) -> None:
         assert stored.keys() == weights.keys()
         for item, w in weights.items():
             assert abs(stored[item] - w) < 1e-6, f"trending hour {hour} item {item}: {stored[item]} != {w}"
+
+
+def set_consumer_quota(s: Settings, client_id: str, bytes_per_s: int | None) -> None:
+    """Throttle (or, with None, stop throttling) the fetches of a Kafka client id, with Kafka's own
+    ConfigCommand against the local broker: the one way to make a live consumer stop receiving records."""
+    import subprocess
+
+    from streamrec.deploy.localstack import install_kafka
+
+    libs = install_kafka(s.home_path, log=lambda m: None)
+    change = (["--add-config", f"consumer_byte_rate={bytes_per_s}"] if bytes_per_s is not None
+              else ["--delete-config", "consumer_byte_rate"])
+    proc = subprocess.run(["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.admin.ConfigCommand", "--bootstrap-server",
+                           s.kafka_bootstrap, "--alter", *change, "--entity-type", "clients", "--entity-name",
+                           client_id], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"ConfigCommand failed: {proc.stdout}{proc.stderr}"

@@ -18,7 +18,7 @@ from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.synthetic import Record, synthetic_stream
 
 from .helpers import (check_counters, check_outputs, output_count, publish, read_topic, reference,
-                             wait_outputs)
+                      set_consumer_quota, wait_outputs)
 
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000
@@ -304,3 +304,51 @@ def test_lag_reading_behind_the_stall_watchdog(fresh_settings, redis):
         assert not svc._report_lag()  # that partition moved to another member: not this one's lag
     finally:
         svc.processor.close()
+
+
+def test_a_stalled_consumer_restarts_in_place_and_answers_everything_once(fresh_settings, redis):
+    """Kafka's fetch quota stops the faust consumer receiving records while the stream goes on (what the
+    consumer's own stall after a broker outage looks like from outside): the watchdog restarts the worker in
+    place, and once fetches flow again every event is still applied and answered exactly once."""
+    import threading
+
+    from streamrec.stream.synthetic import synthetic_stream as stream
+
+    s = fresh_settings.replace(worker_stall_s=4.0)
+    records = list(stream(3000, users=300, items=500, seed=13))
+    exp = reference(records)
+    first, rest = records[:1000], records[1000:]
+    publish(s, first)
+    port = free_port()
+    proc = start_worker(s, port=port)
+    client_id = f"{s.topic_prefix}streamrec-worker"  # the worker's Kafka client id (its group id)
+    throttled = False
+    try:
+        wait_outputs(s, reference(first).outputs, timeout=120)
+        set_consumer_quota(s, client_id, 1)
+        throttled = True
+        # The rest arrives slowly, so records are always waiting while fetches are held back.
+        feeder = threading.Thread(target=lambda: [publish(s, rest[i:i + 100]) or time.sleep(1.0)
+                                                  for i in range(0, len(rest), 100)])
+        feeder.start()
+        deadline, restarts = time.monotonic() + 120, 0.0
+        while time.monotonic() < deadline and restarts < 1:
+            try:
+                restarts = metric(port, "streamrec_worker_stall_restarts")
+            except OSError:
+                pass  # between the old process image and the new one
+            time.sleep(0.5)
+        assert restarts >= 1, "the watchdog did not restart the stalled worker"
+        assert proc.poll() is None  # the same process (pid), re-executed
+        feeder.join()
+        set_consumer_quota(s, client_id, None)
+        throttled = False
+        assert wait_outputs(s, exp.outputs, timeout=300) == exp.outputs
+        time.sleep(1.0)
+        assert output_count(s) == exp.outputs
+    finally:
+        if throttled:
+            set_consumer_quota(s, client_id, None)
+        stop_worker(proc)
+    check_outputs(s, exp, records)
+    check_counters(redis, Keys(s.redis_prefix), exp)
