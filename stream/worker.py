@@ -8,7 +8,8 @@ Faust runs two agents: one takes batches from `events` and hands them to
 records. Batches run in a worker thread so faust keeps fetching meanwhile;
 events are acknowledged (and so committed by faust) only after their batch
 has been applied and answered. SIGTERM finishes the batch in hand, commits,
-and exits 0.
+and exits 0. A consumer that stops fetching while records wait (faust after a
+broker outage) restarts the process in place (`streamrec.stream.watchdog`).
 
 Within a process the events agent runs one instance: batches of a partition
 must be applied in offset order (the replay guard relies on it). Scale out
