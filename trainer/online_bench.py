@@ -235,16 +235,56 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def pooled(summaries: dict[str, dict]) -> dict:
+    """Several user splits (salts) of one configuration pooled: each split is an independent draw of which
+    users are in which arm, so the group effect of any one split averages out. Per arm the mean CTR; for
+    online - frozen and frozen - popularity the mean difference, with a 95% interval from the splits'
+    user-clustered standard errors.
+
+    >>> a = {"online": {"ctr": 0.55, "ctr_se_users": 0.01}, "frozen": {"ctr": 0.50, "ctr_se_users": 0.01},
+    ...      "popularity": {"ctr": 0.45, "ctr_se_users": 0.01}}
+    >>> b = {"online": {"ctr": 0.51, "ctr_se_users": 0.01}, "frozen": {"ctr": 0.50, "ctr_se_users": 0.01},
+    ...      "popularity": {"ctr": 0.49, "ctr_se_users": 0.01}}
+    >>> r = pooled({"s1": a, "s2": b})
+    >>> round(r["online_minus_frozen"]["mean"], 3), round(r["online_vs_frozen_ctr_lift"], 3)
+    (0.03, 0.06)
+    >>> [round(x, 4) for x in r["online_minus_frozen"]["ci95"]]
+    [0.0104, 0.0496]
+    """
+    k = len(summaries)
+    arms = ("popularity", "frozen", "online")
+    out: dict = {"splits": sorted(summaries),
+                 "ctr": {a: sum(s[a]["ctr"] for s in summaries.values()) / k for a in arms}}
+    for hi, lo in (("online", "frozen"), ("frozen", "popularity")):
+        diffs = [s[hi]["ctr"] - s[lo]["ctr"] for s in summaries.values()]
+        se = sum(s[hi]["ctr_se_users"] ** 2 + s[lo]["ctr_se_users"] ** 2 for s in summaries.values()) ** 0.5 / k
+        mean = sum(diffs) / k
+        out[f"{hi}_minus_{lo}"] = {"mean": mean, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "by_split": diffs}
+    out["online_vs_frozen_ctr_lift"] = out["ctr"]["online"] / out["ctr"]["frozen"] - 1.0
+    return out
+
+
 def cmd_bench_online(args) -> int:
     out = Path(args.out or Path(args.settings.home) / "bench")
     out.mkdir(parents=True, exist_ok=True)
-    result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
-                       bots=args.bots, exploration=args.exploration, epsilon=args.epsilon, salt=args.salt,
-                       log=lambda m: print(m, file=sys.stderr), learner_args=tuple(shlex.split(args.learner_args)),
-                       world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
-                              "retire_oldest": args.retire_oldest, "appeal": args.appeal})
-    (out / "online.json").write_text(json.dumps(result, indent=2))
-    plot(result, out / "online.png")
-    print(json.dumps({k: result[k] for k in ("summary", "learner", "counts")}, indent=2))
-    print(f"wrote {out / 'online.json'} and {out / 'online.png'}", file=sys.stderr)
+    salts = [x for x in args.salt.split(",") if x]
+    results = {}
+    for salt in salts:
+        result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
+                           bots=args.bots, exploration=args.exploration, epsilon=args.epsilon, salt=salt,
+                           log=lambda m: print(m, file=sys.stderr),
+                           learner_args=tuple(shlex.split(args.learner_args)),
+                           world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
+                                  "retire_oldest": args.retire_oldest, "appeal": args.appeal})
+        name = "online" if len(salts) == 1 else f"online-{salt}"
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        plot(result, out / f"{name}.png")
+        print(json.dumps({k: result[k] for k in ("salt", "summary", "learner", "counts")}, indent=2))
+        print(f"wrote {out / (name + '.json')} and {out / (name + '.png')}", file=sys.stderr)
+        results[salt] = result["summary"]
+    if len(salts) > 1:
+        summary = pooled(results)
+        (out / "online-pooled.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps({"pooled": summary}, indent=2))
+        print(f"wrote {out / 'online-pooled.json'}", file=sys.stderr)
     return 0

@@ -117,7 +117,9 @@ def register_bench(bench) -> None:
     p.add_argument("--bots", type=int, default=0, help="extra users that click everything (poisoned stream)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--salt", default="ab1",
-                   help="salt of the user -> arm hash; another salt puts other users in each arm (default ab1)")
+                   help="salt of the user -> arm hash; another salt puts other users in each arm. Several, "
+                        "comma-separated (s1,s2,s3): one run each, then the arms pooled over the splits "
+                        "(default ab1)")
     p.add_argument("--exploration", choices=["off", "epsilon", "softmax"], default="off",
                    help="the scorer's exploration in every arm (default off); logged propensities feed the IPS terms")
     p.add_argument("--epsilon", type=float, default=0.1, help="with --exploration epsilon (default 0.1)")

@@ -71,3 +71,12 @@ def test_restart_in_place_keeps_the_pid_and_the_command_line_and_counts(tmp_path
     assert len({pid for pid, _, _ in lines}) == 1  # the same process, re-executed
     assert all(argv == "['--flag', 'x']" for _, _, argv in lines)
     assert out.stderr.count("test stall; restarting the process in place") == 2
+
+
+def test_docstring_example():
+    import doctest
+
+    from streamrec.stream import watchdog
+
+    result = doctest.testmod(watchdog)
+    assert result.attempted > 0 and result.failed == 0

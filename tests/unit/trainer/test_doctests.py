@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["streamrec.hashing", "streamrec.registry", "streamrec.trainer.data", "streamrec.trainer.synth",
-           "streamrec.trainer.importers", "streamrec.trainer.evaluate", "streamrec.trainer.train"]
+           "streamrec.trainer.importers", "streamrec.trainer.evaluate", "streamrec.trainer.train",
+           "streamrec.trainer.online_bench", "streamrec.trainer.attraction"]
 
 
 @pytest.mark.parametrize("name", MODULES)
