@@ -347,8 +347,10 @@ def test_a_stalled_consumer_restarts_in_place_and_answers_everything_once(fresh_
         time.sleep(1.0)
         assert output_count(s) == exp.outputs
     finally:
-        if throttled:
-            set_consumer_quota(s, client_id, None)
-        stop_worker(proc)
+        try:
+            stop_worker(proc)
+        finally:
+            if throttled:
+                set_consumer_quota(s, client_id, None)
     check_outputs(s, exp, records)
     check_counters(redis, Keys(s.redis_prefix), exp)
