@@ -43,7 +43,7 @@ def cmd_config(args) -> int:
     for col in ("variable", "value", "default"):
         table.add_column(col)
     for name, value in shown.items():
-        table.add_row(name, value, defaults[name])
+        table.add_row(name, repr(value), defaults[name])  # shown as the defaults are (ints, bools, strings)
     Console().print(table)
     return 0
 

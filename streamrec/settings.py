@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 import msgspec
 
@@ -52,7 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Most events the worker applies in one batch (one Redis round trip per phase)."""
     worker_batch_wait_ms: int = 20
     """Longest the worker waits to fill a batch."""
-    worker_stall_s: float = 60.0
+    worker_stall_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     """A faust worker that owns partitions with records waiting but has started no batch for this long
     restarts itself in place (a consumer stalled after a broker outage); 0 turns the watchdog off."""
     session_gap_s: int = 1800

@@ -111,9 +111,7 @@ def summarise(report: dict, warmup_s: float) -> dict:
     if "online" in out and "frozen" in out and out["frozen"]["ctr"] > 0:
         out["online_vs_frozen_ctr_lift"] = out["online"]["ctr"] / out["frozen"]["ctr"] - 1.0
         if "ctr_se_users" in out["online"] and "ctr_se_users" in out["frozen"]:
-            diff = out["online"]["ctr"] - out["frozen"]["ctr"]
-            half = 1.96 * (out["online"]["ctr_se_users"] ** 2 + out["frozen"]["ctr_se_users"] ** 2) ** 0.5
-            out["online_minus_frozen_ctr_ci95_users"] = [diff - half, diff + half]
+            out["online_minus_frozen_ctr_ci95_users"] = difference([out], "online", "frozen")["ci95"]
     return out
 
 
@@ -235,6 +233,16 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def difference(summaries: list[dict], hi: str, lo: str) -> dict:
+    """Mean CTR difference of arm ``hi`` minus arm ``lo`` over independent splits, with its 95% interval from
+    each split's user-clustered standard errors (one split: that split's difference)."""
+    k = len(summaries)
+    diffs = [s[hi]["ctr"] - s[lo]["ctr"] for s in summaries]
+    se = sum(s[hi]["ctr_se_users"] ** 2 + s[lo]["ctr_se_users"] ** 2 for s in summaries) ** 0.5 / k
+    mean = sum(diffs) / k
+    return {"mean": mean, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "by_split": diffs}
+
+
 def pooled(summaries: dict[str, dict]) -> dict:
     """Several user splits (salts) of one configuration pooled: each split is an independent draw of which
     users are in which arm, so the group effect of any one split averages out. Per arm the mean CTR; for
@@ -256,18 +264,20 @@ def pooled(summaries: dict[str, dict]) -> dict:
     out: dict = {"splits": sorted(summaries),
                  "ctr": {a: sum(s[a]["ctr"] for s in summaries.values()) / k for a in arms}}
     for hi, lo in (("online", "frozen"), ("frozen", "popularity")):
-        diffs = [s[hi]["ctr"] - s[lo]["ctr"] for s in summaries.values()]
-        se = sum(s[hi]["ctr_se_users"] ** 2 + s[lo]["ctr_se_users"] ** 2 for s in summaries.values()) ** 0.5 / k
-        mean = sum(diffs) / k
-        out[f"{hi}_minus_{lo}"] = {"mean": mean, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "by_split": diffs}
+        out[f"{hi}_minus_{lo}"] = difference(list(summaries.values()), hi, lo)
     out["online_vs_frozen_ctr_lift"] = out["ctr"]["online"] / out["ctr"]["frozen"] - 1.0
     return out
 
 
 def cmd_bench_online(args) -> int:
+    salts = args.salt.split(",")
+    bad = [x for x in salts if not 0 < len(x.encode()) <= 16]
+    if bad or len(set(salts)) != len(salts):
+        print(f"error: --salt {args.salt!r}: give one salt or several distinct ones, comma-separated, each 1 to 16 "
+              "bytes (e.g. s2,s3,s4)", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(args.settings.home) / "bench")
     out.mkdir(parents=True, exist_ok=True)
-    salts = [x for x in args.salt.split(",") if x]
     results = {}
     for salt in salts:
         result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,

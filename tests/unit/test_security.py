@@ -124,6 +124,9 @@ def test_secrets_are_masked_in_reprs_and_printed_settings(capsys):
     assert cmd_config(Namespace(settings=s, json=True)) == 0
     printed = capsys.readouterr().out
     assert json.loads(printed)["STREAMREC_REDIS_PASSWORD"] == "***" and "secret" not in printed
+    assert cmd_config(Namespace(settings=s, json=False)) == 0  # the table (it once failed on int values)
+    printed = capsys.readouterr().out
+    assert "streamrec settings" in printed and "***" in printed and "secret" not in printed
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -28,6 +28,8 @@ def test_bad_value_names_the_variable():
         Settings.from_env({"STREAMREC_REDIS_PORT": "six"})
     with pytest.raises(SettingsError, match="STREAMREC_DEVICE"):
         Settings.from_env({"STREAMREC_DEVICE": "tpu"})
+    with pytest.raises(SettingsError, match=r"STREAMREC_WORKER_STALL_S: Expected `float` >= 0"):
+        Settings.from_env({"STREAMREC_WORKER_STALL_S": "-5"})
 
 
 def test_unknown_variable_is_a_typo_error():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
+import pytest
 
 from streamrec import simulator
 from streamrec.simulator import SimConfig, Tally, World
@@ -83,6 +84,16 @@ def test_intervals_with_users_as_the_unit_are_wider_when_users_differ():
     slate_width = arm["ctr_ci95"][1] - arm["ctr_ci95"][0]
     user_width = arm["ctr_ci95_users"][1] - arm["ctr_ci95_users"][0]
     assert user_width > 2 * slate_width
+
+
+@pytest.mark.parametrize("salt", [",", "s1,s1", "x" * 17, "s1,"])
+def test_bench_online_refuses_bad_salts_before_starting_anything(salt, capsys):
+    from argparse import Namespace
+
+    from streamrec.trainer.online_bench import cmd_bench_online
+
+    assert cmd_bench_online(Namespace(out="/nonexistent-never-created", settings=None, salt=salt)) == 2
+    assert "--salt" in capsys.readouterr().err
 
 
 def test_bots_click_everything_and_stay_out_of_the_population():
