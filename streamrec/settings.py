@@ -145,6 +145,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Share of the off-policy REINFORCE loss in the sequence model's loss (the rest is next-item)."""
     learner_weight_cap: float = 10.0
     """Cap of the importance weights."""
+    learner_impressions: Literal["auto", "required", "ignored"] = "auto"
+    """Which slates were shown: a slate is shown when an `impression` event or an interaction carries its
+    rec_id. ``required``: only shown slates are trained and gated on (the rest were never displayed, so
+    their items are not negatives); ``auto``: the same once the stream has carried any impression with a
+    rec_id, every slate before that; ``ignored``: every slate (apps that send no impressions)."""
     learner_checkpoint_dir: str = ".local/learner"
     learner_dry_run: bool = False
     """Gate candidates but never publish them."""

@@ -2,8 +2,9 @@
 
 Each simulated user has hidden tastes (a vector in a latent space that drifts
 a little every session), browses in sessions, publishes events with the SDK,
-waits for the recommendation that answers its latest event, and reacts to it
-with a hidden click model: a cascade over the slate with position bias,
+waits for the recommendation that answers its latest event, logs it as an
+``impression`` (with the slate's ``rec_id``), and reacts to it with a hidden
+click model: a cascade over the slate with position bias,
 attraction from the hidden tastes, and fatigue (every click in a session makes
 the next less likely). A click may lead to add_to_cart and purchase; each is
 published with the slate's ``rec_id`` and the item's ``position``. The
@@ -380,6 +381,10 @@ class Simulation:
         for name in rec.models:
             self.models_seen[rec.variant].add(name)
         items = [it.item_id for it in rec.items]
+        if items:  # like an app that logs what it displays: the learner trains on shown slates only
+            pub.publish("impression", user_id=uid, items=items[: self.cfg.slate_seen], session_id=user.session_id,
+                        rec_id=rec.rec_id)
+            self.stats["impression"] += 1
         expected = self.world.expected_reward(user, items)
         actions = self.world.react(user, items)
         realised = sum(REWARD_WEIGHTS[a] for a, _, _ in actions)

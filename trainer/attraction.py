@@ -11,6 +11,14 @@ clicks-per-examination of all items, and ``prior`` examinations of an average it
 rarely towards 1. Its log is a logit offset, which the online trainer writes into the ranker's per-item
 bias (`DCNRanker(item_bias=True)`), so the next exported version ranks by it.
 
+How much the offset counts against the rest of the ranker is then fitted, not assumed (`calibrate`): the
+intercept, a scale of the ranker's own logit and a scale of the offset that maximise the likelihood of the
+recent clicks under the same position-based model. Measured in an offline replay of the simulator's world
+(`docs/analysis/offline_loop.py`, 300 users, four seeds): adding the offset at scale 1 to the pre-trained ranker's logit took the online
+arm's first-click rate from 0.495 (frozen) to 0.547; the fitted scales (about 0.2 for the ranker's logit,
+1.5 to 1.9 for the offset: the sequence model's score, standardised, had been trusted far more than it
+earns) took it to 0.577, against 0.600 for the simulator's true appeal added at scale 1.
+
 Why not learn the offset by gradient descent like the other weights: measured in `streamrec bench online`,
 per-item rows fitted by SGD or Adam inside the DCN took up whatever the dense features left over, and their
 correlation with the simulator's hidden item appeal was -0.2 to 0.2, while this estimate on the same
@@ -85,3 +93,33 @@ def write_offsets(model, offsets: dict[str, float], sweeps: int = 100) -> int:
     with torch.no_grad():
         model.item_bias.weight[torch.from_numpy(rows), 0] = torch.from_numpy(value).to(model.item_bias.weight.dtype)
     return len(items)
+
+
+def calibrate(logit: np.ndarray, offset: np.ndarray, clicked: np.ndarray, examination: np.ndarray,
+              weight: np.ndarray | None = None, ridge: float = 1e-3, steps: int = 25) -> tuple[float, float, float]:
+    """``(intercept, logit scale, offset scale)`` maximising the position-based likelihood of ``clicked``.
+
+    Each shown item is clicked with probability ``sigmoid(c + a * logit + g * offset + log(examination))``
+    (the ranker's training model: the rank's examination as a fixed logit offset); a logistic regression
+    with three coefficients, solved by iteratively reweighted least squares (small ``ridge`` towards 0).
+
+    >>> rng = np.random.default_rng(0)
+    >>> z, b = rng.normal(size=20_000), rng.normal(size=20_000)
+    >>> exam = np.where(rng.random(20_000) < 0.5, 1.0, 0.5)
+    >>> y = rng.random(20_000) < 1 / (1 + np.exp(-(-0.5 + 0.3 * z + 1.5 * b + np.log(exam))))
+    >>> [round(x, 1) for x in calibrate(z, b, y, exam)]
+    [-0.5, 0.3, 1.5]
+    """
+    x = np.stack([np.ones_like(logit), logit, offset], axis=1).astype(np.float64)
+    y = np.asarray(clicked, dtype=np.float64)
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+    fixed = np.log(np.asarray(examination, dtype=np.float64))
+    theta = np.zeros(3)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ theta + fixed)))
+        hess = (x * (w * p * (1.0 - p))[:, None]).T @ x + ridge * np.eye(3)
+        step = np.linalg.solve(hess, x.T @ (w * (y - p)) - ridge * theta)
+        theta += step
+        if np.abs(step).max() < 1e-6:
+            break
+    return float(theta[0]), float(theta[1]), float(theta[2])

@@ -9,7 +9,9 @@ trained on by the candidate). Two checks, both must pass:
   under each model's policy (softmax of its scores within the slate), with a
   95% confidence interval; the candidate is rejected when its estimate is
   below the live one by more than ``reward_tolerance`` (relative), or when
-  its interval lies wholly below the live estimate.
+  its interval lies wholly below the live estimate. Each model's scores are
+  divided by their spread over the window first, so the estimate judges the
+  ordering (what the scorer serves), not how loud the scores are.
 
 Position bias: without exploration the logged clicks sit mostly at the ranks
 the live model chose, so both checks favour the live ordering whatever its
@@ -27,6 +29,8 @@ estimate, and rewarded items weigh it in the AUC.
 True
 >>> g.decide(slate, reward, np.ones(200), live=good, candidate=bad).reason
 'auc 0.000 < live 1.000 - 0.01'
+>>> g.decide(slate, reward, np.ones(200), live=10 * good, candidate=good).accepted  # louder is not better
+True
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ class Gate:
                  scores: np.ndarray, exam_weight: np.ndarray | None = None) -> tuple[dict[str, float], Estimate]:
         """Offline metrics and the SNIPS estimate of one model on the window."""
         label = (reward > 0).astype(np.float64)
-        target = slate_softmax(scores, slate_of, self.cfg.temperature)
+        # The scorer serves a model's ordering, not its scale: standardised scores keep a louder model (the
+        # same ordering, a sharper softmax) from passing for a better one, or a calibrated one for a worse.
+        spread = float(np.std(scores))
+        target = slate_softmax(scores / spread if spread > 0 else scores, slate_of, self.cfg.temperature)
         logging = normalised_propensity(propensity, slate_of)
         if exam_weight is None:
             est = snips(reward, target, logging, self.cfg.weight_cap)

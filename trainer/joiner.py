@@ -5,7 +5,9 @@ it was created; interactions with its ``rec_id`` and a ``position`` that
 arrive meanwhile add their reward (weights per type, e.g. click 1,
 add_to_cart 2, purchase 5, skip 0) to the item at that position; the same
 ``(rec_id, item, type)`` counts once (duplicates from retries or replays are
-ignored). An interaction may arrive before its recommendation (the two topics
+ignored). An ``impression`` event with the slate's ``rec_id`` marks it as
+shown (displayed by the app), as does any interaction; the learner can
+leave out slates nobody saw (`LearnerConfig.impressions`). An interaction may arrive before its recommendation (the two topics
 are read independently): it waits, bounded, in a pending buffer. When the
 event-time watermark passes the end of a slate's window, the slate is closed
 and emitted as a `Slate` sample; an interaction for a slate closed already,
@@ -83,6 +85,8 @@ class Slate:
     """Interactions joined, by type."""
     seen: list[str] = field(default_factory=list)
     """Keys ``item|type`` already counted (dedup)."""
+    shown: bool = False
+    """An `impression` event or an interaction carried this slate's rec_id: the app displayed it."""
     features: dict = field(default_factory=dict)
     """What the consumer attached when the slate opened (the learner: ranker features, session items)."""
     segment: int | None = None
@@ -162,7 +166,7 @@ class Joiner:
 
     def _interaction(self, ev: dict, ts: int) -> None:
         rid = ev.get("rec_id")
-        if not rid or self.cfg.weight(ev.get("type", "")) is None:
+        if not rid or (self.cfg.weight(ev.get("type", "")) is None and ev.get("type") != "impression"):
             return
         if rid in self.closed or ts < self.watermark - self.cfg.window_ms:
             self.counts["late"] += 1
@@ -181,6 +185,10 @@ class Joiner:
 
     def _apply(self, slate: Slate, ev: dict) -> None:
         kind = ev["type"]
+        slate.shown = True
+        if kind == "impression":
+            self.counts["impressions"] += 1
+            return
         pos = ev.get("position")
         item = ev.get("item_id")
         if pos is None or not 0 <= pos < len(slate.items) or (item is not None and slate.items[pos] != item):

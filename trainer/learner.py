@@ -245,7 +245,15 @@ class OnlineLearner:
         if not closed:
             return
         good = []
+        need_shown = self.cfg.impressions == "required" or (
+            self.cfg.impressions == "auto" and self.joiner.counts["impressions"] > 0)
         for s in closed:
+            if need_shown and not s.shown:
+                # Never displayed (e.g. the answer to a click that the app did not show): its items were not
+                # passed over by the user, so they must not count as negatives.
+                m.filtered.labels("not_shown").inc()
+                self.counts["filtered_not_shown"] += 1
+                continue
             m.samples_joined.inc()
             m.items_joined.inc(len(s.items))
             m.count_arm(s)
@@ -294,12 +302,13 @@ class OnlineLearner:
         with self._lock:
             buf = list(self.train_buf)
         self.models.estimate_examination(buf)
-        self.models.set_attraction(buf)
         rng = np.random.default_rng(len(self.train_buf))
         for _ in range(self.cfg.epochs_per_round):
             order = rng.permutation(len(fresh))
             for start in range(0, len(order), self.cfg.batch):
                 self.models.train([fresh[i] for i in order[start:start + self.cfg.batch]])
+        # After the steps, so the candidate the gate sees carries the scales fitted to what it became.
+        self.models.set_attraction(buf)
         if fresh:
             self._newest_trained = max(s.created_ts for s in fresh)
         due = (self._since_gate >= self.cfg.gate_every_samples
@@ -312,7 +321,6 @@ class OnlineLearner:
         """Fine-tune a fresh candidate (a copy of the live model) on the whole recent training buffer."""
         with self._lock:
             buf = list(self.train_buf)
-        self.models.set_attraction(buf)
         rng = np.random.default_rng(len(buf))
         for _ in range(self.cfg.replay_epochs):
             order = rng.permutation(len(buf))
@@ -320,6 +328,7 @@ class OnlineLearner:
                 if self._stop.is_set():
                     return
                 self.models.train([buf[i] for i in order[start:start + self.cfg.batch]], only=name)
+        self.models.set_attraction(buf)
 
     def gate_and_publish(self) -> list[dict]:
         with self._lock:

@@ -21,6 +21,9 @@ window_drops = Counter("streamrec_learner_window_drops_total",
 filtered = Counter("streamrec_learner_filtered_slates_total", "Slates left out of training and gating", ["reason"])
 attraction_items = Gauge("streamrec_learner_attraction_items",
                          "Items whose position-debiased attraction the candidate ranker carries (per-item bias)")
+ranker_calibration = Gauge("streamrec_learner_ranker_calibration",
+                           "Last fitted scales of the candidate ranker: its own logit and the attraction offsets",
+                           ["term"])
 training_loss = Gauge("streamrec_learner_training_loss", "Loss of the last micro-batch", ["model"])
 train_steps = Counter("streamrec_learner_train_steps_total", "Optimisation steps", ["model"])
 gate_decisions = Counter("streamrec_learner_gate_decisions_total", "Gate decisions", ["model", "decision"])

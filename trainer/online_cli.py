@@ -46,8 +46,12 @@ def cmd_learn(args) -> int:
     # Settings (STREAMREC_LEARNER_*) first, flags given on the command line over them.
     from_settings = {f.name: getattr(args.settings, "learner_" + f.name) for f in fields(LearnerConfig)
                      if hasattr(args.settings, "learner_" + f.name)}
-    cfg = LearnerConfig(**{**from_settings, **{f.name: getattr(args, f.name) for f in fields(LearnerConfig)
-                                               if hasattr(args, f.name)}})
+    try:
+        cfg = LearnerConfig(**{**from_settings, **{f.name: getattr(args, f.name) for f in fields(LearnerConfig)
+                                                   if hasattr(args, f.name)}})
+    except ValueError as exc:
+        console.print(f"[red]error:[/] --{exc}")
+        return 2
     try:
         return OnlineLearner(args.settings, cfg).run()
     except PortInUse as exc:

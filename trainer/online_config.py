@@ -53,6 +53,8 @@ class LearnerConfig:
     """Passes over the fresh slates at each training round."""
     replay_epochs: int = 2
     """After a rejection the candidate restarts from the live model and replays the training buffer this often."""
+    impressions: str = _DEFAULTS.learner_impressions
+    """auto, required or ignored: which slates count as shown (see `Settings.learner_impressions`)."""
     bot_slate_share: float = 0.5
     """A slate with rewards on more than this share of its items (3 items or more) is treated as a bot's."""
     bot_min_slates: int = 5
@@ -64,6 +66,10 @@ class LearnerConfig:
     """Gate but never publish."""
     seq_model: str = "sasrec"
     ranker_model: str = "ranker"
+
+    def __post_init__(self):
+        if self.impressions not in ("auto", "required", "ignored"):
+            raise ValueError(f"impressions: {self.impressions!r}; use auto, required or ignored")
 
     def join(self) -> JoinConfig:
         return JoinConfig(window_ms=self.window_ms, click=self.reward_click, add_to_cart=self.reward_add_to_cart,

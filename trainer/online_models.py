@@ -33,7 +33,7 @@ import torch
 
 from streamrec.registry import Registry
 from streamrec.trainer import learner_metrics as m
-from streamrec.trainer.attraction import attraction_offsets, write_offsets
+from streamrec.trainer.attraction import MIN_CLICKS, attraction_offsets, calibrate, write_offsets
 from streamrec.trainer.gate import Gate, GateConfig, GateDecision
 from streamrec.trainer.joiner import Slate
 from streamrec.trainer.offpolicy import reinforce_topk_loss
@@ -146,13 +146,49 @@ class OnlineModels:
         return DenseAdamSparseSGD(model, self.cfg.lr, self.cfg.embedding_lr)
 
     def set_attraction(self, slates: list[Slate]) -> int:
-        """Write the items' attraction, estimated from ``slates``, into the candidate ranker's per-item bias."""
+        """Write the items' attraction, estimated from ``slates``, into the candidate ranker's per-item bias,
+        at the scale against the ranker's own logit that the same slates support (`calibrate_ranker`)."""
         model = self.cand.get(self.ranker_name)
         if model is None or getattr(model, "item_bias", None) is None:
             return 0
-        n = write_offsets(model, attraction_offsets(slates, self.examination))
+        offsets = attraction_offsets(slates, self.examination)
+        scale = self.calibrate_ranker(model, slates, offsets) if offsets else 1.0
+        n = write_offsets(model, {item: scale * o for item, o in offsets.items()})
         m.attraction_items.set(n)
         return n
+
+    @torch.no_grad()
+    def calibrate_ranker(self, model, slates: list[Slate], offsets: dict[str, float]) -> float:
+        """Fit how much the attraction offsets and the ranker's own logit count (`attraction.calibrate`) on
+        ``slates``; rescale the ranker's output layer by the fitted logit scale and return the offsets' scale.
+
+        Without it the offsets were simply added to a logit whose scale came from elsewhere (at first, the
+        sequence model's standardised score): measured in an offline replay of the simulator, that logit was
+        worth about a fifth of what it was given against the offsets. A fit that is not usable (too few
+        clicks, or a scale that is not positive) leaves the ranker as it is and adds the offsets unscaled.
+        """
+        f = self.flat(slates)
+        if not f or (f["reward"] > 0).sum() < MIN_CLICKS:
+            return 1.0
+        model.eval()
+        sparse = torch.from_numpy(model.sparse_ids(f["users"], f["items"], f["cats"]))
+        own = model.logit(sparse, torch.from_numpy(f["dense"])) - (
+            model.item_bias(sparse[:, 2]) + model.item_bias(sparse[:, 3])).squeeze(-1)
+        offset = np.array([offsets.get(i, 0.0) for i in f["items"]])
+        exam = self.examination[np.minimum(f["position"], len(self.examination) - 1)]
+        weight = np.minimum(1.0 / np.maximum(f["propensity"], 1e-6), self.cfg.weight_cap)
+        intercept, logit_scale, offset_scale = calibrate(own.numpy().astype(np.float64), offset, f["reward"] > 0,
+                                                         exam, weight)
+        if not (np.isfinite([intercept, logit_scale, offset_scale]).all() and logit_scale > 0 and offset_scale > 0):
+            log.info("ranker calibration not used (intercept %.3g, logit scale %.3g, offset scale %.3g)",
+                     intercept, logit_scale, offset_scale)
+            return 1.0
+        # logit' = intercept + scale * logit: the output layer is linear, so scale it and move its bias.
+        model.head.weight.mul_(logit_scale)
+        model.head.bias.mul_(logit_scale).add_(intercept)
+        m.ranker_calibration.labels("logit_scale").set(logit_scale)
+        m.ranker_calibration.labels("offset_scale").set(offset_scale)
+        return offset_scale
 
     def learn_categories(self, slates: list[Slate]) -> None:
         for s in slates:

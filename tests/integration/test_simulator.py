@@ -36,5 +36,14 @@ def test_simulated_users_act_through_kafka(fresh_settings, tmp_path):
     events = [json.loads(m.value()) for m in read_topic(s, topics.EVENTS)]
     clicks = [e for e in events if e["type"] == "click"]
     assert clicks and all(e.get("rec_id") and "position" in e for e in clicks)
+    # Every slate a user was shown is logged as an impression of its items, and only those: the answers to
+    # the users' own clicks were never displayed.
+    shown = {e["rec_id"]: e["items"] for e in events if e["type"] == "impression"}
+    assert len(shown) == counts["impression"] and 0 < counts["impression"] <= counts["slates"]
+    recs = {r["rec_id"]: r for r in (json.loads(m.value()) for m in read_topic(s, topics.RECOMMENDATIONS))}
+    assert all(items == [i["item_id"] for i in recs[rid]["items"]][:cfg.slate_seen] for rid, items in shown.items())
+    click_ids = {e["event_id"] for e in clicks}
+    assert not shown.keys() & {rid for rid, r in recs.items() if r["trigger_event_id"] in click_ids}
+    assert {e["rec_id"] for e in clicks} <= shown.keys()
     catalog = {m.key().decode() for m in read_topic(s, topics.CATALOG)}
     assert {"sim-i0", "sim-i30", "sim-i31"} <= catalog

@@ -128,3 +128,32 @@ def test_one_topic_read_far_ahead_of_the_other_loses_nothing():
     ahead = Joiner(JoinConfig(window_ms=100))
     got = _feed(ahead, [r for r in records if r[0] == "ev"] + [r for r in records if r[0] == "rec"]) + ahead.flush()
     assert sorted((s.rec_id, s.rewards) for s in got) == sorted((s.rec_id, s.rewards) for s in expected)
+
+
+def impression(eid: str, rid: str, ts: int, items=("a", "b", "c")):
+    return {"event_id": eid, "type": "impression", "user_id": "u", "items": list(items), "rec_id": rid, "ts": ts}
+
+
+def test_an_impression_or_an_interaction_marks_a_slate_shown_and_adds_no_reward():
+    j = Joiner(JoinConfig(window_ms=100))
+    j.add_interaction(impression("i0", "r1", 3))  # before its recommendation: waits in pending
+    for rid in ("r1", "r2", "r3"):
+        j.add_recommendation(rec(rid, 0))
+    j.add_interaction(impression("i2", "r2", 4))
+    j.add_interaction(ev("e3", "click", "r3", 1, "b", 5))  # clicked without an impression: shown all the same
+    j.add_interaction(ev("e4", "view", None, None, "z", 201))
+    closed = {s.rec_id: s for s in j.add_recommendation(rec("r9", 200))}
+    assert {rid: (s.shown, s.rewards) for rid, s in closed.items()} == {
+        "r1": (True, [0.0, 0.0, 0.0]), "r2": (True, [0.0, 0.0, 0.0]), "r3": (True, [0.0, 1.0, 0.0])}
+    assert j.counts["impressions"] == 2 and j.counts["joined"] == 1
+    j.add_interaction(impression("i9", "r1", 250))  # its slate is closed: late
+    assert j.counts["late"] == 1
+    assert not j.flush()[0].shown  # r9: nobody said it was displayed
+
+
+def test_shown_survives_a_checkpoint():
+    j = Joiner(JoinConfig(window_ms=100))
+    j.add_recommendation(rec("r1", 0))
+    j.add_interaction(impression("i1", "r1", 2))
+    again = Joiner.from_state(json.loads(json.dumps(j.state())), JoinConfig(window_ms=100))
+    assert again.flush()[0].shown and again.counts["impressions"] == 1

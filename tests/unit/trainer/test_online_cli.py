@@ -24,3 +24,10 @@ def test_registering_the_commands_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_bad_impressions_mode_is_refused_with_the_flag_named():
+    out = subprocess.run([sys.executable, "-m", "streamrec.cli", "learn", "--impressions", "sometimes"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "--impressions: 'sometimes'; use auto, required or ignored" in out.stderr

@@ -156,9 +156,70 @@ def test_the_items_attraction_from_training_slates_goes_into_the_rankers_per_ite
     model = learner.models.cand["ranker"]
     offsets = attraction_offsets(list(learner.train_buf), learner.models.examination)
     assert offsets["i0"] > 0 > offsets["i1"]
-    with torch.no_grad():
-        bias = model.item_bias(torch.from_numpy(model.item_hasher(["i0", "i1"]))).sum(1).squeeze(-1).numpy()
-    np.testing.assert_allclose(bias, [offsets["i0"], offsets["i1"]], atol=1e-3)  # shared rows: least squares
+    bias = item_bias(model, ["i0", "i1"])
+    # Both carry the offset at the one scale fitted against the ranker's own logit (shared rows: least squares).
+    scale = bias / np.array([offsets["i0"], offsets["i1"]])
+    assert scale[0] > 0
+    np.testing.assert_allclose(scale[1], scale[0], rtol=1e-3)
     # Only training slates count: the gate's held-out slates never reach the estimate.
     held = {sl.rec_id for sl in learner.holdout}
     assert held and not held & {sl.rec_id for sl in learner.train_buf}
+
+
+def item_bias(model, items):
+    with torch.no_grad():
+        return model.item_bias(torch.from_numpy(model.item_hasher(items))).sum(1).squeeze(-1).numpy()
+
+
+def test_the_ranker_and_the_offsets_are_rescaled_to_what_the_slates_support(tmp_path):
+    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
+    publish_models(s, tmp_path, item_bias=True)
+    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt")), port=0)
+    learner.models.load()
+    models = learner.models
+    model = models.cand["ranker"]
+    with torch.no_grad():  # a ranker that reads the (predictive) category affinity ten times too loudly
+        model.head.weight[0, 3 * 4 + DENSE_FEATURES.index("category_affinity")] = 30.0
+    data = slates(1500, seed=6)
+    for sl in data:  # on top of the category: i0 sells whenever it is shown, i1 never does
+        sl.rewards = [1.0 if it == "i0" else 0.0 if it == "i1" else r for it, r in zip(sl.items, sl.rewards)]
+    models.estimate_examination(data)
+    before = models.ranker_scores(model, models.flat(data[:50]))
+    assert models.set_attraction(data) > 0
+    logit_scale = ranker_calibration("logit_scale")
+    assert 0 < logit_scale < 0.5, "the over-loud logit was turned down"
+    after = models.ranker_scores(model, models.flat(data[:50]))
+    assert np.corrcoef(before, after)[0, 1] > 0.5
+    assert item_bias(model, ["i0"])[0] > 0 > item_bias(model, ["i1"])[0]
+    # A fixed point: fitted again on the rescaled ranker, its logit keeps its scale.
+    offsets = attraction_offsets(data, models.examination)
+    models.calibrate_ranker(model, data, offsets)
+    assert ranker_calibration("logit_scale") == pytest.approx(1.0, abs=0.05)
+
+
+def ranker_calibration(term):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("streamrec_learner_ranker_calibration", {"term": term})
+
+
+@pytest.mark.parametrize("mode, impressions_seen, kept", [
+    ("auto", False, 20), ("auto", True, 10), ("required", False, 10), ("ignored", True, 20)])
+def test_slates_nobody_saw_are_left_out_once_the_app_logs_impressions(tmp_path, mode, impressions_seen, kept):
+    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
+    learner = OnlineLearner(s, LearnerConfig(dry_run=True, impressions=mode, holdout_every=10**9,
+                                             checkpoint_dir=str(tmp_path / "ckpt")), port=0)
+    if impressions_seen:
+        learner.joiner.counts["impressions"] += 1
+    data = slates(20, seed=7)
+    for k, sl in enumerate(data):
+        sl.shown = k % 2 == 0
+    learner._accept(data)
+    assert len(learner.train_buf) == kept
+    assert learner.counts.get("filtered_not_shown", 0) == 20 - kept
+    assert all(sl.shown for sl in learner.train_buf) or kept == 20
+
+
+def test_an_unknown_impressions_mode_is_refused():
+    with pytest.raises(ValueError, match="impressions: 'sometimes'; use auto, required or ignored"):
+        LearnerConfig(impressions="sometimes")
