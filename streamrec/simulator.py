@@ -382,8 +382,8 @@ class Simulation:
             self.models_seen[rec.variant].add(name)
         items = [it.item_id for it in rec.items]
         if items:  # like an app that logs what it displays: the learner trains on shown slates only
-            pub.publish("impression", user_id=uid, items=items[: self.cfg.slate_seen], session_id=user.session_id,
-                        rec_id=rec.rec_id)
+            pub.publish("impression", user_id=uid, items=items[: self.cfg.slate_seen],
+                        session_id=user.session_id, rec_id=rec.rec_id)
             self.stats["impression"] += 1
         expected = self.world.expected_reward(user, items)
         actions = self.world.react(user, items)

@@ -13,11 +13,12 @@ bias (`DCNRanker(item_bias=True)`), so the next exported version ranks by it.
 
 How much the offset counts against the rest of the ranker is then fitted, not assumed (`calibrate`): the
 intercept, a scale of the ranker's own logit and a scale of the offset that maximise the likelihood of the
-recent clicks under the same position-based model. Measured in an offline replay of the simulator's world
-(`docs/analysis/offline_loop.py`, 300 users, four seeds): adding the offset at scale 1 to the pre-trained ranker's logit took the online
-arm's first-click rate from 0.495 (frozen) to 0.547; the fitted scales (about 0.2 for the ranker's logit,
-1.5 to 1.9 for the offset: the sequence model's score, standardised, had been trusted far more than it
-earns) took it to 0.577, against 0.600 for the simulator's true appeal added at scale 1.
+recent clicks under the same position-based model. In an offline replay of the simulator's world
+(`docs/analysis/offline_loop.py`, four seeds) the fit turned the sequence score down (about 0.2, offsets
+about 1.7) and took the online arm's click rate from 0.547 (offsets at scale 1) to 0.577. In the live
+bench it turned the ranker's logit up instead, and the lift pooled over three user splits did not change
+beyond noise (BENCHMARKS.md, "Slates nobody saw"); it stays because the served scores are then calibrated
+click log-odds rather than a sum of terms on unrelated scales.
 
 Why not learn the offset by gradient descent like the other weights: measured in `streamrec bench online`,
 per-item rows fitted by SGD or Adam inside the DCN took up whatever the dense features left over, and their

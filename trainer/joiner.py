@@ -7,8 +7,8 @@ add_to_cart 2, purchase 5, skip 0) to the item at that position; the same
 ``(rec_id, item, type)`` counts once (duplicates from retries or replays are
 ignored). An ``impression`` event with the slate's ``rec_id`` marks it as
 shown (displayed by the app), as does any interaction; the learner can
-leave out slates nobody saw (`LearnerConfig.impressions`). An interaction may arrive before its recommendation (the two topics
-are read independently): it waits, bounded, in a pending buffer. When the
+leave out slates nobody saw (`LearnerConfig.impressions`). An interaction
+may arrive before its recommendation (the two topics are read independently): it waits, bounded, in a pending buffer. When the
 event-time watermark passes the end of a slate's window, the slate is closed
 and emitted as a `Slate` sample; an interaction for a slate closed already,
 or older than the window, is counted as late and dropped.

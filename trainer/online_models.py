@@ -163,9 +163,8 @@ class OnlineModels:
         ``slates``; rescale the ranker's output layer by the fitted logit scale and return the offsets' scale.
 
         Without it the offsets were simply added to a logit whose scale came from elsewhere (at first, the
-        sequence model's standardised score): measured in an offline replay of the simulator, that logit was
-        worth about a fifth of what it was given against the offsets. A fit that is not usable (too few
-        clicks, or a scale that is not positive) leaves the ranker as it is and adds the offsets unscaled.
+        sequence model's standardised score). A fit that is not usable (too few clicks, or a scale that is
+        not positive) leaves the ranker as it is and adds the offsets unscaled.
         """
         f = self.flat(slates)
         if not f or (f["reward"] > 0).sum() < MIN_CLICKS:

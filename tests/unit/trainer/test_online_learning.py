@@ -152,7 +152,7 @@ def test_the_items_attraction_from_training_slates_goes_into_the_rankers_per_ite
     for sl in data:  # i0 sells whenever it is shown, i1 never does
         sl.rewards = [1.0 if it == "i0" else 0.0 if it == "i1" else r for it, r in zip(sl.items, sl.rewards)]
     learner._accept(data)
-    learner.train_round()
+    learner.train_round(force_gate=True)  # offsets and their scale are set for the candidate the gate sees
     model = learner.models.cand["ranker"]
     offsets = attraction_offsets(list(learner.train_buf), learner.models.examination)
     assert offsets["i0"] > 0 > offsets["i1"]
