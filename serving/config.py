@@ -111,6 +111,8 @@ class ScorerConfig:
     """Explain every recommended item in the Kafka messages too (the HTTP API explains on ``?explain=true``)."""
     explain_top: int = _DEFAULTS.scorer_explain_top
     """Feature groups listed per explained item."""
+    log_features: bool = _DEFAULTS.scorer_log_features
+    """Log the ranker's inputs of the shown items in each recommendation (for the online trainer)."""
     graph_model: str = _DEFAULTS.scorer_graph_model
     """Registry name of the graph model."""
     graph_candidates: int = _DEFAULTS.scorer_graph_candidates

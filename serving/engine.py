@@ -39,9 +39,12 @@ from streamrec.serving.exploration import choose
 from streamrec.serving.explain import RankedInputs, explain_slates
 from streamrec.serving.features import FeatureReader, dense_matrix
 from streamrec.serving.models import ModelStore
-from streamrec.stream.schemas import Recommendation, RecommendedItem, ScoreRequest
+from streamrec.stream.schemas import Recommendation, RecommendedItem, ScoreRequest, ServedFeatures
 
 log = logging.getLogger(__name__)
+
+SERVED_SESSION = 50
+"""Newest session items logged with a recommendation's features (what the online trainer's sequence model reads)."""
 
 
 class Engine:
@@ -172,6 +175,7 @@ class Engine:
         scores: list[np.ndarray] = [_source_scores(c) for c in cands]
         profiles = unique_vecs = None
         ranked: list[RankedInputs | None] = [None] * len(requests)
+        served: list[tuple[list[str], np.ndarray] | None] = [None] * len(requests)
         for arm_name, idx in groups.items():
             seq, ranker = models[arm_name]
             if ranker is None:
@@ -208,6 +212,8 @@ class Engine:
             bounds = np.cumsum([0] + sizes)
             for k, i in enumerate(idx):
                 scores[i] = prob[bounds[k]:bounds[k + 1]]
+                if cfg.log_features:
+                    served[i] = (ranker.dense_features, dense[bounds[k]:bounds[k + 1]])
                 if explain:  # keep each request's ranker inputs for the explanation run
                     b, e = bounds[k], bounds[k + 1]
                     ranked[i] = RankedInputs(ranker, sparse[b:e], dense[b:e], [cats[r] for r in rows[b:e].tolist()])
@@ -230,7 +236,7 @@ class Engine:
                 for source, n in cands[i].counts().items():
                     metrics.candidates.labels(source).observe(n)
             rec = self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False,
-                              segment=contexts[i].segment)
+                              segment=contexts[i].segment, served=served[i], session=contexts[i].session_items)
             self.clicks.remember(rec.rec_id, proposers(all_sources[i], [it.item_id for it in rec.items]))
             out.append(rec)
         if explain:
@@ -283,17 +289,26 @@ class Engine:
         return out
 
     def _slate(self, r: ScoreRequest, c: Candidates, scores: np.ndarray, models: list[str], variant: str,
-               now_ms: int, degraded: bool, segment: int | None = None) -> Recommendation:
+               now_ms: int, degraded: bool, segment: int | None = None,
+               served: tuple[list[str], np.ndarray] | None = None, session: list[str] = ()) -> Recommendation:
+        """The answer: the top of ``scores`` (or a sample of it when exploring); ``served``: the ranker's
+        dense feature names and rows of the candidates, logged for the chosen items."""
         cfg = self.config
         idx, prop, explored = choose(scores, cfg.top_n, cfg.exploration, epsilon=cfg.epsilon,
                                      temperature=cfg.temperature, rng=self.rng)
         items = [RecommendedItem(item_id=c.items[j], score=float(scores[j]), propensity=float(p),
                                  reason="explore" if e else c.reasons[j])
                  for j, p, e in zip(idx.tolist(), prop.tolist(), explored.tolist())]
+        features = None
+        if served is not None:
+            names, rows = served
+            # 5 decimals keep the message short (a float32's repr in float64 takes 18 digits), far below noise.
+            features = ServedFeatures(names=list(names), session=list(session[-SERVED_SESSION:]),
+                                      dense=np.round(rows[idx].astype(np.float64), 5).tolist())
         return Recommendation(rec_id=uuid.uuid4().hex, user_id=r.user_id, session_id=r.session_id,
                               trigger_event_id=r.event_id, items=items, models=models, variant=variant,
                               event_ts=r.ts, created_ts=int(time.time() * 1000), degraded=degraded,
-                              segment=segment)
+                              segment=segment, features=features)
 
 
 def _drop(c: Candidates, gone: set[str]) -> Candidates:

@@ -358,6 +358,22 @@ def segment_label(segment: int | None) -> str:
     return str(segment) if ok else "none"
 
 
+class ServedFeatures(msgspec.Struct, kw_only=True):
+    """What the ranker read when it scored the slate (feature logging, `Settings.scorer_log_features`).
+
+    The online trainer learns from these. Features read back later already hold the user's reaction to
+    this very slate: the clicked item is in the session, its recency is "just now" and its counts include
+    the click, so a model trained on them learns the reaction, not what predicts it.
+    """
+
+    names: list[str]
+    """Dense feature names, the order of each row of ``dense``."""
+    dense: list[list[float]]
+    """One row per item of ``Recommendation.items``, in the same order."""
+    session: list[str] = []
+    """The session's items (oldest first, at most the last 50) that the sequence model read."""
+
+
 class Recommendation(msgspec.Struct, kw_only=True):
     """The answer to one event, published on `recommendations` keyed by user_id."""
 
@@ -376,6 +392,8 @@ class Recommendation(msgspec.Struct, kw_only=True):
     segment: Union[Segment, None] = None
     """The user's customer segment when one is stored (`streamrec segments`); optional, so
     consumers written before it keep working."""
+    features: Union[ServedFeatures, None] = None
+    """The ranker's inputs for the items, as served (absent when not ranked or not logged)."""
 
 
 class ScoreRequest(msgspec.Struct, kw_only=True, array_like=False):

@@ -105,6 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Also explain every item in the `recommendations` messages (costs a ranker run per feature group)."""
     scorer_explain_top: int = 3
     """Feature groups listed per explained item, largest effect first."""
+    scorer_log_features: bool = True
+    """Put the ranker's inputs for the shown items in each recommendation (`features`): the online trainer
+    trains on what the ranker saw, not on features read after the user already reacted."""
 
     # --- graph candidates and candidate metrics (LightGCN, streamrec.serving.graph) ---
     scorer_graph_model: str = "graph"

@@ -198,7 +198,13 @@ class OnlineLearner:
         return closed
 
     def _attach_features(self, recs: list[dict]) -> None:
-        """Ranker features of each slate as the scorer computes them, plus the session for the sequence model."""
+        """Ranker features of each slate as the scorer saw them, plus the session for the sequence model.
+
+        A recommendation that carries its served features (`ServedFeatures`) gives them point in time. For
+        one without (older scorers, `STREAMREC_SCORER_LOG_FEATURES=false`) they are read from Redis now,
+        which may already hold the user's reaction to the slate (counted as ``read_late``). The sequence
+        score is always recomputed with the learner's live sequence model, on the served session if any.
+        """
         if not recs:
             return
         try:
@@ -216,6 +222,8 @@ class OnlineLearner:
                                  ts=int(r.get("event_ts") or r.get("created_ts") or 0), feature_version=0)
                     for r in recs]
             contexts, _ = self._reader.contexts(reqs, 1)
+            served = [_served(r) for r in recs]
+            sessions = [list(sv["session"]) if sv else c.session_items for sv, c in zip(served, contexts)]
             items = [it["item_id"] for r in recs for it in r.get("items", [])]
             stats = self._reader.item_stats(list(dict.fromkeys(items)))
             rows = np.array([stats.index[i] for i in items], dtype=np.int64)
@@ -224,8 +232,7 @@ class OnlineLearner:
             seq_score = None
             seq = self.models.live.get(self.cfg.seq_model)
             if seq is not None and len(items):
-                flat = {"session": [c.session_items for c in contexts], "slate_of": owner, "items": items,
-                        "cats": cats}
+                flat = {"session": sessions, "slate_of": owner, "items": items, "cats": cats}
                 seq_score = self.models.seq_scores(seq, flat)
             ranker = self.models.live.get(self.cfg.ranker_model)  # its own feature list (older rankers: fewer)
             names = DENSE_FEATURES[: ranker.config["n_dense"]] if ranker is not None else DENSE_FEATURES
@@ -233,12 +240,22 @@ class OnlineLearner:
         except Exception:  # noqa: BLE001 - Redis down: the slate still counts rewards, it just cannot train
             log.exception("could not read features for %d slates; they will count but not train", len(recs))
             self.counts["feature_errors"] += len(recs)
+            for r in recs:  # the served ones lack categories and the learner's sequence score: not trainable
+                r.pop("features", None)
             return
         start = 0
-        for r, ctx in zip(recs, contexts):
+        for r, sv, session in zip(recs, served, sessions):
             n = len(r.get("items", []))
+            if sv:  # the served values replace those read now (the sequence score stays the learner's own)
+                logged = np.asarray(sv["dense"], dtype=np.float32)
+                for j, name in enumerate(names):
+                    if name != "seq_score" and name in sv["names"]:
+                        dense[start:start + n, j] = logged[:, sv["names"].index(name)]
+            source = "served" if sv else "read_late"
+            m.feature_sources.labels(source).inc()
+            self.counts[f"features_{source}"] += 1
             r["features"] = {"dense": dense[start:start + n].tolist(), "cats": cats[start:start + n],
-                             "session": ctx.session_items[-50:]}
+                             "session": session[-50:]}
             start += n
 
     def _accept(self, closed: list[Slate]) -> None:
@@ -389,3 +406,23 @@ class OnlineLearner:
         self.users = {u: list(c) for u, c in state.get("users", {}).items()}
         log.info("restored checkpoint %s: watermark %s, %d open slates", self._ckpt, self.joiner.watermark,
                  len(self.joiner.open))
+
+
+def _served(rec: dict) -> dict | None:
+    """The recommendation's served features when they are whole (a row of every name per item), else None.
+
+    >>> rec = {"items": [{"item_id": "a"}], "features": {"names": ["x", "y"], "dense": [[1.0, 2.0]], "session": []}}
+    >>> _served(rec)["dense"]
+    [[1.0, 2.0]]
+    >>> _served({**rec, "features": {"names": ["x"], "dense": [[1.0, 2.0]]}}) is None
+    True
+    """
+    sv = rec.get("features")
+    if not isinstance(sv, dict):
+        return None
+    names, dense, session = sv.get("names"), sv.get("dense"), sv.get("session", [])
+    if not (isinstance(names, list) and isinstance(dense, list) and isinstance(session, list)
+            and len(dense) == len(rec.get("items", []))
+            and all(isinstance(row, list) and len(row) == len(names) for row in dense)):
+        return None
+    return {"names": names, "dense": dense, "session": session}

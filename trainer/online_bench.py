@@ -285,7 +285,8 @@ def cmd_bench_online(args) -> int:
                            log=lambda m: print(m, file=sys.stderr),
                            learner_args=tuple(shlex.split(args.learner_args)),
                            world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
-                                  "retire_oldest": args.retire_oldest, "appeal": args.appeal})
+                                  "retire_oldest": args.retire_oldest, "appeal": args.appeal,
+                                  "attraction_bias": args.attraction_bias})
         name = "online" if len(salts) == 1 else f"online-{salt}"
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         plot(result, out / f"{name}.png")

@@ -134,6 +134,9 @@ def register_bench(bench) -> None:
                    help=f"a new item joins the catalog this often, 0: never (default {SimConfig.new_item_every_s})")
     p.add_argument("--appeal", type=float, default=SimConfig.appeal,
                    help=f"std of each item's hidden click appeal, unseen in organic browsing (default {SimConfig.appeal})")
+    p.add_argument("--attraction-bias", type=float, default=SimConfig.attraction_bias,
+                   help=f"intercept of the hidden click logit: lower, fewer clicks per slate "
+                        f"(default {SimConfig.attraction_bias})")
     p.add_argument("--retire-oldest", action="store_true",
                    help="catalog turnover: each new item retires the oldest one (tombstone; default off)")
     p.add_argument("--learner-args", default="",

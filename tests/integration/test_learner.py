@@ -157,3 +157,47 @@ def test_learn_command_serves_health_and_metrics_and_stops_cleanly_on_sigterm(fr
         rc = proc.wait(60)
     assert rc == 0, proc.stderr.read().decode()[-2000:]
     assert (tmp_path / "ck" / "learner.json").exists()
+
+
+def test_trains_on_the_features_served_with_the_slate_not_on_those_read_after_the_click(fresh_settings, tmp_path):
+    """By the time a slate reaches the learner, Redis already holds the user's reaction to it (the clicked
+    item is in the session, its counts include the click). Served features are used instead; a slate
+    without them falls back to reading Redis, and is counted as such."""
+    from streamrec.trainer.dcn import DENSE_FEATURES
+
+    s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
+    publish_models(s, tmp_path)
+    cfg = LearnerConfig(window_ms=500, dry_run=True, gate_every_s=3600, gate_every_samples=10**9,
+                        checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every_s=3600)
+    names = list(DENSE_FEATURES)
+    logged = [[100.0 + 10 * row + col for col in range(len(names))] for row in range(3)]
+    served_session = [ITEMS[5], ITEMS[6]]
+    recs = []
+    for k, features in enumerate(({"names": names, "dense": logged, "session": served_session}, None)):
+        rec = {"rec_id": f"r{k}", "user_id": "u1", "session_id": "s", "trigger_event_id": f"t{k}", "variant": "a",
+               "created_ts": T0 + k, "event_ts": T0 + k,
+               "items": [{"item_id": i, "score": 1.0, "propensity": 1.0, "reason": "seq"} for i in ITEMS[:3]]}
+        if features:
+            rec["features"] = features
+        recs.append(rec)
+    produce(s, topics.RECOMMENDATIONS, recs, "user_id")
+    produce(s, topics.EVENTS, [{"event_id": "late", "type": "view", "user_id": "u1", "item_id": ITEMS[9],
+                                "ts": T0 + 60_000}], "user_id")  # moves the watermark past both windows
+    learner = OnlineLearner(s, cfg, port=0)
+    learner.start()
+    consume_all(learner, s)
+    learner.stop()
+    learner.close()
+    slates = {sl.rec_id: sl for sl in list(learner.train_buf) + list(learner.holdout) + learner.joiner.flush()}
+    assert set(slates) == {"r0", "r1"}
+    assert learner.counts["features_served"] == 1 and learner.counts["features_read_late"] == 1
+    served = slates["r0"].features
+    assert served["session"] == served_session
+    seq = names.index("seq_score")
+    for row, want in zip(served["dense"], logged):
+        assert [x for j, x in enumerate(row) if j != seq] == [x for j, x in enumerate(want) if j != seq]
+        # The sequence score is the learner's own model's, on the served session.
+        assert row[seq] != want[seq] and abs(row[seq]) < 100
+    late = slates["r1"].features
+    assert late["session"] == [] and len(late["dense"]) == 3  # read from Redis, which knows nothing of u1
+    assert late["dense"][0][names.index("item_log_views")] != logged[0][names.index("item_log_views")]

@@ -4,6 +4,7 @@ events through the SDK -> worker -> scorer -> one recommendation per event."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -129,6 +130,7 @@ def test_every_event_gets_a_recommendation_without_models(stack):
                 assert len(ids) == len(set(ids)) and len(ids) == 10
                 assert {i.reason.split(':')[0] for i in rec.items} <= {"trending", "covisit"}
                 assert all(i.propensity == 1.0 for i in rec.items)
+                assert rec.features is None, "nothing was ranked, so there are no ranker inputs to log"
         # Pull API: a known user, and an unknown user (cold start: trending).
         code, body = running.get("/v1/recommendations/u1")
         assert code == 200 and json.loads(body)["user_id"] == "u1"
@@ -142,6 +144,41 @@ def test_every_event_gets_a_recommendation_without_models(stack):
         assert metric(body, "streamrec_scorer_degraded_total", mode="cold_start") >= 1
     finally:
         assert running.stop() == 0
+
+
+def test_ranked_recommendations_carry_the_features_the_ranker_read(stack, tmp_path):
+    """Feature logging: each ranked slate carries its items' dense inputs and the session as scored, so the
+    online trainer never has to read them back after the user reacted."""
+    from streamrec.trainer.dcn import DENSE_FEATURES
+
+    s = stack
+    build_models(s, tmp_path, "v1")
+    with EventPublisher(s) as pub:
+        traffic(pub, 40, prefix="warm")
+    for log_features in (True, False):
+        running = Running(s, log_features=log_features)
+        try:
+            with RecommendationConsumer(s) as recs, EventPublisher(s) as pub:
+                for user in (f"pit{log_features}-a", f"pit{log_features}-b"):
+                    viewed = []
+                    for item in ITEMS[3:9] if user.endswith("a") else ITEMS[20:24]:
+                        # One event at a time: the slate answering it was scored on exactly the views so far.
+                        eid = pub.publish("view", user_id=user, item_id=item, session_id=f"s-{user}")
+                        pub.flush()
+                        viewed.append(item)
+                        rec = recs.wait_for(eid, timeout=30)
+                        assert rec.models == ["sasrec@v1", "ranker@v1"]
+                        if not log_features:
+                            assert rec.features is None
+                            continue
+                        f = rec.features
+                        assert f.names == list(DENSE_FEATURES)
+                        assert f.session == viewed, "the session as the sequence model read it"
+                        assert len(f.dense) == len(rec.items) and all(len(row) == len(f.names) for row in f.dense)
+                        session_length = [row[f.names.index("session_length")] for row in f.dense]
+                        assert session_length == [pytest.approx(math.log1p(len(viewed)), abs=1e-4)] * len(rec.items)
+        finally:
+            assert running.stop() == 0
 
 
 def test_ranks_with_models_and_hot_swaps_under_traffic_without_losing_a_request(stack, tmp_path):
