@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 1e-3
-    seq_lr: float = 5e-4
+    seq_lr: float = 1e-4
     embedding_lr: float = 0.0
     """SGD step per sample of the ranker's id embeddings (`DenseAdamSparseSGD`; 0: left as they are)."""
     rl_mix: float = 0.5
