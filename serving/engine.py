@@ -39,12 +39,9 @@ from streamrec.serving.exploration import choose
 from streamrec.serving.explain import RankedInputs, explain_slates
 from streamrec.serving.features import FeatureReader, dense_matrix
 from streamrec.serving.models import ModelStore
-from streamrec.stream.schemas import Recommendation, RecommendedItem, ScoreRequest, ServedFeatures
+from streamrec.stream.schemas import SERVED_SESSION, Recommendation, RecommendedItem, ScoreRequest, ServedFeatures
 
 log = logging.getLogger(__name__)
-
-SERVED_SESSION = 50
-"""Newest session items logged with a recommendation's features (what the online trainer's sequence model reads)."""
 
 
 class Engine:
@@ -65,20 +62,23 @@ class Engine:
 
     # ------------------------------------------------------------------ #
     def recommend(self, requests: Sequence[ScoreRequest], now_ms: int | None = None,
-                  explain: bool | None = None) -> list[Recommendation]:
+                  explain: bool | None = None, log_features: bool | None = None) -> list[Recommendation]:
         """One recommendation per request, in order. Never raises for Redis or model trouble.
 
         ``explain``: attach the ranker's feature attributions to each ranked item
-        (`streamrec.serving.explain`); None follows ``config.explain_messages``.
+        (`streamrec.serving.explain`); None follows ``config.explain_messages``. ``log_features``: put the
+        ranker's inputs in each answer for the online trainer; None follows ``config.log_features`` (the
+        HTTP pull API says False: its answers never reach the trainer).
         """
         explain = self.config.explain_messages if explain is None else explain
+        log_features = self.config.log_features if log_features is None else log_features
         if not requests:
             return []
         self._attribute_clicks(requests)
         now_ms = now_ms or int(time.time() * 1000)
         if time.monotonic() >= self._redis_retry_at:
             try:
-                return self._full(requests, now_ms, explain)
+                return self._full(requests, now_ms, explain, log_features)
             except Exception as exc:  # noqa: BLE001 - every request gets an answer, whatever failed
                 if _is_redis_error(exc):
                     log.warning("Redis unavailable (%s); serving the trending snapshot", exc)
@@ -92,7 +92,8 @@ class Engine:
         return self._degraded(requests, now_ms, "redis_down")
 
     # ------------------------------------------------------------------ #
-    def _full(self, requests: Sequence[ScoreRequest], now_ms: int, explain: bool = False) -> list[Recommendation]:
+    def _full(self, requests: Sequence[ScoreRequest], now_ms: int, explain: bool = False,
+              log_features: bool = False) -> list[Recommendation]:
         cfg = self.config
         t0 = time.perf_counter()
         trending_n = max(cfg.trending_candidates, cfg.top_n * 5)
@@ -212,7 +213,7 @@ class Engine:
             bounds = np.cumsum([0] + sizes)
             for k, i in enumerate(idx):
                 scores[i] = prob[bounds[k]:bounds[k + 1]]
-                if cfg.log_features:
+                if log_features:
                     served[i] = (ranker.dense_features, dense[bounds[k]:bounds[k + 1]])
                 if explain:  # keep each request's ranker inputs for the explanation run
                     b, e = bounds[k], bounds[k + 1]
@@ -290,7 +291,7 @@ class Engine:
 
     def _slate(self, r: ScoreRequest, c: Candidates, scores: np.ndarray, models: list[str], variant: str,
                now_ms: int, degraded: bool, segment: int | None = None,
-               served: tuple[list[str], np.ndarray] | None = None, session: list[str] = ()) -> Recommendation:
+               served: tuple[list[str], np.ndarray] | None = None, session: Sequence[str] = ()) -> Recommendation:
         """The answer: the top of ``scores`` (or a sample of it when exploring); ``served``: the ranker's
         dense feature names and rows of the candidates, logged for the chosen items."""
         cfg = self.config

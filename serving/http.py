@@ -79,7 +79,7 @@ class ScorerHttp:
             return json_error(400, "user_id: use /v1/recommendations/{user_id} with the percent-encoded UTF-8 "
                                    "user id of the events (1-256 characters, no whitespace, control "
                                    "characters or '/')")
-        rec = self.scorer.engine.recommend([self._request(user_id)], explain=explain)[0]
+        rec = self.scorer.engine.recommend([self._request(user_id)], explain=explain, log_features=False)[0]
         return 200, "application/json", schemas.encode(rec)
 
     @staticmethod

@@ -358,6 +358,10 @@ def segment_label(segment: int | None) -> str:
     return str(segment) if ok else "none"
 
 
+SERVED_SESSION = 50
+"""Newest session items logged with a recommendation's features (what the online trainer's sequence model reads)."""
+
+
 class ServedFeatures(msgspec.Struct, kw_only=True):
     """What the ranker read when it scored the slate (feature logging, `Settings.scorer_log_features`).
 
@@ -371,7 +375,7 @@ class ServedFeatures(msgspec.Struct, kw_only=True):
     dense: list[list[float]]
     """One row per item of ``Recommendation.items``, in the same order."""
     session: list[str] = []
-    """The session's items (oldest first, at most the last 50) that the sequence model read."""
+    """The session's items (oldest first, at most the last ``SERVED_SESSION``) that the sequence model read."""
 
 
 class Recommendation(msgspec.Struct, kw_only=True):

@@ -37,7 +37,7 @@ import numpy as np
 from streamrec.health import HealthServer
 from streamrec.security import check_services
 from streamrec.settings import Settings
-from streamrec.stream.schemas import decode_event
+from streamrec.stream.schemas import SERVED_SESSION, decode_event
 from streamrec.stream.topics import EVENTS, RECOMMENDATIONS, kafka_security
 from streamrec.trainer import learner_metrics as m
 from streamrec.trainer.joiner import Joiner, Slate
@@ -255,7 +255,7 @@ class OnlineLearner:
             m.feature_sources.labels(source).inc()
             self.counts[f"features_{source}"] += 1
             r["features"] = {"dense": dense[start:start + n].tolist(), "cats": cats[start:start + n],
-                             "session": session[-50:]}
+                             "session": session[-SERVED_SESSION:]}
             start += n
 
     def _accept(self, closed: list[Slate]) -> None:

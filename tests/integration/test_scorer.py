@@ -177,6 +177,10 @@ def test_ranked_recommendations_carry_the_features_the_ranker_read(stack, tmp_pa
                         assert len(f.dense) == len(rec.items) and all(len(row) == len(f.names) for row in f.dense)
                         session_length = [row[f.names.index("session_length")] for row in f.dense]
                         assert session_length == [pytest.approx(math.log1p(len(viewed)), abs=1e-4)] * len(rec.items)
+            # The pull API's answers never reach the trainer: they carry no ranker inputs.
+            code, body = running.get(f"/v1/recommendations/pit{log_features}-a")
+            pulled = json.loads(body)
+            assert code == 200 and pulled["models"] == ["sasrec@v1", "ranker@v1"] and pulled["features"] is None
         finally:
             assert running.stop() == 0
 
