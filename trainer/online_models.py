@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from streamrec.registry import Registry
+from streamrec.settings import Settings
 from streamrec.trainer import learner_metrics as m
 from streamrec.trainer.attraction import MIN_CLICKS, attraction_offsets, calibrate, write_offsets
 from streamrec.trainer.gate import Gate, GateConfig, GateDecision
@@ -42,15 +43,20 @@ from streamrec.trainer.weights import WEIGHTS, load_weights, save_weights
 log = logging.getLogger(__name__)
 
 
+_DEFAULTS = Settings()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-3
-    seq_lr: float = 1e-4
-    embedding_lr: float = 0.0
+    """Defaults are the settings' (`STREAMREC_LEARNER_*`), so a bare config trains like the learner."""
+
+    lr: float = _DEFAULTS.learner_lr
+    seq_lr: float = _DEFAULTS.learner_seq_lr
+    embedding_lr: float = _DEFAULTS.learner_embedding_lr
     """SGD step per sample of the ranker's id embeddings (`DenseAdamSparseSGD`; 0: left as they are)."""
-    rl_mix: float = 0.5
+    rl_mix: float = _DEFAULTS.learner_rl_mix
     """Share of the REINFORCE loss in the sequence model's loss (the rest: next-item loss)."""
-    weight_cap: float = 10.0
+    weight_cap: float = _DEFAULTS.learner_weight_cap
     topk: int = 10
     batch: int = 64
     """Slates per micro-batch."""
