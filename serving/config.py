@@ -7,7 +7,9 @@ scorer runs against any version of `streamrec.settings.Settings`.
 >>> ScorerConfig.from_settings(object()).exploration
 'off'
 >>> parse_arms("a=50:ranker@v1,b=50")
-(Arm(name='a', weight=50.0, pins=(('ranker', 'v1'),)), Arm(name='b', weight=50.0, pins=()))
+(Arm(name='a', weight=50.0, pins=(('ranker', 'v1'),), trending=False), Arm(name='b', weight=50.0, pins=(), trending=False))
+>>> parse_arms("pop=1:trending")[0].trending
+True
 """
 
 from __future__ import annotations
@@ -26,22 +28,27 @@ class ConfigError(ValueError):
 class Arm:
     """One A/B arm: a share of users (by stable hash) and the model versions it pins.
 
-    A model not pinned follows the live version announced on `model-versions`.
+    A model not pinned follows the live version announced on `model-versions`. A ``trending`` arm
+    serves the trending items only (most viewed lately, minus what the user has seen), with no model
+    and no co-visitation: the popularity baseline of an experiment.
     """
 
     name: str
     weight: float
     pins: tuple[tuple[str, str], ...] = ()
+    trending: bool = False
 
     def pinned(self, model: str) -> str | None:
         return dict(self.pins).get(model)
 
 
 DEFAULT_ARMS = (Arm("default", 100.0),)
+TRENDING_ARM = "trending"
+"""The arm option that makes it the popularity baseline (no models, trending items only)."""
 
 
 def parse_arms(spec: str) -> tuple[Arm, ...]:
-    """``"NAME=WEIGHT[:model@version[:model@version]],..."``; empty -> one arm "default"."""
+    """``"NAME=WEIGHT[:model@version[:model@version]|:trending],..."``; empty -> one arm "default"."""
     if not spec or not spec.strip():
         return DEFAULT_ARMS
     arms = []
@@ -54,14 +61,21 @@ def parse_arms(spec: str) -> tuple[Arm, ...]:
             raise ConfigError(f"scorer_ab_arms: weight {weight!r} of arm {name!r} is not a number; "
                               "write NAME=WEIGHT[:model@version]") from None
         parsed = []
+        trending = TRENDING_ARM in pins
         for pin in pins:
             model, at, version = pin.partition("@")
+            if pin == TRENDING_ARM:
+                continue
             if not at or not model or not version:
-                raise ConfigError(f"scorer_ab_arms: {pin!r} in arm {name!r} is not model@version")
+                raise ConfigError(f"scorer_ab_arms: {pin!r} in arm {name!r} is not model@version "
+                                  f"(or {TRENDING_ARM!r}, for the popularity baseline)")
+            if trending:
+                raise ConfigError(f"scorer_ab_arms: arm {name!r} is {TRENDING_ARM!r} and serves no model; "
+                                  f"drop {pin!r} or {TRENDING_ARM!r}")
             parsed.append((model, version))
         if not name or w <= 0:
             raise ConfigError(f"scorer_ab_arms: arm {part!r} needs a name and a positive weight")
-        arms.append(Arm(name, w, tuple(parsed)))
+        arms.append(Arm(name, w, tuple(parsed), trending))
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"scorer_ab_arms: arm names repeat in {spec!r}")
     return tuple(arms)

@@ -13,7 +13,8 @@ pull API and the core benchmark call it directly). Per batch:
 4. ranker: every (request, candidate) pair of the batch in one ONNX run;
 5. the serving policy picks the slate and each item's propensity.
 
-Degraded modes: no model -> candidates scored by their source (co-visitation
+An A/B arm marked ``trending`` (the popularity baseline) skips 2 and 4: its
+slate is the trending items the user has not seen. Degraded modes: no model -> candidates scored by their source (co-visitation
 weight, then trending); Redis failing -> the in-memory trending snapshot,
 ``degraded=true``; a user Redis knows nothing of -> cold start (trending and
 content).
@@ -102,10 +103,11 @@ class Engine:
         metrics.redis_up.set(1)
         if trending:
             self.snapshot, self.snapshot_at = trending, time.monotonic()
-        # Round trip 2: co-visitation of recent items, categories of session items.
-        recent = list(dict.fromkeys(i for c in contexts for i in c.recent(cfg.recent_items)))
-        session_items = [i for c in contexts for i in c.session_items]
         arms = [ab.arm_of(r.user_id, cfg.arms, cfg.ab_salt) for r in requests]
+        # Round trip 2: co-visitation of recent items (not for trending arms), categories of session items.
+        recent = list(dict.fromkeys(i for c, a in zip(contexts, arms) if not a.trending
+                                    for i in c.recent(cfg.recent_items)))
+        session_items = [i for c in contexts for i in c.session_items]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, arm in enumerate(arms):
             groups[arm.name].append(i)
@@ -149,14 +151,18 @@ class Engine:
             similar = content_similar(self.content_index, [c.recent(cfg.content_profile_items) for c in contexts],
                                       [cfg.content_candidates + len(c.seen) for c in contexts])
             for i, (items, sims) in enumerate(similar):
-                if items:
+                if items and not arms[i].trending:
                     sources[i].append(Source(CONTENT, items, sims))
                     content_used.add(i)
         cands: list[Candidates] = []
         all_sources: list[list[Source]] = []
         for i, ctx in enumerate(contexts):
-            cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
             exclude = ctx.seen | {ctx.request.item_id}
+            if arms[i].trending:  # the popularity baseline: the crowd only
+                all_sources.append([trend_src])
+                cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
+                continue
+            cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
             # Priority of reasons: the session's own co-visitation, then the models, then the crowd.
             all_sources.append([cv, *sources[i], trend_src])
             cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
@@ -165,7 +171,13 @@ class Engine:
 
         # Round trip 3: removed items, stats and categories for the ranker.
         unique = list(dict.fromkeys(chain.from_iterable(c.items for c in cands)))
-        any_ranker = any(m[1] is not None for m in models.values())
+        # A trending arm ranks nothing, but its slates train the online trainer too: with feature logging
+        # on, its candidates get the live ranker's inputs (logged only), so the trainer never has to read
+        # them back from Redis after the user reacted.
+        rankers = {name: (ranker, True) if ranker is not None else
+                   (self.models.live.get(self.models.config.ranker_model) if log_features else None, False)
+                   for name, (_, ranker) in models.items()}
+        any_ranker = any(r is not None for r, _ in rankers.values())
         stats = self.reader.item_stats(unique, with_stats=any_ranker)
         if stats.removed.any():
             gone = {unique[j] for j in np.flatnonzero(stats.removed)}
@@ -178,7 +190,8 @@ class Engine:
         ranked: list[RankedInputs | None] = [None] * len(requests)
         served: list[tuple[list[str], np.ndarray] | None] = [None] * len(requests)
         for arm_name, idx in groups.items():
-            seq, ranker = models[arm_name]
+            seq = models[arm_name][0]
+            ranker, rank = rankers[arm_name]
             if ranker is None:
                 continue
             sizes = [len(cands[i]) for i in idx]
@@ -203,6 +216,11 @@ class Engine:
                     unique_vecs = self.content_index.vectors_of(unique)[0]
                 content_sim = np.einsum("nd,nd->n", profiles[np.asarray(idx)][owner], unique_vecs[rows])
             dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score, content_sim)
+            bounds = np.cumsum([0] + sizes)
+            if not rank:
+                for k, i in enumerate(idx):
+                    served[i] = (ranker.dense_features, dense[bounds[k]:bounds[k + 1]])
+                continue
             users = [requests[i].user_id for i in idx]
             sparse = np.concatenate([ranker.users(users)[owner], ranker.items(unique)[rows],
                                      ranker.cats(stats.categories)[rows]], axis=1)
@@ -210,7 +228,6 @@ class Engine:
             cats = stats.categories
             self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], items[:256],
                                           [cats[r] for r in rows[:256].tolist()], dense[:256])
-            bounds = np.cumsum([0] + sizes)
             for k, i in enumerate(idx):
                 scores[i] = prob[bounds[k]:bounds[k + 1]]
                 if log_features:
@@ -229,7 +246,7 @@ class Engine:
                 used.append(graphs[arms[i].name])
             if i in content_used:
                 used.append(content_model.name)
-            if not used:
+            if not used and not arms[i].trending:
                 metrics.degraded.labels("no_model").inc()
             if not contexts[i].known:
                 metrics.degraded.labels("cold_start").inc()

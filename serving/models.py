@@ -180,7 +180,9 @@ class ModelStore:
                     self._refuse(Announcement(name=name, version=version, uri="", sha256=""), exc)
 
     def models_for(self, arm: Arm) -> tuple[SeqModel | None, Ranker | None]:
-        """The sequence model and ranker an arm serves with (pinned, else live)."""
+        """The sequence model and ranker an arm serves with (pinned, else live); none for a trending arm."""
+        if arm.trending:
+            return None, None
         out = []
         for name in (self.config.seq_model, self.config.ranker_model):
             version = arm.pinned(name)
@@ -190,6 +192,8 @@ class ModelStore:
 
     def graph_for(self, arm: Arm) -> GraphModel | None:
         """The graph model an arm serves with (pinned, else live), None when none is published."""
+        if arm.trending:
+            return None
         version = arm.pinned(self.config.graph_model)
         model = self.pinned.get((self.config.graph_model, version)) if version else None
         return model if model is not None else self.live.get(self.config.graph_model)

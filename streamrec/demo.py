@@ -2,10 +2,10 @@
 
 1. starts the local stack (Kafka, Redis) if needed, with topics of the demo's own;
 2. trains the initial models: a SASRec sequence model on the simulated
-   world's organic sessions, and a ranker that starts from the sequence score
-   (plus a popularity ranker for the baseline arm); exports, verifies and
-   publishes them to the registry;
-3. starts the worker, the scorer (three A/B arms: popularity, the initial
+   world's organic sessions, and a ranker that starts from the sequence score;
+   exports, verifies and publishes them to the registry;
+3. starts the worker, the scorer (three A/B arms: popularity, i.e. the
+   trending items the user has not seen, the initial
    models frozen, and the models the online trainer keeps improving) and the
    online trainer, as child processes;
 4. runs the simulated population (hidden tastes, position-biased clicks)

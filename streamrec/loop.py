@@ -29,7 +29,6 @@ from rich.console import Console
 
 from streamrec.settings import Settings
 
-ARMS = "popularity=1:ranker@pop:sasrec@v0,frozen=1:ranker@v0:sasrec@v0,online=1"
 
 
 @dataclass
@@ -105,19 +104,6 @@ def stop_service(svc: Service) -> int:
     return svc.proc.wait()
 
 
-def initial_models(settings: Settings, world, seed: int, workdir: Path) -> None:
-    """Train and publish what the arms start from (the same code as `streamrec bench online`)."""
-    from streamrec.trainer.export import export_dcn, export_sasrec
-    from streamrec.trainer.online_bench import _publish, feature_ranker, pretrained_sasrec
-
-    cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
-    seq = pretrained_sasrec(world, seed)
-    popularity, initial = feature_ranker("item_log_views"), feature_ranker("seq_score")
-    _publish(settings, "sasrec", seq, export_sasrec(seq, workdir / "seq", world.item_ids, cats), "v0")
-    _publish(settings, "ranker", popularity, export_dcn(popularity, workdir / "pop"), "pop")
-    _publish(settings, "ranker", initial, export_dcn(initial, workdir / "v0"), "v0")
-
-
 def recommendation_reader(settings: Settings, stats: LiveStats, stop: threading.Event) -> None:
     from streamrec.stream.sdk import RecommendationConsumer
 
@@ -170,17 +156,17 @@ class ClosedLoop:
 
     def start_services(self, seed: int) -> None:
         """Initial models, then the worker, the scorer and the online trainer, waited until ready."""
+        from streamrec.trainer.online_bench import ARMS, LEARNER_FLAGS, initial_models
+
         s, logdir = self.settings, self.logdir
         with self.console.status("training the initial models (SASRec on organic sessions) and publishing them..."):
-            initial_models(s, self.sim.world, seed, logdir / "export")
+            initial_models(s, self.sim.cfg, seed, logdir / "export")
         self.services = {
             "worker": start_service("worker", ["worker"], s, s.worker_port, logdir),
             "scorer": start_service("scorer", ["serve"], s, s.scorer_port, logdir,
                                     STREAMREC_SCORER_AB_ARMS=ARMS, STREAMREC_SCORER_EXPLORATION="epsilon"),
             "learner": start_service("learner", ["learn", "--checkpoint-dir", str(self.learner_dir),
-                                                 "--window-ms", "5000", "--gate-every-s", "10",
-                                                 "--gate-every-samples", "5000", "--min-gate-samples", "500",
-                                                 *self.learner_flags],
+                                                 *LEARNER_FLAGS, *self.learner_flags],
                                      s, s.learner_port, logdir),
         }
         with self.console.status("starting the worker, the scorer and the online trainer..."):

@@ -87,7 +87,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scorer_epsilon: float = 0.1
     scorer_temperature: float = 1.0
     scorer_ab_arms: str = ""
-    """A/B arms: "NAME=WEIGHT[:model@version...],..."; empty = one arm "default"."""
+    """A/B arms: "NAME=WEIGHT[:model@version...],..." (or "NAME=WEIGHT:trending": the popularity baseline,
+    trending items only); empty = one arm "default"."""
     scorer_ab_salt: str = "ab1"
     """Salt of the user -> arm hash (1 to 16 bytes): a new salt re-draws which users are in which arm."""
     scorer_seq_model: str = "sasrec"

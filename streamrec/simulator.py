@@ -378,8 +378,7 @@ class Simulation:
         uid, _ = got
         user = by_id[uid]
         self.stats["slates"] += 1
-        for name in rec.models:
-            self.models_seen[rec.variant].add(name)
+        self.models_seen[rec.variant].update(rec.models)  # an arm without models is listed too
         items = [it.item_id for it in rec.items]
         if items:  # like an app that logs what it displays: the learner trains on shown slates only
             pub.publish("impression", user_id=uid, items=items[: self.cfg.slate_seen],

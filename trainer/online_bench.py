@@ -2,8 +2,9 @@
 
 Arms (the scorer's A/B variants, users split by stable hash):
 
-- ``popularity``: a ranker that orders candidates by the item's popularity
-  (``item_log_views``) only;
+- ``popularity``: popularity only, the scorer's ``trending`` arm: the most
+  viewed items lately that the user has not seen, no model and no
+  co-visitation;
 - ``frozen``: the initial models, pinned (``ranker@v0``, ``sasrec@v0``);
 - ``online``: follows the live versions that `streamrec learn` publishes.
 
@@ -36,7 +37,11 @@ from streamrec.simulator import SimConfig, Simulation, World
 from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
 from streamrec.trainer.sasrec import SASRec
 
-ARMS = "popularity=1:ranker@pop:sasrec@v0,frozen=1:ranker@v0:sasrec@v0,online=1"
+ARMS = "popularity=1:trending,frozen=1:ranker@v0:sasrec@v0,online=1"
+"""The three arms of `streamrec bench online` and of the demo."""
+LEARNER_FLAGS = ("--window-ms", "5000", "--gate-every-s", "10", "--gate-every-samples", "5000",
+                 "--min-gate-samples", "500")
+"""`streamrec learn` flags of a short closed-loop run (bench and demo): a 5 s window, a gate every 10 s."""
 
 
 def feature_ranker(feature: str, buckets: int = 20_000) -> DCNRanker:
@@ -71,6 +76,22 @@ def pretrained_sasrec(world: World, seed: int, steps: int = 150) -> SASRec:
         data = model.training_data(seqs, cats, index)
         model.fit_batch({k: torch.from_numpy(v) for k, v in data.items()}, opt)
     return model
+
+
+def initial_models(settings, cfg: SimConfig, seed: int, workdir: Path) -> None:
+    """Train and publish what the model arms start from (``sasrec@v0``, ``ranker@v0``); the bench and the demo.
+
+    The sequence model trains on a fresh `World` of ``cfg``, so the simulation's own world draws exactly
+    what it would without this step.
+    """
+    from streamrec.trainer.export import export_dcn, export_sasrec
+
+    world = World(cfg)
+    cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
+    seq = pretrained_sasrec(world, seed)
+    initial = feature_ranker("seq_score")
+    _publish(settings, "sasrec", seq, export_sasrec(seq, workdir / "seq", world.item_ids, cats), "v0")
+    _publish(settings, "ranker", initial, export_dcn(initial, workdir / "v0"), "v0")
 
 
 def _publish(settings, name, model, exported, version):
@@ -147,7 +168,6 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
     from streamrec.serving.scorer import Scorer
     from streamrec.stream.bench import _free_port, start_worker, stop_worker
     from streamrec.stream.topics import create_topics, delete_topics
-    from streamrec.trainer.export import export_dcn, export_sasrec
 
     run = uuid.uuid4().hex[:6]
     s = settings.replace(topic_prefix=f"{settings.topic_prefix}bench-online-{run}.",
@@ -155,22 +175,13 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
     create_topics(s)
     cfg = SimConfig(users=users, items=300, seed=seed, rate=rate, seconds=seconds, bucket_s=max(seconds / 12, 5),
                     bots=bots, **(world or {}))
-    world = World(cfg)
-    cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
     log("pre-training the sequence model on organic sessions...")
-    seq = pretrained_sasrec(World(cfg), seed)
-    tmp = out / f"export-{run}"
-    _publish(s, "ranker", feature_ranker("item_log_views"), export_dcn(feature_ranker("item_log_views"),
-                                                                        tmp / "pop"), "pop")
-    initial = feature_ranker("seq_score")
-    _publish(s, "sasrec", seq, export_sasrec(seq, tmp / "seq", world.item_ids, cats), "v0")
-    _publish(s, "ranker", initial, export_dcn(initial, tmp / "v0"), "v0")
+    initial_models(s, cfg, seed, out / f"export-{run}")
     worker = start_worker(s)
     port = _free_port()
     env = {**os.environ, **s.as_env(), "STREAMREC_LEARNER_PORT": str(port), "STREAMREC_LOG_LEVEL": "INFO"}
     learner = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "learn", "--checkpoint-dir",
-                                str(out / f"learner-{run}"), "--window-ms", "5000", "--gate-every-s", "10",
-                                "--gate-every-samples", "5000", "--min-gate-samples", "500", *learner_args],
+                                str(out / f"learner-{run}"), *LEARNER_FLAGS, *learner_args],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(out / f"learner-{run}.log", "w"))
     scorer = Scorer(s, ScorerConfig(arms=parse_arms(ARMS), ab_salt=salt, seed=seed, exploration=exploration,
                                     epsilon=epsilon), port=0)

@@ -110,3 +110,42 @@ def test_ab_arms_bind_users_to_pinned_versions(fresh_settings, redis, tmp_path):
         assert rec.models == (["ranker@v1"] if arm == "old" else ["ranker@v2"])
         seen.add(arm)
     assert seen == {"old", "new"}
+
+
+def test_a_trending_arm_serves_the_crowd_s_unseen_items_while_the_other_arm_uses_its_models(fresh_settings, redis,
+                                                                                            tmp_path):
+    from streamrec.serving import ab
+    from streamrec.serving.config import parse_arms
+
+    from .test_scorer import ITEMS, build_models
+
+    s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
+    keys = Keys(s.redis_prefix)
+    redis.zadd(keys.trending, {f"t{i}": 100 - i for i in range(30)})
+    # Co-visitation that a model arm would propose first: a trending arm must not.
+    redis.zadd(keys.covis(ITEMS[0]), {ITEMS[1]: 50.0, ITEMS[2]: 40.0})
+    cfg = ScorerConfig(arms=parse_arms("pop=1:trending,model=1"), top_n=5, seed=0)
+    store = ModelStore(s, cfg)
+    for ann in build_models(s, tmp_path, "v1", send=False):
+        assert store.offer(ann)
+    store.swap_pending()
+    store.pin(cfg.arms)
+    engine = Engine(FeatureReader(redis_lib.Redis.from_url(s.redis_url), keys), store, cfg)
+    users = [f"user-{k}" for k in range(30)]
+    recs = engine.recommend([request(u, ITEMS[0], f"e{k}") for k, u in enumerate(users)])
+    arms = {ab.arm_of(u, cfg.arms).name for u in users}
+    assert arms == {"pop", "model"}
+    unlogged = engine.recommend([request(u, ITEMS[0], f"f{k}") for k, u in enumerate(users)], log_features=False)
+    assert all(r.features is None for r in unlogged if r.variant == "pop")
+    for u, rec in zip(users, recs):
+        assert not rec.degraded
+        if ab.arm_of(u, cfg.arms).name == "pop":
+            assert rec.variant == "pop" and rec.models == []
+            assert [i.item_id for i in rec.items] == ["t0", "t1", "t2", "t3", "t4"]
+            assert {i.reason for i in rec.items} == {"trending"}
+            # Unranked, yet logged with the live ranker's inputs, for the online trainer.
+            assert rec.features.names == list(store.live["ranker"].dense_features)
+            assert len(rec.features.dense) == 5 and rec.features.session == []
+        else:
+            assert rec.variant == "model" and rec.models == ["sasrec@v1", "ranker@v1"]
+            assert {i.reason.split(":")[0] for i in rec.items} - {"trending"}, "the model arm proposes its own"

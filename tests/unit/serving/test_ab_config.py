@@ -24,10 +24,19 @@ def test_bucket_is_the_same_in_every_process():
     assert [bucket(u) for u in ("a", "b")] == [bucket("a"), bucket("b")]
 
 
-@pytest.mark.parametrize("spec", ["a=x", "a=1:ranker", "a=1,a=2", "=3", "a=-1"])
+@pytest.mark.parametrize("spec", ["a=x", "a=1:ranker", "a=1,a=2", "=3", "a=-1", "a=1:trending:ranker@v1",
+                                  "a=1:ranker@v1:trending", "a=1:popular"])
 def test_bad_arm_specs_are_refused_with_the_setting_named(spec):
     with pytest.raises(ConfigError, match="scorer_ab_arms"):
         parse_arms(spec)
+
+
+def test_a_trending_arm_pins_nothing_and_says_so():
+    pop, model = parse_arms("pop=1:trending,model=2:ranker@v1")
+    assert pop.trending and pop.pins == () and pop.pinned("ranker") is None
+    assert not model.trending and model.pinned("ranker") == "v1"
+    with pytest.raises(ConfigError, match="'trending'.*serves no model"):
+        parse_arms("pop=1:trending:sasrec@v0")
 
 
 def test_config_from_settings_reads_scorer_fields_when_present():
