@@ -5,7 +5,8 @@ to compare ways of using the attraction estimate (`streamrec.trainer.attraction`
 the learner. Same hidden world (`World`), same pre-trained sequence model (`pretrained_sasrec`), three arms
 of fixed user groups (user index mod 3), one slate per organic view:
 
-- ``popularity``: the sequence model's 200 candidates ordered by organic views and clicks so far;
+- ``popularity``: popularity only, like the scorer's ``trending`` arm: all items by views and clicks so far
+  (a click counts twice, as in the worker's trending weights), minus the session's items;
 - ``frozen``: the candidates ordered by the sequence model's score (standardised over the candidates);
 - ``online``: the same plus the attraction offsets of the last ``--buffer`` slates (of all arms), refreshed
   every ``--refresh`` slates, combined as ``--policy`` says:
@@ -14,8 +15,9 @@ of fixed user groups (user index mod 3), one slate per organic view:
   square root of the item's examinations: optimism for items seen rarely).
 
 What it leaves out: the ranker's dense features and their fine-tuning, the sequence model's fine-tuning,
-latency, new items' content. Prints one JSON line: CTR per arm after the first quarter, and per arm the
-mean hidden appeal and taste match (3 x item . user taste) of the top three items shown.
+latency, new items' content. Prints one JSON line: CTR and the hidden model's expected reward per slate
+(lower variance) per arm after the first quarter, and per arm the mean hidden appeal and taste match
+(3 x item . user taste) of the top three items shown.
 
     .venv/bin/python docs/analysis/offline_loop.py --policy fit --seed 0
 """
@@ -77,6 +79,7 @@ def main() -> None:
     scales = [1.0, a.weight]  # (sequence score, offset)
     shown = {arm: [0, 0] for arm in ARMS}  # slates, clicked slates (after the first quarter)
     top3 = {arm: [0.0, 0.0] for arm in ARMS}  # summed appeal, summed taste match
+    expected = {arm: 0.0 for arm in ARMS}  # summed expected reward of the slates shown
 
     def refresh_offsets() -> None:
         nonlocal offsets
@@ -112,8 +115,11 @@ def main() -> None:
         cand = np.argsort(-score)[:200]
         z = (score[cand] - score[cand].mean()) / (score[cand].std() + 1e-9)
         arm = arm_of[user.user_id]
-        if arm == "popularity":
-            rank = np.log1p([popularity[ids[c]] for c in cand])
+        if arm == "popularity":  # every item, not the model's candidates
+            pop = np.array([popularity[i] for i in ids], dtype=float)
+            pop[[k for k, i in enumerate(ids) if i in set(session)]] = -1.0
+            cand = np.argsort(-pop)[:200]
+            rank = pop[cand]
         elif arm == "frozen":
             rank = z
         elif a.policy == "oracle":
@@ -123,15 +129,19 @@ def main() -> None:
         top = np.argsort(-rank)[:10]
         slate = [ids[cand[k]] for k in top]
         rewards = [0.0] * len(slate)
+        expected_now = world.expected_reward(user, slate)
         for kind, item, pos in world.react(user, slate):
             if kind == "click":
                 rewards[pos] = 1.0
                 session.append(item)
-                popularity[item] += 1
-        buf.append(SimpleNamespace(items=slate, rewards=rewards, seq=[float(z[k]) for k in top]))
+                popularity[item] += 2
+        # A popularity slate has no sequence score (its candidates are not the model's): 0 in the fits.
+        buf.append(SimpleNamespace(items=slate, rewards=rewards,
+                                   seq=[0.0 if arm == "popularity" else float(z[k]) for k in top]))
         if n >= a.slates // 4:
             shown[arm][0] += 1
             shown[arm][1] += any(rewards)
+            expected[arm] += expected_now
             rows = [world.row[i] for i in slate[:3]]
             top3[arm][0] += float(world.item_appeal[rows].mean())
             top3[arm][1] += float((3.0 * world.item_vecs[rows] @ user.taste).mean())
@@ -141,8 +151,10 @@ def main() -> None:
             world.add_item()
             refresh_catalog()
     ctr = {arm: c / max(k, 1) for arm, (k, c) in shown.items()}
+    exp = {arm: expected[arm] / max(shown[arm][0], 1) for arm in ARMS}
     print(json.dumps({"policy": a.policy, "weight": a.weight, "seed": a.seed, "ctr": ctr,
-                      "online_vs_frozen": ctr["online"] / ctr["frozen"] - 1.0,
+                      "online_vs_frozen": ctr["online"] / ctr["frozen"] - 1.0, "expected_reward": exp,
+                      "online_vs_frozen_expected": exp["online"] / exp["frozen"] - 1.0,
                       "top3_appeal": {arm: v[0] / max(shown[arm][0], 1) for arm, v in top3.items()},
                       "top3_taste": {arm: v[1] / max(shown[arm][0], 1) for arm, v in top3.items()},
                       "scales": scales if a.policy == "fit" else None}))

@@ -18,6 +18,7 @@ def test_offline_loop_reports_every_arm_and_the_fitted_scales():
     assert all(0 < c < 1 for c in report["ctr"].values())
     seq_scale, offset_scale = report["scales"]
     assert offset_scale > 0 and seq_scale > 0
+    assert all(r > 0 for r in report["expected_reward"].values())
     # The oracle ranks by the hidden appeal, so its top items are more appealing than the frozen arm's.
     oracle = json.loads(subprocess.run([sys.executable, str(SCRIPT), "--slates", "1200", "--policy", "oracle"],
                                        capture_output=True, text=True, timeout=300, check=True).stdout)
