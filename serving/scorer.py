@@ -22,7 +22,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streamrec.serving import metrics
-from streamrec.serving.config import ScorerConfig
+from streamrec.serving.config import TRENDING_ARM, ScorerConfig
 from streamrec.serving.content import CatalogFollower
 from streamrec.serving.engine import Engine
 from streamrec.serving.features import FeatureReader
@@ -225,14 +225,19 @@ class Scorer:
 
     # -- readiness -------------------------------------------------------- #
     def status(self) -> dict:
-        """What /readyz shows beside the checks: degraded modes, models per arm, refused versions."""
-        arms = {}
+        """What /readyz shows beside the checks: degraded modes, models per arm (``["trending"]`` for the
+        popularity baseline, which serves no model by design), refused versions."""
+        arms, modelled = {}, []
         for arm in self.config.arms:
+            if arm.trending:
+                arms[arm.name] = [TRENDING_ARM]
+                continue
             arms[arm.name] = [m.name for m in self.models.models_for(arm) if m is not None]
+            modelled.append(arms[arm.name])
         providers = {name: m.provider for name, m in self.models.live.items()}
         return {
             "degraded": {"redis_down": not self.engine.redis_ok,
-                         "no_model": not any(arms.values()),
+                         "no_model": bool(modelled) and not any(modelled),
                          "cpu_fallback": self.settings.device != "cpu" and any(
                              p == "CPUExecutionProvider" for p in providers.values())},
             "arms": arms, "providers": providers,

@@ -149,3 +149,22 @@ def test_a_trending_arm_serves_the_crowd_s_unseen_items_while_the_other_arm_uses
         else:
             assert rec.variant == "model" and rec.models == ["sasrec@v1", "ranker@v1"]
             assert {i.reason.split(":")[0] for i in rec.items} - {"trending"}, "the model arm proposes its own"
+
+
+def test_readiness_names_a_trending_arm_and_does_not_call_it_degraded(fresh_settings, redis, tmp_path):
+    from streamrec.serving.config import parse_arms
+    from streamrec.serving.scorer import Scorer
+
+    s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
+
+    def status(spec: str) -> dict:
+        scorer = Scorer(s, ScorerConfig(arms=parse_arms(spec)), port=0)  # not run: no model was offered
+        try:
+            return scorer.status()
+        finally:
+            scorer.consumer.close()
+
+    only_pop = status("pop=1:trending")
+    assert only_pop["arms"] == {"pop": ["trending"]} and not only_pop["degraded"]["no_model"]
+    both = status("pop=1:trending,model=1")
+    assert both["arms"] == {"pop": ["trending"], "model": []} and both["degraded"]["no_model"]
