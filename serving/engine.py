@@ -14,7 +14,9 @@ pull API and the core benchmark call it directly). Per batch:
 5. the serving policy picks the slate and each item's propensity.
 
 An A/B arm marked ``trending`` (the popularity baseline) skips 2 and 4: its
-slate is the trending items the user has not seen. Degraded modes: no model -> candidates scored by their source (co-visitation
+slate is the trending items the user has not seen.
+
+Degraded modes: no model -> candidates scored by their source (co-visitation
 weight, then trending); Redis failing -> the in-memory trending snapshot,
 ``degraded=true``; a user Redis knows nothing of -> cold start (trending and
 content).
@@ -174,9 +176,8 @@ class Engine:
         # A trending arm ranks nothing, but its slates train the online trainer too: with feature logging
         # on, its candidates get the live ranker's inputs (logged only), so the trainer never has to read
         # them back from Redis after the user reacted.
-        rankers = {name: (ranker, True) if ranker is not None else
-                   (self.models.live.get(self.models.config.ranker_model) if log_features else None, False)
-                   for name, (_, ranker) in models.items()}
+        log_only = self.models.live.get(self.models.config.ranker_model) if log_features else None
+        rankers = {arm.name: (log_only, False) if arm.trending else (models[arm.name][1], True) for arm in arms}
         any_ranker = any(r is not None for r, _ in rankers.values())
         stats = self.reader.item_stats(unique, with_stats=any_ranker)
         if stats.removed.any():

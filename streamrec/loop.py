@@ -30,7 +30,6 @@ from rich.console import Console
 from streamrec.settings import Settings
 
 
-
 @dataclass
 class Service:
     name: str
