@@ -107,6 +107,8 @@ class ScorerConfig:
     """Candidates ranked per request after the merge (the ranker's batch is requests x this)."""
     recent_items: int = _DEFAULTS.scorer_recent_items
     """How many of the session's newest items feed co-visitation."""
+    history_items: int = _DEFAULTS.scorer_history_items
+    """The user's newest items of earlier sessions before the session's in the sequence models' input."""
     exploration: Literal["off", "epsilon", "softmax"] = _DEFAULTS.scorer_exploration
     epsilon: float = _DEFAULTS.scorer_epsilon
     temperature: float = _DEFAULTS.scorer_temperature

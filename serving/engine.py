@@ -3,8 +3,9 @@
 No Kafka here (the service in `streamrec.serving.scorer` feeds it; the HTTP
 pull API and the core benchmark call it directly). Per batch:
 
-1. features round trip 1 (sessions, users, trending) -> contexts;
-2. sequence model: user vectors for the batch in one ONNX run, exact top-K;
+1. features round trip 1 (sessions, users' earlier items, trending) -> contexts;
+2. sequence model: user vectors for the batch in one ONNX run (input: the
+   user's earlier items, then the session's), exact top-K;
    co-visitation of each session's recent items (round trip 2);
    content: items whose content vectors (text, category, tags) are nearest the
    session's recent items, new catalog items included (without a content
@@ -40,7 +41,7 @@ from streamrec.serving.config import ScorerConfig
 from streamrec.serving.content import ContentIndex, content_similar, session_profiles
 from streamrec.serving.exploration import choose
 from streamrec.serving.explain import RankedInputs, explain_slates
-from streamrec.serving.features import FeatureReader, dense_matrix
+from streamrec.serving.features import FeatureReader, RequestContext, dense_matrix
 from streamrec.serving.models import ModelStore
 from streamrec.stream.schemas import SERVED_SESSION, Recommendation, RecommendedItem, ScoreRequest, ServedFeatures
 
@@ -106,17 +107,18 @@ class Engine:
         if trending:
             self.snapshot, self.snapshot_at = trending, time.monotonic()
         arms = [ab.arm_of(r.user_id, cfg.arms, cfg.ab_salt) for r in requests]
-        # Round trip 2: co-visitation of recent items (not for trending arms), categories of session items.
+        # Round trip 2: co-visitation of recent items (not for trending arms), categories of the sequence
+        # models' input items (the user's earlier items and the session's).
         recent = list(dict.fromkeys(i for c, a in zip(contexts, arms) if not a.trending
                                     for i in c.recent(cfg.recent_items)))
-        session_items = [i for c in contexts for i in c.session_items]
+        sequence_items = [i for c in contexts for i in c.sequence]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, arm in enumerate(arms):
             groups[arm.name].append(i)
         models = {arm.name: self.models.models_for(arm) for arm in arms}
         any_seq = any(m[0] is not None for m in models.values())
         covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms,
-                                                    session_items if any_seq or explain else ()))
+                                                    sequence_items if any_seq or explain else ()))
         t1 = time.perf_counter()
         metrics.observe_stage("redis_read", t1 - t0)
 
@@ -129,7 +131,7 @@ class Engine:
             if seq is None:
                 continue
             cats = self.reader.categories
-            seqs = [contexts[i].session_items for i in idx]
+            seqs = [contexts[i].sequence for i in idx]
             vecs = seq.user_vectors(seqs, cats)
             self.models.samples["sasrec"] = (seqs[:64], cats)
             extra = max(len(contexts[i].seen) for i in idx)
@@ -255,7 +257,7 @@ class Engine:
                 for source, n in cands[i].counts().items():
                     metrics.candidates.labels(source).observe(n)
             rec = self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False,
-                              segment=contexts[i].segment, served=served[i], session=contexts[i].session_items)
+                              segment=contexts[i].segment, served=served[i], context=contexts[i])
             self.clicks.remember(rec.rec_id, proposers(all_sources[i], [it.item_id for it in rec.items]))
             out.append(rec)
         if explain:
@@ -273,7 +275,7 @@ class Engine:
             if graph is None:
                 continue
             used[arm_name] = graph.name
-            seqs = [contexts[i].session_items for i in idx]
+            seqs = [contexts[i].sequence for i in idx]
             self.models.samples[graph.kind] = (seqs[:64],)
             vecs = graph.user_vectors(seqs)
             extra = max(len(contexts[i].seen) for i in idx)
@@ -309,9 +311,11 @@ class Engine:
 
     def _slate(self, r: ScoreRequest, c: Candidates, scores: np.ndarray, models: list[str], variant: str,
                now_ms: int, degraded: bool, segment: int | None = None,
-               served: tuple[list[str], np.ndarray] | None = None, session: Sequence[str] = ()) -> Recommendation:
+               served: tuple[list[str], np.ndarray] | None = None, context: RequestContext | None = None
+               ) -> Recommendation:
         """The answer: the top of ``scores`` (or a sample of it when exploring); ``served``: the ranker's
-        dense feature names and rows of the candidates, logged for the chosen items."""
+        dense feature names and rows of the candidates, logged for the chosen items with the sequence model's
+        input items from ``context``."""
         cfg = self.config
         idx, prop, explored = choose(scores, cfg.top_n, cfg.exploration, epsilon=cfg.epsilon,
                                      temperature=cfg.temperature, rng=self.rng)
@@ -321,9 +325,10 @@ class Engine:
         features = None
         if served is not None:
             names, rows = served
+            session, history = (context.session_items, context.history) if context is not None else ([], [])
             # 5 decimals keep the message short (a float32's repr in float64 takes 18 digits), far below noise.
             features = ServedFeatures(names=list(names), session=list(session[-SERVED_SESSION:]),
-                                      dense=np.round(rows[idx].astype(np.float64), 5).tolist())
+                                      history=list(history), dense=np.round(rows[idx].astype(np.float64), 5).tolist())
         return Recommendation(rec_id=uuid.uuid4().hex, user_id=r.user_id, session_id=r.session_id,
                               trigger_event_id=r.event_id, items=items, models=models, variant=variant,
                               event_ts=r.ts, created_ts=int(time.time() * 1000), degraded=degraded,

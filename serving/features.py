@@ -1,8 +1,8 @@
 """Feature assembly: everything a batch of requests needs from Redis, in pipelined round trips.
 
-Round trip 1 (per request): the session's item sequence, the session and
-user hashes, the user's category affinities and customer segment; once per
-batch: trending.
+Round trip 1 (per request): the session's item sequence, the user's recent
+items of earlier sessions, the session and user hashes, the user's category
+affinities and customer segment; once per batch: trending.
 Round trip 2: co-visitation of the sessions' recent items (with each item's
 landmark, so weights of different items compare), and categories of
 session items. Round trip 3 (after candidates are known): item statistics
@@ -87,9 +87,18 @@ class RequestContext:
     """False for a user Redis has nothing on: the cold-start path."""
     segment: int | None = None
     """The user's customer segment (`streamrec segments`), None when none is stored."""
+    history: list[str] = field(default_factory=list)
+    """The user's newest items of earlier sessions (not in this one), oldest first."""
 
     def recent(self, n: int) -> list[str]:
         return self.session_items[-n:][::-1] if n > 0 else []
+
+    @property
+    def sequence(self) -> list[str]:
+        """The sequence model's input: the user's earlier items, then the session's. The sequence models
+        train on each user's whole history, so a returning user's first event in a new session is not
+        read as a stranger's."""
+        return self.history + self.session_items
 
 
 @dataclass
@@ -117,8 +126,10 @@ class FeatureReader:
     """Reads features for batches of requests from Redis (a `redis.Redis` or cluster client)."""
 
     def __init__(self, client, keys: Keys, config: FeatureConfig | None = None, seq_cap: int = 50,
-                 stats_ttl_s: float = 1.0):
+                 stats_ttl_s: float = 1.0, history_items: int = 0):
         self.client = client
+        self.history_items = history_items
+        """The user's items of earlier sessions read before the session's (`RequestContext.history`)."""
         self.stats_ttl_s = stats_ttl_s
         self._stats: dict[str, tuple] = {}
         self._covis: dict[str, tuple] = {}
@@ -133,9 +144,14 @@ class FeatureReader:
                                                                                     list[tuple[str, float]]]:
         """Per-request session and user state, and the current trending items (best first)."""
         k = self.keys
+        h = self.history_items
+        per = 7 if h > 0 else 6
         pipe = self.client.pipeline(transaction=False)
         for r in requests:
             pipe.zrange(k.session_seq(r.user_id, r.session_id), -self.seq_cap, -1)
+            if h > 0:
+                # By last event time; the newest are this session's own, so read past them.
+                pipe.zrange(k.recent(r.user_id), -(h + self.seq_cap), -1)
             pipe.hmget(k.session(r.user_id, r.session_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hmget(k.user(r.user_id), *(f"n:{t}" for t in POSITIVE))
             pipe.hgetall(k.affinity(r.user_id))
@@ -145,7 +161,7 @@ class FeatureReader:
         raw = pipe.execute()
         out = []
         for i, r in enumerate(requests):
-            seq, sess, user, aff, bought, segment = raw[6 * i: 6 * i + 6]
+            seq, *past, sess, user, aff, bought, segment = raw[per * i: per * i + per]
             ctx = RequestContext(r)
             items: dict[str, None] = {}
             for member in seq:
@@ -153,6 +169,8 @@ class FeatureReader:
                 items.pop(item, None)
                 items[item] = None
             ctx.session_items = list(items)
+            if past:
+                ctx.history = [i for i in map(_s, past[0]) if i not in items][-h:]
             # Seen in this session or bought at any time: not recommended again.
             ctx.seen = set(items) | {_s(b) for b in bought}
             ctx.session_positive = int(sum(_f(v) for v in sess))

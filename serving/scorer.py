@@ -53,7 +53,7 @@ class Scorer:
         cfg = self.config
         self.redis = redis_client(settings, cfg.redis_timeout_s)
         self.reader = FeatureReader(self.redis, Keys(settings.redis_prefix), FeatureConfig.from_settings(settings),
-                                    stats_ttl_s=cfg.item_stats_ttl_s)
+                                    stats_ttl_s=cfg.item_stats_ttl_s, history_items=cfg.history_items)
         self.models = ModelStore(settings, cfg, io_binding=io_binding)
         self.engine = Engine(self.reader, self.models, cfg)
         self.catalog = CatalogFollower(settings, self.engine.content_index, self.models.content)

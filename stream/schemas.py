@@ -376,6 +376,9 @@ class ServedFeatures(msgspec.Struct, kw_only=True):
     """One row per item of ``Recommendation.items``, in the same order."""
     session: list[str] = []
     """The session's items (oldest first, at most the last ``SERVED_SESSION``) that the sequence model read."""
+    history: list[str] = []
+    """The user's newest items of earlier sessions (oldest first, `Settings.scorer_history_items`) that the
+    sequence model read before ``session``."""
 
 
 class Recommendation(msgspec.Struct, kw_only=True):

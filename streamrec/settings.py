@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Content-similar candidates per request (nearest the session's content profile; 0 turns the source off)."""
     scorer_recent_items: int = 5
     """Session items whose co-visitation feeds candidates."""
+    scorer_history_items: Annotated[int, msgspec.Meta(ge=0)] = 20
+    """The user's newest items of earlier sessions put before the session's in the sequence and graph models'
+    input (they train on users' whole histories); 0 = the session alone."""
     scorer_exploration: Literal["off", "epsilon", "softmax"] = "off"
     """Serving policy: every item carries its propensity under it."""
     scorer_epsilon: float = 0.1

@@ -198,12 +198,13 @@ class OnlineLearner:
         return closed
 
     def _attach_features(self, recs: list[dict]) -> None:
-        """Ranker features of each slate as the scorer saw them, plus the session for the sequence model.
+        """Ranker features of each slate as the scorer saw them, plus the sequence model's input (the user's
+        earlier items, then the session's).
 
         A recommendation that carries its served features (`ServedFeatures`) gives them point in time. For
         one without (older scorers, `STREAMREC_SCORER_LOG_FEATURES=false`) they are read from Redis now,
         which may already hold the user's reaction to the slate (counted as ``read_late``). The sequence
-        score is always recomputed with the learner's live sequence model, on the served session if any.
+        score is always recomputed with the learner's live sequence model, on the served items if any.
         """
         if not recs:
             return
@@ -216,14 +217,17 @@ class OnlineLearner:
             if self._reader is None:
                 from streamrec.stream.feature_store import redis_client
                 self._reader = FeatureReader(redis_client(self.settings), Keys(self.settings.redis_prefix),
-                                             FeatureConfig.from_settings(self.settings), stats_ttl_s=0.0)
+                                             FeatureConfig.from_settings(self.settings), stats_ttl_s=0.0,
+                                             history_items=self.settings.scorer_history_items)
             reqs = [ScoreRequest(event_id=r.get("trigger_event_id", ""), user_id=r["user_id"],
                                  session_id=r.get("session_id", ""), item_id="", type="view",
                                  ts=int(r.get("event_ts") or r.get("created_ts") or 0), feature_version=0)
                     for r in recs]
             contexts, _ = self._reader.contexts(reqs, 1)
             served = [_served(r) for r in recs]
-            sessions = [list(sv["session"]) if sv else c.session_items for sv, c in zip(served, contexts)]
+            # The sequence model's input: the user's earlier items, then the session's.
+            parts = [(list(sv["history"]), list(sv["session"])) if sv else (c.history, c.session_items)
+                     for sv, c in zip(served, contexts)]
             items = [it["item_id"] for r in recs for it in r.get("items", [])]
             stats = self._reader.item_stats(list(dict.fromkeys(items)))
             rows = np.array([stats.index[i] for i in items], dtype=np.int64)
@@ -232,7 +236,7 @@ class OnlineLearner:
             seq_score = None
             seq = self.models.live.get(self.cfg.seq_model)
             if seq is not None and len(items):
-                flat = {"session": sessions, "slate_of": owner, "items": items, "cats": cats}
+                flat = {"session": [h + s for h, s in parts], "slate_of": owner, "items": items, "cats": cats}
                 seq_score = self.models.seq_scores(seq, flat)
             ranker = self.models.live.get(self.cfg.ranker_model)  # its own feature list (older rankers: fewer)
             names = DENSE_FEATURES[: ranker.config["n_dense"]] if ranker is not None else DENSE_FEATURES
@@ -244,7 +248,7 @@ class OnlineLearner:
                 r.pop("features", None)
             return
         start = 0
-        for r, sv, session in zip(recs, served, sessions):
+        for r, sv, (history, session) in zip(recs, served, parts):
             n = len(r.get("items", []))
             if sv:  # the served values replace those read now (the sequence score stays the learner's own)
                 logged = np.asarray(sv["dense"], dtype=np.float32)
@@ -255,7 +259,7 @@ class OnlineLearner:
             m.feature_sources.labels(source).inc()
             self.counts[f"features_{source}"] += 1
             r["features"] = {"dense": dense[start:start + n].tolist(), "cats": cats[start:start + n],
-                             "session": session[-SERVED_SESSION:]}
+                             "session": session[-SERVED_SESSION:], "history": history}
             start += n
 
     def _accept(self, closed: list[Slate]) -> None:
@@ -420,9 +424,10 @@ def _served(rec: dict) -> dict | None:
     sv = rec.get("features")
     if not isinstance(sv, dict):
         return None
-    names, dense, session = sv.get("names"), sv.get("dense"), sv.get("session", [])
+    names, dense, session, history = sv.get("names"), sv.get("dense"), sv.get("session", []), sv.get("history", [])
     if not (isinstance(names, list) and isinstance(dense, list) and isinstance(session, list)
+            and isinstance(history, list)
             and len(dense) == len(rec.get("items", []))
             and all(isinstance(row, list) and len(row) == len(names) for row in dense)):
         return None
-    return {"names": names, "dense": dense, "session": session}
+    return {"names": names, "dense": dense, "session": session, "history": history}

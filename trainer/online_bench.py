@@ -39,6 +39,10 @@ from streamrec.trainer.sasrec import SASRec
 
 ARMS = "popularity=1:trending,frozen=1:ranker@v0:sasrec@v0,online=1"
 """The three arms of `streamrec bench online` and of the demo."""
+PRETRAIN_STEPS = 1200
+"""Batches of 64 users' organic sessions the initial sequence model trains on: where its held-out loss
+flattens (5.53 at 150, the count until 2026-11-29, which left the frozen arm under-trained; 5.44 at 600,
+5.43 at 1,200, 5.40 at 2,400; about 18 s on the 2-core machine)."""
 LEARNER_FLAGS = ("--window-ms", "5000", "--gate-every-s", "10", "--gate-every-samples", "5000",
                  "--min-gate-samples", "500")
 """`streamrec learn` flags of a short closed-loop run (bench and demo): a 5 s window, a gate every 10 s."""
@@ -62,7 +66,7 @@ def feature_ranker(feature: str, buckets: int = 20_000) -> DCNRanker:
     return model
 
 
-def pretrained_sasrec(world: World, seed: int, steps: int = 150) -> SASRec:
+def pretrained_sasrec(world: World, seed: int, steps: int = PRETRAIN_STEPS) -> SASRec:
     """The sequence model trained on organic sessions of the hidden world (no recommendations involved)."""
     torch.manual_seed(seed)
     cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}

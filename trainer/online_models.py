@@ -240,7 +240,8 @@ class OnlineModels:
                 "reward": np.array([r for s in slates for r in s.rewards], dtype=np.float32),
                 "propensity": np.array([p for s in slates for p in s.propensities], dtype=np.float32),
                 "position": np.concatenate([np.arange(k) for k in n]),
-                "session": [s.features.get("session", []) for s in slates]}
+                # the sequence model's input: the user's earlier items, then the session's
+                "session": [s.features.get("history", []) + s.features.get("session", []) for s in slates]}
 
     # -- scoring (for the gate) ------------------------------------------------------------ #
     @torch.no_grad()

@@ -7,7 +7,8 @@ of fixed user groups (user index mod 3), one slate per organic view:
 
 - ``popularity``: popularity only, like the scorer's ``trending`` arm: all items by views and clicks so far
   (a click counts twice, as in the worker's trending weights), minus the session's items;
-- ``frozen``: the candidates ordered by the sequence model's score (standardised over the candidates);
+- ``frozen``: the candidates ordered by the sequence model's score (standardised over the candidates); the
+  sequence model reads the user's items of earlier sessions, then the session's (``--history``);
 - ``online``: the same plus the attraction offsets of the last ``--buffer`` slates (of all arms), refreshed
   every ``--refresh`` slates, combined as ``--policy`` says:
   ``add`` (offset times ``--weight``), ``fit`` (scales fitted by `attraction.calibrate`),
@@ -34,7 +35,7 @@ import torch
 
 from streamrec.simulator import SimConfig, World
 from streamrec.trainer.attraction import attraction_offsets, calibrate
-from streamrec.trainer.online_bench import pretrained_sasrec
+from streamrec.trainer.online_bench import PRETRAIN_STEPS, pretrained_sasrec
 from streamrec.trainer.online_models import OnlineModels
 
 ARMS = ("popularity", "frozen", "online")
@@ -49,10 +50,15 @@ def main() -> None:
     p.add_argument("--refresh", type=int, default=150)
     p.add_argument("--buffer", type=int, default=8000)
     p.add_argument("--new-item-every", type=int, default=300, help="slates between new catalog items")
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
+                   help="training batches of the initial sequence model (as `streamrec bench online`)")
+    p.add_argument("--history", type=int, default=20,
+                   help="the user's items of earlier sessions put before the session's in the sequence model's "
+                        "input, at most this many (as the scorer's STREAMREC_SCORER_HISTORY_ITEMS; 0: the session)")
     a = p.parse_args()
     torch.set_num_threads(1)
     world = World(SimConfig(users=300, items=300, seed=a.seed, appeal=1.0))
-    seq = pretrained_sasrec(world, a.seed)
+    seq = pretrained_sasrec(world, a.seed, a.pretrain_steps)
     seq.eval()
     rng = np.random.default_rng(a.seed + 11)
     arm_of = {u.user_id: ARMS[k % 3] for k, u in enumerate(world.users)}
@@ -75,6 +81,7 @@ def main() -> None:
     buf: deque = deque(maxlen=a.buffer)
     popularity: dict[str, float] = defaultdict(float)
     sessions: dict[str, list[str]] = {}
+    history: dict[str, list[str]] = defaultdict(list)  # the user's items of earlier sessions, oldest first
     offsets: dict[str, float] = {}
     scales = [1.0, a.weight]  # (sequence score, offset)
     shown = {arm: [0, 0] for arm in ARMS}  # slates, clicked slates (after the first quarter)
@@ -101,6 +108,11 @@ def main() -> None:
     for n in range(a.slates):
         user = world.users[int(rng.integers(len(world.users)))]
         if user.steps_left <= 0 or user.user_id not in sessions:
+            past = history[user.user_id]
+            for item in sessions.get(user.user_id, ()):
+                if item in past:
+                    past.remove(item)
+                past.append(item)
             world.start_session(user)
             sessions[user.user_id] = []
         user.steps_left -= 1
@@ -108,7 +120,8 @@ def main() -> None:
         session = sessions[user.user_id]
         session.append(view)
         popularity[view] += 1
-        items, item_cats = seq.encode_sequences([session], cats)
+        past = [i for i in history[user.user_id] if i not in session][-a.history:] if a.history else []
+        items, item_cats = seq.encode_sequences([past + session], cats)
         with torch.no_grad():
             score = vectors @ seq(torch.from_numpy(items), torch.from_numpy(item_cats)).numpy()[0]
         score[[k for k, i in enumerate(ids) if i in set(session)]] = -np.inf

@@ -171,9 +171,10 @@ def test_trains_on_the_features_served_with_the_slate_not_on_those_read_after_th
                         checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every_s=3600)
     names = list(DENSE_FEATURES)
     logged = [[100.0 + 10 * row + col for col in range(len(names))] for row in range(3)]
-    served_session = [ITEMS[5], ITEMS[6]]
+    served_session, served_history = [ITEMS[5], ITEMS[6]], [ITEMS[7]]
     recs = []
-    for k, features in enumerate(({"names": names, "dense": logged, "session": served_session}, None)):
+    for k, features in enumerate(({"names": names, "dense": logged, "session": served_session,
+                                   "history": served_history}, None)):
         rec = {"rec_id": f"r{k}", "user_id": "u1", "session_id": "s", "trigger_event_id": f"t{k}", "variant": "a",
                "created_ts": T0 + k, "event_ts": T0 + k,
                "items": [{"item_id": i, "score": 1.0, "propensity": 1.0, "reason": "seq"} for i in ITEMS[:3]]}
@@ -192,12 +193,13 @@ def test_trains_on_the_features_served_with_the_slate_not_on_those_read_after_th
     assert set(slates) == {"r0", "r1"}
     assert learner.counts["features_served"] == 1 and learner.counts["features_read_late"] == 1
     served = slates["r0"].features
-    assert served["session"] == served_session
+    assert served["session"] == served_session and served["history"] == served_history
     seq = names.index("seq_score")
     for row, want in zip(served["dense"], logged):
         assert [x for j, x in enumerate(row) if j != seq] == [x for j, x in enumerate(want) if j != seq]
         # The sequence score is the learner's own model's, on the served session.
         assert row[seq] != want[seq] and abs(row[seq]) < 100
     late = slates["r1"].features
-    assert late["session"] == [] and len(late["dense"]) == 3  # read from Redis, which knows nothing of u1
+    # read from Redis, which knows nothing of u1
+    assert late["session"] == [] and late["history"] == [] and len(late["dense"]) == 3
     assert late["dense"][0][names.index("item_log_views")] != logged[0][names.index("item_log_views")]

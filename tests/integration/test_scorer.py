@@ -147,8 +147,9 @@ def test_every_event_gets_a_recommendation_without_models(stack):
 
 
 def test_ranked_recommendations_carry_the_features_the_ranker_read(stack, tmp_path):
-    """Feature logging: each ranked slate carries its items' dense inputs and the session as scored, so the
-    online trainer never has to read them back after the user reacted."""
+    """Feature logging: each ranked slate carries its items' dense inputs and the sequence as scored (a
+    returning user's earlier items, then the session's), so the online trainer never has to read them back
+    after the user reacted."""
     from streamrec.trainer.dcn import DENSE_FEATURES
 
     s = stack
@@ -159,11 +160,14 @@ def test_ranked_recommendations_carry_the_features_the_ranker_read(stack, tmp_pa
         running = Running(s, log_features=log_features)
         try:
             with RecommendationConsumer(s) as recs, EventPublisher(s) as pub:
-                for user in (f"pit{log_features}-a", f"pit{log_features}-b"):
+                a, b = f"pit{log_features}-a", f"pit{log_features}-b"
+                earlier: dict[str, list[str]] = {a: [], b: []}
+                # b comes back in a second session: the sequence model reads its first session's items first.
+                for user, session, items in ((a, "s1", ITEMS[3:9]), (b, "s1", ITEMS[20:24]), (b, "s2", ITEMS[30:33])):
                     viewed = []
-                    for item in ITEMS[3:9] if user.endswith("a") else ITEMS[20:24]:
+                    for item in items:
                         # One event at a time: the slate answering it was scored on exactly the views so far.
-                        eid = pub.publish("view", user_id=user, item_id=item, session_id=f"s-{user}")
+                        eid = pub.publish("view", user_id=user, item_id=item, session_id=f"{session}-{user}")
                         pub.flush()
                         viewed.append(item)
                         rec = recs.wait_for(eid, timeout=30)
@@ -174,9 +178,11 @@ def test_ranked_recommendations_carry_the_features_the_ranker_read(stack, tmp_pa
                         f = rec.features
                         assert f.names == list(DENSE_FEATURES)
                         assert f.session == viewed, "the session as the sequence model read it"
+                        assert f.history == earlier[user], "after the user's items of earlier sessions"
                         assert len(f.dense) == len(rec.items) and all(len(row) == len(f.names) for row in f.dense)
                         session_length = [row[f.names.index("session_length")] for row in f.dense]
                         assert session_length == [pytest.approx(math.log1p(len(viewed)), abs=1e-4)] * len(rec.items)
+                    earlier[user] += viewed
             # The pull API's answers never reach the trainer: they carry no ranker inputs.
             code, body = running.get(f"/v1/recommendations/pit{log_features}-a")
             pulled = json.loads(body)

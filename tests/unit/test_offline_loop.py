@@ -11,7 +11,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "analysis" / "offline_lo
 
 
 def test_offline_loop_reports_every_arm_and_the_fitted_scales():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--slates", "1200", "--policy", "fit", "--refresh", "100"],
+    out = subprocess.run([sys.executable, str(SCRIPT), "--slates", "1200", "--policy", "fit", "--refresh", "100",
+                          "--pretrain-steps", "150", "--history", "20"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     report = json.loads(out)
     assert set(report["ctr"]) == {"popularity", "frozen", "online"}
@@ -20,6 +21,7 @@ def test_offline_loop_reports_every_arm_and_the_fitted_scales():
     assert offset_scale > 0 and seq_scale > 0
     assert all(r > 0 for r in report["expected_reward"].values())
     # The oracle ranks by the hidden appeal, so its top items are more appealing than the frozen arm's.
-    oracle = json.loads(subprocess.run([sys.executable, str(SCRIPT), "--slates", "1200", "--policy", "oracle"],
+    oracle = json.loads(subprocess.run([sys.executable, str(SCRIPT), "--slates", "1200", "--policy", "oracle",
+                                        "--pretrain-steps", "150"],
                                        capture_output=True, text=True, timeout=300, check=True).stdout)
     assert oracle["top3_appeal"]["online"] > oracle["top3_appeal"]["frozen"] + 0.5
