@@ -13,6 +13,11 @@ trained on by the candidate). Two checks, both must pass:
   divided by their spread over the window first, so the estimate judges the
   ordering (what the scorer serves), not how loud the scores are.
 
+The sequence model has one more offline check (`check_next_item`): its
+next-item loss on the held-out slates' own sequences, the item the user found
+by themselves given the ones before it. It retrieves the candidates from the
+whole catalog, and both checks above only see the items that were shown.
+
 Position bias: without exploration the logged clicks sit mostly at the ranks
 the live model chose, so both checks favour the live ordering whatever its
 quality. ``exam_weight`` (per shown item, ``1 / examination(rank)``, see
@@ -52,6 +57,8 @@ class GateConfig:
     """Relative drop of the SNIPS estimate the candidate may show (noise)."""
     weight_cap: float = 10.0
     temperature: float = 1.0
+    next_item_tolerance: float = 0.01
+    """Relative rise of the sequence model's held-out next-item loss the candidate may show."""
 
 
 @dataclass
@@ -106,6 +113,24 @@ class Gate:
                                            f"(-{self.cfg.reward_tolerance:.0%})")
         elif ce.high < le.value:
             d.accepted, d.reason = False, f"snips CI [{ce.low:.4f}, {ce.high:.4f}] below live {le.value:.4f}"
+        return d
+
+
+    def check_next_item(self, d: GateDecision, live_loss: float, candidate_loss: float) -> GateDecision:
+        """Add the next-item losses (cross-entropy over the catalog) to ``d``, and reject a candidate whose
+        loss rose by more than the tolerance: it reorders shown items at least as well, but it has drifted
+        from what users browse, which is what its retrieval serves from.
+
+        >>> g = Gate()
+        >>> g.check_next_item(GateDecision(True, "not worse"), 5.00, 5.04).accepted
+        True
+        >>> g.check_next_item(GateDecision(True, "not worse"), 5.00, 5.10).reason
+        'next-item loss 5.1000 > live 5.0000 (+1%)'
+        """
+        d.live["next_item_loss"], d.candidate["next_item_loss"] = live_loss, candidate_loss
+        tol = self.cfg.next_item_tolerance
+        if d.accepted and candidate_loss > live_loss * (1.0 + tol) + 1e-12:
+            d.accepted, d.reason = False, f"next-item loss {candidate_loss:.4f} > live {live_loss:.4f} (+{tol:.0%})"
         return d
 
 

@@ -300,27 +300,54 @@ class OnlineModels:
         opt.rows = len(weight)
         return model.fit_batch(batch, opt)
 
+    def next_item_data(self, model, sequences: list[list[str]], clicked: list[list[str]] = ()) -> dict | None:
+        """Next-item training data: of each of ``sequences`` only its last item given the ones before (a
+        slate's sequence ends with the item the user found by themselves, the view it answers, and the
+        slates of one session repeat its earlier steps); of each of ``clicked`` every step."""
+        index = {item: i for i, item in enumerate(self.catalog)}
+        # Items newer than the model's catalog cannot be softmax targets (they join at the next export).
+        organic = [k for k in ([i for i in s if i in index] for s in sequences) if len(k) >= 2]
+        seqs = organic + [s for s in clicked if len(s) >= 2]
+        if not seqs:
+            return None
+        data = model.training_data(seqs, self.categories, index)
+        data["target"][:len(organic), :-1] = -100
+        return {k: torch.from_numpy(v) for k, v in data.items()}
+
+    @torch.no_grad()
+    def next_item_loss(self, model, f: dict) -> float | None:
+        """The model's cross-entropy of each slate's last sequence item (the gate's `check_next_item`)."""
+        data = self.next_item_data(model, f["session"])
+        if data is None:
+            return None
+        model.eval()
+        return float(model.loss(data))
+
     def _seq_step(self, f: dict) -> float | None:
         model = self.cand[self.seq_name]
         index = {item: i for i, item in enumerate(self.catalog)}
-        rows = [j for j, (item, r) in enumerate(zip(f["items"], f["reward"])) if r > 0 and item in index]
-        if not rows:
-            return None
-        rows = np.array(rows)
-        # Items newer than the model's catalog cannot be softmax targets (they join at the next export).
+        rows = np.array([j for j, (item, r) in enumerate(zip(f["items"], f["reward"])) if r > 0 and item in index],
+                        dtype=np.int64)
         sessions = [[i for i in f["session"][f["slate_of"][j]] if i in index] for j in rows]
-        actions = torch.tensor([index[f["items"][j]] for j in rows])
-        items, cats = model.encode_sequences(sessions, self.categories)
+        # The supervised part: the users' own next items (the pre-training objective on fresh data, which
+        # follows their drifting tastes and keeps retrieval from drifting towards the shown items only),
+        # and the clicked items after the sequence they were clicked in.
+        sup_data = self.next_item_data(model, f["session"], [s + [f["items"][j]] for s, j in zip(sessions, rows)])
+        if sup_data is None:
+            return None
         model.train()
         opt = self.opt[self.seq_name]
         opt.zero_grad(set_to_none=True)
-        users = model(torch.from_numpy(items), torch.from_numpy(cats))
-        logits = users @ model.catalog_vectors().T
-        rl = reinforce_topk_loss(logits, actions, torch.from_numpy(f["reward"][rows]),
-                                 torch.from_numpy(np.clip(f["propensity"][rows], 1e-3, 1.0)), self.cfg.topk,
-                                 self.cfg.weight_cap)
-        seqs = [s + [f["items"][j]] for s, j in zip(sessions, rows)]
-        sup = model.loss({k: torch.from_numpy(v) for k, v in model.training_data(seqs, self.categories, index).items()})
+        sup = model.loss(sup_data)
+        rl = torch.zeros(())
+        if len(rows):
+            items, cats = model.encode_sequences(sessions, self.categories)
+            users = model(torch.from_numpy(items), torch.from_numpy(cats))
+            logits = users @ model.catalog_vectors().T
+            rl = reinforce_topk_loss(logits, torch.tensor([index[f["items"][j]] for j in rows]),
+                                     torch.from_numpy(f["reward"][rows]),
+                                     torch.from_numpy(np.clip(f["propensity"][rows], 1e-3, 1.0)), self.cfg.topk,
+                                     self.cfg.weight_cap)
         loss = self.cfg.rl_mix * rl + (1.0 - self.cfg.rl_mix) * sup
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -342,6 +369,10 @@ class OnlineModels:
             score = self.ranker_scores if name == self.ranker_name else self.seq_scores
             d = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
                                  score(self.cand[name], f), exam_weight)
+            if name == self.seq_name:
+                live_loss, cand_loss = self.next_item_loss(self.live[name], f), self.next_item_loss(self.cand[name], f)
+                if live_loss is not None and cand_loss is not None:
+                    d = self.gate.check_next_item(d, live_loss, cand_loss)
             out[name] = d
             m.gate_decisions.labels(name, "accepted" if d.accepted else "rejected").inc()
             for policy, metrics in (("live", d.live), ("candidate", d.candidate)):

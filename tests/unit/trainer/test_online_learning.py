@@ -100,6 +100,34 @@ def test_learns_from_honest_slates_and_the_gate_accepts(learner):
     assert decisions["ranker"]["candidate"]["snips"] >= decisions["ranker"]["live"]["snips"]
     assert honest_auc(learner.models, "ranker", learner.models.cand) > 0.6
     assert "sasrec" in decisions and np.isfinite(decisions["sasrec"]["candidate"]["snips"])
+    # The sequence model also learned the users' own next items (each slate's sequence ends with one).
+    seq = decisions["sasrec"]
+    assert seq["candidate"]["next_item_loss"] < seq["live"]["next_item_loss"], seq
+
+
+def test_a_sequence_model_that_drifted_from_what_users_browse_is_rejected(learner):
+    learner._accept(slates(600, seed=1))
+    models = learner.models
+    cand = models.cand["sasrec"]
+    with torch.no_grad():  # the candidate forgets its catalog: shown items may still order by luck
+        for p in cand.parameters():
+            p.copy_(torch.randn_like(p) * 3)
+    d = models.gate_models(list(learner.holdout))["sasrec"]
+    assert d.candidate["next_item_loss"] > d.live["next_item_loss"] * 1.01
+    assert not d.accepted
+
+
+def test_next_item_data_trains_the_last_step_of_each_sequence_and_every_step_of_a_click(learner):
+    models = learner.models
+    seq = models.live["sasrec"]
+    organic = [["i0", "i1", "i2"], ["i3"], ["i4", "not-in-catalog", "i5"]]
+    data = models.next_item_data(seq, organic, clicked=[["i6", "i7", "i8"]])
+    target = data["target"].numpy()
+    index = {item: k for k, item in enumerate(models.catalog)}
+    # ["i3"] alone has no next item; the unknown item is dropped from the third.
+    assert len(target) == 3
+    assert [[t for t in row if t != -100] for row in target] == [[index["i2"]], [index["i5"]],
+                                                                 [index["i7"], index["i8"]]]
 
 
 def test_gate_rejects_a_worse_model(learner):
