@@ -31,7 +31,11 @@ ranker_calibration = Gauge("streamrec_learner_ranker_calibration",
 training_loss = Gauge("streamrec_learner_training_loss", "Loss of the last micro-batch", ["model"])
 train_steps = Counter("streamrec_learner_train_steps_total", "Optimisation steps", ["model"])
 gate_decisions = Counter("streamrec_learner_gate_decisions_total", "Gate decisions", ["model", "decision"])
-gate_estimate = Gauge("streamrec_learner_gate_estimate", "Last gate's estimates (auc, snips, CI bounds)",
+gate_fallbacks = Counter("streamrec_learner_gate_fallbacks_total",
+                         "Fine-tuned ranker candidates rejected whose live network with the fresh attraction offsets "
+                         "passed the gate instead (counted in the decisions as accepted)")
+gate_estimate = Gauge("streamrec_learner_gate_estimate",
+                      "Last gate's estimates (auc, snips, CI bounds; next_item_loss for the sequence model)",
                       ["model", "policy", "metric"])
 versions_published = Counter("streamrec_learner_versions_published_total", "Model versions published", ["model"])
 event_to_model = Histogram("streamrec_learner_event_to_published_model_seconds",

@@ -42,6 +42,8 @@ class LearnerConfig:
     min_gate_samples: int = 200
     auc_tolerance: float = 0.01
     reward_tolerance: float = 0.02
+    next_item_tolerance: float = 0.01
+    """Relative rise of the sequence model's held-out next-item loss a candidate may show."""
     lr: float = _DEFAULTS.learner_lr
     seq_lr: float = _DEFAULTS.learner_seq_lr
     embedding_lr: float = _DEFAULTS.learner_embedding_lr
@@ -85,4 +87,5 @@ class LearnerConfig:
         from streamrec.trainer.gate import GateConfig
 
         return GateConfig(min_samples=self.min_gate_samples, auc_tolerance=self.auc_tolerance,
-                          reward_tolerance=self.reward_tolerance, weight_cap=self.weight_cap)
+                          reward_tolerance=self.reward_tolerance, next_item_tolerance=self.next_item_tolerance,
+                          weight_cap=self.weight_cap)

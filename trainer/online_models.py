@@ -117,6 +117,9 @@ class OnlineModels:
         self.categories: dict[str, str] = {}
         self.examination = np.ones(1)
         """Estimated chance that a user looks at each rank (position bias), see `estimate_examination`."""
+        self.refreshed: torch.nn.Module | None = None
+        """The live ranker with the fresh attraction offsets (`set_attraction`): what the gate tries when the
+        fine-tuned candidate is rejected, so a network step that did not pay does not hold back the offsets."""
 
     # -- loading -------------------------------------------------------------------- #
     def load(self) -> list[str]:
@@ -153,13 +156,16 @@ class OnlineModels:
 
     def set_attraction(self, slates: list[Slate]) -> int:
         """Write the items' attraction, estimated from ``slates``, into the candidate ranker's per-item bias,
-        at the scale against the ranker's own logit that the same slates support (`calibrate_ranker`)."""
+        at the scale against the ranker's own logit that the same slates support (`calibrate_ranker`); the
+        same into a copy of the live ranker (`refreshed`)."""
         model = self.cand.get(self.ranker_name)
         if model is None or getattr(model, "item_bias", None) is None:
             return 0
         offsets = attraction_offsets(slates, self.examination)
-        scale = self.calibrate_ranker(model, slates, offsets) if offsets else 1.0
-        n = write_offsets(model, {item: scale * o for item, o in offsets.items()})
+        self.refreshed = copy.deepcopy(self.live[self.ranker_name])
+        for target in (self.refreshed, model):  # the candidate last: its fitted scales stay on the gauges
+            scale = self.calibrate_ranker(target, slates, offsets) if offsets else 1.0
+            n = write_offsets(target, {item: scale * o for item, o in offsets.items()})
         m.attraction_items.set(n)
         return n
 
@@ -369,6 +375,16 @@ class OnlineModels:
             score = self.ranker_scores if name == self.ranker_name else self.seq_scores
             d = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
                                  score(self.cand[name], f), exam_weight)
+            if name == self.ranker_name and not d.accepted and self.refreshed is not None:
+                fresh = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
+                                         score(self.refreshed, f), exam_weight)
+                if fresh.accepted:  # publish the live network with the fresh offsets; fine-tune on from there
+                    fresh.reason = f"not worse as the live network with fresh attraction (fine-tuned: {d.reason})"
+                    self.cand[name], d = self.refreshed, fresh
+                    self.opt[name] = self._optimizer(name, self.cand[name])
+                    m.gate_fallbacks.inc()
+            if name == self.ranker_name:
+                self.refreshed = None
             if name == self.seq_name:
                 live_loss, cand_loss = self.next_item_loss(self.live[name], f), self.next_item_loss(self.cand[name], f)
                 if live_loss is not None and cand_loss is not None:

@@ -225,6 +225,43 @@ def test_the_ranker_and_the_offsets_are_rescaled_to_what_the_slates_support(tmp_
     assert ranker_calibration("logit_scale") == pytest.approx(1.0, abs=0.05)
 
 
+def test_a_rejected_fine_tuned_ranker_still_brings_the_fresh_attraction_through_the_gate(tmp_path):
+    from prometheus_client import REGISTRY
+
+    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
+    publish_models(s, tmp_path, item_bias=True)
+    learner = OnlineLearner(s, LearnerConfig(dry_run=True, min_gate_samples=100, checkpoint_dir=str(tmp_path / "ckpt"),
+                                             lr=0.05), port=0)
+    learner.models.load()
+    models = learner.models
+    data = slates(1200, seed=7)
+    for sl in data:  # on top of the category: i0 sells whenever it is shown, i1 never does
+        sl.rewards = [1.0 if it == "i0" else 0.0 if it == "i1" else r for it, r in zip(sl.items, sl.rewards)]
+    learner._accept(data)
+    buf = list(learner.train_buf)
+    models.estimate_examination(buf)
+    inverted = copy.deepcopy(buf)  # the fine-tuning goes wrong: it learns the opposite of what users do
+    for sl in inverted:
+        sl.rewards = [0.0 if r > 0 else 1.0 for r in sl.rewards]
+    for _ in range(5):
+        for k in range(0, len(inverted), 64):
+            models.train(inverted[k:k + 64], only="ranker")
+    models.set_attraction(buf)
+    tuned = models.cand["ranker"]
+    before = REGISTRY.get_sample_value("streamrec_learner_gate_fallbacks_total") or 0.0
+    d = models.gate_models(list(learner.holdout))["ranker"]
+    assert d.accepted and "fresh attraction" in d.reason and "fine-tuned: " in d.reason, d.reason
+    assert REGISTRY.get_sample_value("streamrec_learner_gate_fallbacks_total") == before + 1
+    # What would be published is the live network with the offsets, not the fine-tuned one.
+    chosen, live = models.cand["ranker"], models.live["ranker"]
+    network = [n for n, _ in live.named_parameters() if not n.startswith(("head.", "item_bias."))]
+    assert network and all(torch.equal(dict(chosen.named_parameters())[n], dict(live.named_parameters())[n])
+                           for n in network)
+    assert any(not torch.equal(dict(tuned.named_parameters())[n], dict(live.named_parameters())[n]) for n in network)
+    assert item_bias(chosen, ["i0"])[0] > 0 > item_bias(chosen, ["i1"])[0]
+    assert models.refreshed is None
+
+
 def ranker_calibration(term):
     from prometheus_client import REGISTRY
 
