@@ -115,7 +115,6 @@ class Gate:
             d.accepted, d.reason = False, f"snips CI [{ce.low:.4f}, {ce.high:.4f}] below live {le.value:.4f}"
         return d
 
-
     def check_next_item(self, d: GateDecision, live_loss: float, candidate_loss: float) -> GateDecision:
         """Add the next-item losses (cross-entropy over the catalog) to ``d``, and reject a candidate whose
         loss rose by more than the tolerance: it reorders shown items at least as well, but it has drifted
