@@ -170,7 +170,8 @@ class FeatureReader:
                 items[item] = None
             ctx.session_items = list(items)
             if past:
-                ctx.history = [i for i in map(_s, past[0]) if i not in items][-h:]
+                # Dropping the session's items from the newest h + len(session) leaves the newest h others.
+                ctx.history = [i for i in map(_s, past[0][-(h + len(items)):]) if i not in items][-h:]
             # Seen in this session or bought at any time: not recommended again.
             ctx.seen = set(items) | {_s(b) for b in bought}
             ctx.session_positive = int(sum(_f(v) for v in sess))
