@@ -12,8 +12,13 @@ of fixed user groups (user index mod 3), one slate per organic view:
 - ``online``: the same plus the attraction offsets of the last ``--buffer`` slates (of all arms), refreshed
   every ``--refresh`` slates, combined as ``--policy`` says:
   ``add`` (offset times ``--weight``), ``fit`` (scales fitted by `attraction.calibrate`),
-  ``oracle`` (the world's hidden appeal times ``--weight``: the ceiling), ``ucb:K`` (offset plus K over the
-  square root of the item's examinations: optimism for items seen rarely).
+  ``oracle`` (the world's hidden appeal times ``--weight``: the ceiling of learning appeal), ``ucb:K``
+  (offset plus K over the square root of the item's examinations: optimism for items seen rarely), or
+  ``truth``: every item by its true attraction to the user now (the hidden click model itself, taste and
+  appeal: what no learner can beat).
+
+The world is the bench's (`SimConfig` defaults) unless ``--attraction-bias``, ``--appeal`` or ``--drift``
+say otherwise, as the flags of the same names of `streamrec bench online` do.
 
 What it leaves out: the ranker's dense features and their fine-tuning, the sequence model's fine-tuning,
 latency, new items' content. Prints one JSON line: CTR and the hidden model's expected reward per slate
@@ -45,7 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slates", type=int, default=24_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", default="add", help="add | fit | oracle | ucb:K")
+    p.add_argument("--policy", default="add", help="add | fit | oracle | ucb:K | truth")
     p.add_argument("--weight", type=float, default=1.0)
     p.add_argument("--refresh", type=int, default=150)
     p.add_argument("--buffer", type=int, default=8000)
@@ -55,9 +60,13 @@ def main() -> None:
     p.add_argument("--history", type=int, default=20,
                    help="the user's items of earlier sessions put before the session's in the sequence model's "
                         "input, at most this many (as the scorer's STREAMREC_SCORER_HISTORY_ITEMS; 0: the session)")
+    for flag in ("attraction_bias", "appeal", "drift"):
+        p.add_argument("--" + flag.replace("_", "-"), type=float, default=getattr(SimConfig, flag),
+                       help=f"the hidden world's {flag} (`SimConfig`; default {getattr(SimConfig, flag)})")
     a = p.parse_args()
     torch.set_num_threads(1)
-    world = World(SimConfig(users=300, items=300, seed=a.seed, appeal=1.0))
+    world = World(SimConfig(users=300, items=300, seed=a.seed, appeal=a.appeal, attraction_bias=a.attraction_bias,
+                            drift=a.drift))
     seq = pretrained_sasrec(world, a.seed, a.pretrain_steps)
     seq.eval()
     rng = np.random.default_rng(a.seed + 11)
@@ -135,6 +144,9 @@ def main() -> None:
             rank = pop[cand]
         elif arm == "frozen":
             rank = z
+        elif a.policy == "truth":  # every item, by what the hidden model will do with it
+            cand = np.arange(len(ids))
+            rank = world.attraction(user, ids)
         elif a.policy == "oracle":
             rank = z + a.weight * world.item_appeal[[world.row[ids[c]] for c in cand]]
         else:
@@ -148,9 +160,10 @@ def main() -> None:
                 rewards[pos] = 1.0
                 session.append(item)
                 popularity[item] += 2
-        # A popularity slate has no sequence score (its candidates are not the model's): 0 in the fits.
+        # A popularity (or truth) slate has no sequence score (its candidates are not the model's): 0 in the fits.
+        own_candidates = arm == "frozen" or (arm == "online" and a.policy != "truth")
         buf.append(SimpleNamespace(items=slate, rewards=rewards,
-                                   seq=[0.0 if arm == "popularity" else float(z[k]) for k in top]))
+                                   seq=[float(z[k]) if own_candidates else 0.0 for k in top]))
         if n >= a.slates // 4:
             shown[arm][0] += 1
             shown[arm][1] += any(rewards)

@@ -25,3 +25,12 @@ def test_offline_loop_reports_every_arm_and_the_fitted_scales():
                                         "--pretrain-steps", "150"],
                                        capture_output=True, text=True, timeout=300, check=True).stdout)
     assert oracle["top3_appeal"]["online"] > oracle["top3_appeal"]["frozen"] + 0.5
+
+
+def test_truth_policy_shows_the_items_the_hidden_model_likes_best():
+    # The ceiling of any learner: every item by its true attraction (taste match plus appeal) for the user now.
+    truth = json.loads(subprocess.run([sys.executable, str(SCRIPT), "--slates", "1200", "--policy", "truth",
+                                       "--pretrain-steps", "150", "--appeal", "0.5", "--attraction-bias", "-3"],
+                                      capture_output=True, text=True, timeout=300, check=True).stdout)
+    logit = {arm: truth["top3_appeal"][arm] + truth["top3_taste"][arm] for arm in truth["top3_appeal"]}
+    assert logit["online"] > max(logit["frozen"], logit["popularity"]) + 0.5
