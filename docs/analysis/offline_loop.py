@@ -14,8 +14,8 @@ of fixed user groups (user index mod 3), one slate per organic view:
   ``add`` (offset times ``--weight``), ``fit`` (scales fitted by `attraction.calibrate`),
   ``oracle`` (the world's hidden appeal times ``--weight``: the ceiling of learning appeal), ``ucb:K``
   (offset plus K over the square root of the item's examinations: optimism for items seen rarely), or
-  ``truth``: every item by its true attraction to the user now (the hidden click model itself, taste and
-  appeal: what no learner can beat).
+  ``truth``: every item outside the session by its true attraction to the user now (the hidden click model
+  itself, taste and appeal: what no learner can beat).
 
 The world is the bench's (`SimConfig` defaults) unless ``--attraction-bias``, ``--appeal`` or ``--drift``
 say otherwise, as the flags of the same names of `streamrec bench online` do.
@@ -144,9 +144,9 @@ def main() -> None:
             rank = pop[cand]
         elif arm == "frozen":
             rank = z
-        elif a.policy == "truth":  # every item, by what the hidden model will do with it
-            cand = np.arange(len(ids))
-            rank = world.attraction(user, ids)
+        elif a.policy == "truth":  # every item not in the session, by what the hidden model will do with it
+            cand = np.flatnonzero(np.isfinite(score))
+            rank = world.attraction(user, [ids[c] for c in cand])
         elif a.policy == "oracle":
             rank = z + a.weight * world.item_appeal[[world.row[ids[c]] for c in cand]]
         else:
