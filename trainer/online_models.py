@@ -306,11 +306,14 @@ class OnlineModels:
         opt.rows = len(weight)
         return model.fit_batch(batch, opt)
 
-    def next_item_data(self, model, sequences: list[list[str]], clicked: list[list[str]] = ()) -> dict | None:
+    def next_item_data(self, model, sequences: list[list[str]], clicked: list[list[str]] = (),
+                       index: dict[str, int] | None = None) -> dict | None:
         """Next-item training data: of each of ``sequences`` only its last item given the ones before (a
         slate's sequence ends with the item the user found by themselves, the view it answers, and the
-        slates of one session repeat its earlier steps); of each of ``clicked`` every step."""
-        index = {item: i for i, item in enumerate(self.catalog)}
+        slates of one session repeat its earlier steps); of each of ``clicked`` every step. ``index``: the
+        catalog's item -> row, when the caller has built it already."""
+        if index is None:
+            index = {item: i for i, item in enumerate(self.catalog)}
         # Items newer than the model's catalog cannot be softmax targets (they join at the next export).
         organic = [k for k in ([i for i in s if i in index] for s in sequences) if len(k) >= 2]
         seqs = organic + [s for s in clicked if len(s) >= 2]
@@ -338,7 +341,8 @@ class OnlineModels:
         # The supervised part: the users' own next items (the pre-training objective on fresh data, which
         # follows their drifting tastes and keeps retrieval from drifting towards the shown items only),
         # and the clicked items after the sequence they were clicked in.
-        sup_data = self.next_item_data(model, f["session"], [s + [f["items"][j]] for s, j in zip(sessions, rows)])
+        sup_data = self.next_item_data(model, f["session"], [s + [f["items"][j]] for s, j in zip(sessions, rows)],
+                                       index)
         if sup_data is None:
             return None
         model.train()
@@ -373,10 +377,11 @@ class OnlineModels:
                 out[name] = GateDecision(False, "no held-out slates with features")
                 continue
             score = self.ranker_scores if name == self.ranker_name else self.seq_scores
-            d = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
+            live_scores = score(self.live[name], f)  # scored once: the fallback below compares with it too
+            d = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], live_scores,
                                  score(self.cand[name], f), exam_weight)
             if name == self.ranker_name and not d.accepted and self.refreshed is not None:
-                fresh = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], score(self.live[name], f),
+                fresh = self.gate.decide(f["slate_of"], f["reward"], f["propensity"], live_scores,
                                          score(self.refreshed, f), exam_weight)
                 if fresh.accepted:  # publish the live network with the fresh offsets; fine-tune on from there
                     fresh.reason = f"not worse as the live network with fresh attraction (fine-tuned: {d.reason})"
