@@ -47,18 +47,19 @@ def _careless_app(settings: Settings, stats: LiveStats, stop: threading.Event) -
         pub.flush()
 
 
-def _arm_rows(sim) -> list[tuple[str, int, float, float]]:
-    """(arm, slates, click-through, true reward per slate) so far, from the simulator's own tally."""
+def _arm_rows(sim) -> list[tuple[str, int, float, float, float]]:
+    """(arm, slates, click-through, true reward per slate, expected reward as a share of the best slates') so
+    far, from the simulator's own tally."""
     tally = sim.tally
     if tally is None:
         return []
     totals: dict[str, list[float]] = {}
     for (variant, _), c in list(tally.cells.items()):
-        t = totals.setdefault(variant, [0.0, 0.0, 0.0])
-        t[0] += c["slates"]
-        t[1] += c["clicks"]
-        t[2] += c["reward"]
-    return [(v, int(n), k / max(n, 1), r / max(n, 1)) for v, (n, k, r) in sorted(totals.items())]
+        t = totals.setdefault(variant, [0.0, 0.0, 0.0, 0.0, 0.0])
+        for k, key in enumerate(("slates", "clicks", "reward", "expected", "best")):
+            t[k] += c[key]
+    return [(v, int(n), k / max(n, 1), r / max(n, 1), e / b if b > 0 else 0.0)
+            for v, (n, k, r, e, b) in sorted(totals.items())]
 
 
 def _view(sim, stats: LiveStats, services: dict[str, Service], seconds: float) -> Group:
@@ -84,10 +85,10 @@ def _view(sim, stats: LiveStats, services: dict[str, Service], seconds: float) -
                   f"{metric_sum(lm, 'streamrec_learner_gate_decisions_total', 'rejected'):,.0f}")
     table.add_row("model versions swapped into the scorer", f"{metric_sum(sm, 'streamrec_scorer_swaps_total'):,.0f}")
     arms = Table(title="true reward per arm (from the simulator's hidden model)", expand=True)
-    for col in ("arm", "slates", "click-through", "reward / slate"):
+    for col in ("arm", "slates", "click-through", "reward / slate", "of the best slates' expected reward"):
         arms.add_column(col)
-    for arm, n, ctr, reward in _arm_rows(sim):
-        arms.add_row(arm, f"{n:,}", f"{ctr:.3f}", f"{reward:.3f}")
+    for arm, n, ctr, reward, of_best in _arm_rows(sim):
+        arms.add_row(arm, f"{n:,}", f"{ctr:.3f}", f"{reward:.3f}", f"{of_best:.0%}")
     parts = [table, arms]
     rec = stats.last_rec
     if rec is not None:

@@ -14,7 +14,9 @@ time.
 Nothing in streamrec reads the hidden model: it is only used to report the
 *true* reward per A/B variant (the recommendation's ``variant``), both as
 realised (what the users did) and expected (the hidden click model's mean
-reward of the slate, a low-variance measure of its quality).
+reward of the slate, a low-variance measure of its quality), next to the
+expected reward of the best slate the hidden model allows at that moment
+(`World.best_slate`: the ceiling no recommender can beat).
 
 The world is pure (`World`: no Kafka, no clock), so it is tested alone:
 
@@ -97,6 +99,8 @@ class SimUser:
     steps_left: int = 0
     clicks: int = 0
     """Clicks in the current session (fatigue)."""
+    seen: set = field(default_factory=set)
+    """Items viewed or clicked in the current session (a recommender leaves them out, so does `best_slate`)."""
 
     @property
     def session_id(self) -> str:
@@ -177,6 +181,20 @@ class World:
             a[known] = 1.0 / (1.0 + np.exp(-logit))
         return a
 
+    def best_slate(self, user: SimUser) -> list[str]:
+        """The slate of a recommender that knows the hidden model: the listed items outside the session, by
+        their attraction to the user now (what any learner's expected reward is measured against).
+
+        >>> w = World(SimConfig(users=1, items=30, seed=3))
+        >>> u = w.users[0]
+        >>> best = w.best_slate(u)
+        >>> len(best), w.expected_reward(u, best) >= w.expected_reward(u, w.item_ids[:10])
+        (10, True)
+        """
+        listed = [i for i in self.item_ids[self.retired:] if i not in user.seen]
+        top = np.argsort(-self.attraction(user, listed), kind="stable")[: self.cfg.slate_seen]
+        return [listed[k] for k in top]
+
     def examination(self, n: int) -> np.ndarray:
         return 1.0 / (1.0 + np.arange(n)) ** self.cfg.position_decay
 
@@ -206,6 +224,7 @@ class World:
             return []
         item = items[pos]
         user.clicks += 1
+        user.seen.add(item)
         out = [("click", item, pos)]
         if self.rng.random() < self.cfg.p_cart:
             out.append(("add_to_cart", item, pos))
@@ -217,6 +236,7 @@ class World:
     def start_session(self, user: SimUser) -> None:
         user.session += 1
         user.clicks = 0
+        user.seen = set()
         user.steps_left = int(self.rng.geometric(1.0 / max(self.cfg.session_steps, 1.0)))
         user.taste = self._unit(user.taste + self.cfg.drift * self.rng.normal(size=self.cfg.dim))
 
@@ -232,8 +252,10 @@ class World:
         """The organic view that opens a session step (fields for `EventPublisher.publish`)."""
         if user.steps_left <= 0:
             self.start_session(user)
-        return {"type": "view", "user_id": user.user_id, "item_id": self.browse(user),
-                "session_id": user.session_id, "ts": now_ms}
+        item = self.browse(user)
+        user.seen.add(item)
+        return {"type": "view", "user_id": user.user_id, "item_id": item, "session_id": user.session_id,
+                "ts": now_ms}
 
 
 @dataclass
@@ -247,7 +269,8 @@ class Tally:
     users: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
     """(variant, bucket) -> user -> [slates, clicks]: the unit of an A/B arm is a user, not a slate."""
 
-    def add(self, variant: str, now: float, realised: float, expected: float, clicked: bool, user: str = "") -> None:
+    def add(self, variant: str, now: float, realised: float, expected: float, clicked: bool, user: str = "",
+            best: float = 0.0) -> None:
         key = (variant, int((now - self.t0) // self.bucket_s))
         per_user = self.users[key][user]
         per_user[0] += 1
@@ -258,6 +281,7 @@ class Tally:
         c["reward"] += realised
         c["reward_sq"] += realised * realised
         c["expected"] += expected
+        c["best"] += best
 
     def report(self) -> dict:
         """{variant: {"buckets": [...], "total": {...}}}; CTR = clicks / slates, CI = 95% normal."""
@@ -282,7 +306,7 @@ def _summary(c) -> dict:
     half = 1.96 * math.sqrt(var / n)
     return {"slates": int(c["slates"]), "clicks": int(c["clicks"]), "ctr": c["clicks"] / n,
             "reward_per_slate": mean, "reward_ci95": [mean - half, mean + half],
-            "expected_reward_per_slate": c["expected"] / n}
+            "expected_reward_per_slate": c["expected"] / n, "best_expected_reward_per_slate": c["best"] / n}
 
 
 class Simulation:
@@ -385,12 +409,13 @@ class Simulation:
                         session_id=user.session_id, rec_id=rec.rec_id)
             self.stats["impression"] += 1
         expected = self.world.expected_reward(user, items)
+        best = self.world.expected_reward(user, self.world.best_slate(user))
         actions = self.world.react(user, items)
         realised = sum(REWARD_WEIGHTS[a] for a, _, _ in actions)
         if uid in self.world.bots:
             self.stats["bot_slates"] += 1
         else:
-            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions), uid)
+            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions), uid, best)
         for kind, item, pos in actions:
             pub.publish(kind, user_id=uid, item_id=item, session_id=user.session_id, rec_id=rec.rec_id,
                         position=pos)

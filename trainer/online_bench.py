@@ -125,7 +125,11 @@ def summarise(report: dict, warmup_s: float) -> dict:
         out[arm] = {"slates": n, "ctr": clicks / max(n, 1), "ctr_ci95": _ci(clicks, n),
                     "reward_per_slate": sum(x["reward_per_slate"] * x["slates"] for x in b) / max(n, 1),
                     "expected_reward_per_slate": sum(x["expected_reward_per_slate"] * x["slates"] for x in b)
-                    / max(n, 1)}
+                    / max(n, 1),
+                    "best_expected_reward_per_slate": sum(x.get("best_expected_reward_per_slate", 0.0) * x["slates"]
+                                                          for x in b) / max(n, 1)}
+        best = out[arm]["best_expected_reward_per_slate"]
+        out[arm]["expected_of_best"] = out[arm]["expected_reward_per_slate"] / best if best > 0 else None
         per_user: dict[str, list[int]] = {}
         for x in b:
             for user, (slates, clicks_u) in x.get("by_user", {}).items():
@@ -137,7 +141,22 @@ def summarise(report: dict, warmup_s: float) -> dict:
         out["online_vs_frozen_ctr_lift"] = out["online"]["ctr"] / out["frozen"]["ctr"] - 1.0
         if "ctr_se_users" in out["online"] and "ctr_se_users" in out["frozen"]:
             out["online_minus_frozen_ctr_ci95_users"] = difference([out], "online", "frozen")["ci95"]
+        share = gap_closed(out["frozen"].get("expected_of_best"), out["online"].get("expected_of_best"))
+        if share is not None:
+            out["online_share_of_frozen_gap_to_best"] = share
     return out
+
+
+def gap_closed(frozen: float | None, online: float | None) -> float | None:
+    """The share of the frozen arm's distance to the best slates (expected reward as a fraction of the best's)
+    that the online arm closes: 0 is no better than frozen, 1 is as good as knowing the hidden model.
+
+    >>> round(gap_closed(0.8, 0.9), 3)
+    0.5
+    """
+    if frozen is None or online is None or frozen >= 1.0:
+        return None
+    return (online - frozen) / (1.0 - frozen)
 
 
 def users_ci(per_user: dict[str, list[int]]) -> dict:
@@ -238,6 +257,14 @@ def plot(result: dict, path: Path) -> None:
         t = [x["t_s"] for x in v["buckets"]]
         a.plot(t, [x["ctr"] for x in v["buckets"]], marker="o", label=arm)
         b.plot(t, [x["expected_reward_per_slate"] for x in v["buckets"]], marker="o", label=arm)
+    best: dict[float, list[float]] = {}  # every arm's users, the slates the hidden model would pick
+    for v in result["variants"].values():
+        for x in v["buckets"]:
+            best.setdefault(x["t_s"], []).append(x.get("best_expected_reward_per_slate", 0.0))
+    if best:
+        t = sorted(best)
+        b.plot(t, [sum(best[x]) / len(best[x]) for x in t], linestyle="--", color="grey",
+               label="best slates (knowing the hidden model)")
     for ax, title in ((a, "CTR (true, from the simulator)"), (b, "expected reward per slate (hidden model)")):
         ax.axvline(result["warmup_s"], color="grey", linestyle=":")
         ax.set_xlabel("seconds")
@@ -281,6 +308,10 @@ def pooled(summaries: dict[str, dict]) -> dict:
     for hi, lo in (("online", "frozen"), ("frozen", "popularity")):
         out[f"{hi}_minus_{lo}"] = difference(list(summaries.values()), hi, lo)
     out["online_vs_frozen_ctr_lift"] = out["ctr"]["online"] / out["ctr"]["frozen"] - 1.0
+    if all(s[a].get("expected_of_best") is not None for s in summaries.values() for a in ("frozen", "online")):
+        of_best = {a: sum(s[a]["expected_of_best"] for s in summaries.values()) / k for a in ("frozen", "online")}
+        out["expected_of_best"] = of_best
+        out["online_share_of_frozen_gap_to_best"] = gap_closed(of_best["frozen"], of_best["online"])
     return out
 
 

@@ -117,3 +117,51 @@ def test_item_appeal_changes_clicks_but_not_browsing_or_the_rest_of_the_world():
     ids = [appealing.item_ids[best], appealing.item_ids[worst]]
     lift = appealing.attraction(user, ids) / plain.attraction(plain.users[0], ids)
     assert lift[0] > 1.0 > lift[1]
+
+
+def test_best_slate_beats_any_other_and_leaves_out_the_session_and_retired_items():
+    w = World(SimConfig(users=3, items=60, seed=4, retire_oldest=True))
+    user = w.users[0]
+    view = w.next_event(user, now_ms=0)["item_id"]
+    w.retire_oldest()
+    best = w.best_slate(user)
+    assert view not in best and w.item_ids[0] not in best and len(set(best)) == 10
+    rng = np.random.default_rng(0)
+    listed = [i for i in w.item_ids[w.retired:] if i != view]
+    for _ in range(50):
+        other = list(rng.choice(listed, size=10, replace=False))
+        assert w.expected_reward(user, best) >= w.expected_reward(user, other) - 1e-12
+    # A clicked item joins the session's items; a new session starts with none.
+    w.rng = np.random.default_rng(1)
+    actions = []
+    while not actions:
+        actions = w.react(user, best)
+    assert actions[0][1] in user.seen and actions[0][1] not in w.best_slate(user)
+    w.start_session(user)
+    assert user.seen == set()
+
+
+def test_summary_reports_each_arm_against_the_best_slates_and_the_share_of_the_gap_closed():
+    from streamrec.trainer.online_bench import pooled, summarise
+
+    t = Tally(bucket_s=10, t0=0.0)
+    for i in range(40):
+        for arm, expected in (("frozen", 0.5), ("online", 0.75), ("popularity", 0.4)):
+            t.add(arm, i % 20, realised=expected, expected=expected, clicked=i % 2 == 0, user=f"{arm}{i % 4}",
+                  best=1.0)
+    s = summarise({"variants": t.report(), "config": {"seconds": 20}}, warmup_s=0)
+    assert s["frozen"]["best_expected_reward_per_slate"] == 1.0
+    assert s["online"]["expected_of_best"] == 0.75
+    assert abs(s["online_share_of_frozen_gap_to_best"] - 0.5) < 1e-9
+    assert abs(pooled({"a": s, "b": s})["online_share_of_frozen_gap_to_best"] - 0.5) < 1e-9
+
+
+def test_demo_view_rows_show_each_arm_against_the_best_slates():
+    from types import SimpleNamespace
+
+    from streamrec.demo import _arm_rows
+
+    t = Tally(bucket_s=10, t0=0.0)
+    t.add("frozen", 1, realised=1.0, expected=0.6, clicked=True, user="u1", best=1.2)
+    t.add("frozen", 12, realised=0.0, expected=0.4, clicked=False, user="u2", best=0.8)
+    assert _arm_rows(SimpleNamespace(tally=t)) == [("frozen", 2, 0.5, 0.5, 0.5)]
