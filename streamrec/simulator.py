@@ -183,7 +183,8 @@ class World:
 
     def best_slate(self, user: SimUser) -> list[str]:
         """The slate of a recommender that knows the hidden model: the listed items outside the session, by
-        their attraction to the user now (what any learner's expected reward is measured against).
+        their attraction to the user now (what any learner's expected reward is measured against). Items the
+        user bought in earlier sessions stay in (the scorer leaves them out), so the ceiling is a little high.
 
         >>> w = World(SimConfig(users=1, items=30, seed=3))
         >>> u = w.users[0]
