@@ -410,10 +410,11 @@ class Simulation:
                         session_id=user.session_id, rec_id=rec.rec_id)
             self.stats["impression"] += 1
         expected = self.world.expected_reward(user, items)
-        best = self.world.expected_reward(user, self.world.best_slate(user))
+        bot = uid in self.world.bots  # a bot's slates stay out of the tally: no ceiling to compute
+        best = 0.0 if bot else self.world.expected_reward(user, self.world.best_slate(user))
         actions = self.world.react(user, items)
         realised = sum(REWARD_WEIGHTS[a] for a, _, _ in actions)
-        if uid in self.world.bots:
+        if bot:
             self.stats["bot_slates"] += 1
         else:
             tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions), uid, best)

@@ -113,7 +113,8 @@ def register_bench(bench) -> None:
     from streamrec.simulator import SimConfig
 
     p = bench.add_parser("online", help="closed loop: simulated users vs popularity, frozen and online-learning "
-                                        "arms (the scorer's A/B variants); true reward per arm, JSON and PNG")
+                                        "arms (the scorer's A/B variants); true reward per arm and its share of "
+                                        "the best slates the hidden model allows, JSON and PNG")
     p.add_argument("--seconds", type=float, default=240.0, help="length of the simulation (default 240)")
     p.add_argument("--warmup-s", type=float, default=60.0, help="left out of the summary (default 60)")
     p.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
