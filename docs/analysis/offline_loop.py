@@ -15,7 +15,15 @@ of fixed user groups (user index mod 3), one slate per organic view:
   ``oracle`` (the world's hidden appeal times ``--weight``: the ceiling of learning appeal), ``ucb:K``
   (offset plus K over the square root of the item's examinations: optimism for items seen rarely), or
   ``truth``: every item outside the session by its true attraction to the user now (the hidden click model
-  itself, taste and appeal: what no learner can beat).
+  itself, taste and appeal: what no learner can beat), or ``joint``: item and rank effects fitted together
+  with the sequence score (`fit_joint`: the rank's examination is not taken from the click rate per rank,
+  which also holds the ranker's own ordering and comes out too steep).
+
+How close to the live bench: ``--pool live`` proposes what the scorer proposes (the best 100 by sequence
+score and the 50 most popular, not the best 200), ``--score raw`` gives the online arm's fit the sequence
+model's raw dot product (the scorer's ``seq_score`` feature) instead of the score standardised over each
+slate's candidates, and ``--refresh`` sets how often the offsets are recomputed (live: every gate, about
+600 slates).
 
 The world is the bench's (`SimConfig` defaults) unless ``--attraction-bias``, ``--appeal`` or ``--drift``
 say otherwise, as the flags of the same names of `streamrec bench online` do.
@@ -23,7 +31,8 @@ say otherwise, as the flags of the same names of `streamrec bench online` do.
 What it leaves out: the ranker's dense features and their fine-tuning, the sequence model's fine-tuning,
 latency, new items' content. Prints one JSON line: CTR and the hidden model's expected reward per slate
 (lower variance) per arm after the first quarter, and per arm the mean hidden appeal and taste match
-(3 x item . user taste) of the top three items shown.
+(3 x item . user taste) of the top three items shown; for ``fit`` and ``joint`` also the final
+examination estimate and the correlation of the items' offsets with their hidden appeal.
 
     .venv/bin/python docs/analysis/offline_loop.py --policy fit --seed 0
 """
@@ -50,7 +59,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slates", type=int, default=24_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", default="add", help="add | fit | oracle | ucb:K | truth")
+    p.add_argument("--policy", default="add", help="add | fit | joint | oracle | ucb:K | truth")
+    p.add_argument("--pool", choices=["model", "live"], default="model",
+                   help="candidates: the best 200 by sequence score (model), or the best 100 and the 50 most "
+                        "popular, as the scorer (live)")
+    p.add_argument("--score", choices=["z", "raw"], default="z",
+                   help="the sequence score the online arm's fit reads: standardised over the candidates (z) "
+                        "or the raw dot product, as the scorer's seq_score feature (raw)")
     p.add_argument("--weight", type=float, default=1.0)
     p.add_argument("--refresh", type=int, default=150)
     p.add_argument("--buffer", type=int, default=8000)
@@ -92,6 +107,7 @@ def main() -> None:
     sessions: dict[str, list[str]] = {}
     history: dict[str, list[str]] = defaultdict(list)  # the user's items of earlier sessions, oldest first
     offsets: dict[str, float] = {}
+    last_exam: list[np.ndarray] = [np.ones(1)]  # the examination of the last refresh (reported)
     scales = [1.0, a.weight]  # (sequence score, offset)
     shown = {arm: [0, 0] for arm in ARMS}  # slates, clicked slates (after the first quarter)
     top3 = {arm: [0.0, 0.0] for arm in ARMS}  # summed appeal, summed taste match
@@ -108,6 +124,11 @@ def main() -> None:
                 for pos, item in enumerate(s.items):
                     seen[item] += exam[min(pos, len(exam) - 1)]
             offsets = {i: o + bonus / np.sqrt(seen[i] + 5.0) for i, o in offsets.items()}
+        if a.policy == "joint" and offsets:  # (once the count estimate has its minimum of clicks)
+            rows = [(s.z[pos], i, r > 0, pos) for s in buf for pos, (i, r) in enumerate(zip(s.items, s.rewards))]
+            offsets, scales[0], exam = fit_joint(*(np.array(c) for c in zip(*rows)))
+            scales[1] = 1.0  # the item effects are in logit units already
+        last_exam[0] = exam
         if a.policy == "fit" and offsets:
             rows = [(s.seq[pos], offsets.get(i, 0.0), r > 0, exam[min(pos, len(exam) - 1)])
                     for s in buf for pos, (i, r) in enumerate(zip(s.items, s.rewards))]
@@ -135,7 +156,12 @@ def main() -> None:
             score = vectors @ seq(torch.from_numpy(items), torch.from_numpy(item_cats)).numpy()[0]
         score[[k for k, i in enumerate(ids) if i in set(session)]] = -np.inf
         cand = np.argsort(-score)[:200]
-        z = (score[cand] - score[cand].mean()) / (score[cand].std() + 1e-9)
+        if a.pool == "live":
+            popular = np.array([popularity[i] if np.isfinite(x) else -1.0 for i, x in zip(ids, score)])
+            cand = np.array(list(dict.fromkeys([*cand[:100], *np.argsort(-popular)[:50]])))
+            cand = cand[np.isfinite(score[cand])]
+        mean, std = score[cand].mean(), score[cand].std() + 1e-9
+        z = (score[cand] - mean) / std if a.score == "z" else score[cand]
         arm = arm_of[user.user_id]
         if arm == "popularity":  # every item, not the model's candidates
             pop = np.array([popularity[i] for i in ids], dtype=float)
@@ -162,8 +188,13 @@ def main() -> None:
                 popularity[item] += 2
         # A popularity (or truth) slate has no sequence score (its candidates are not the model's): 0 in the fits.
         own_candidates = arm == "frozen" or (arm == "online" and a.policy != "truth")
+        # ``z``: the sequence score of every shown item, whichever arm chose it (the joint fit reads all slates)
+        every = {ids[c]: k for k, c in enumerate(np.flatnonzero(np.isfinite(score)))}
+        finite = score[np.isfinite(score)]
+        seq_all = (finite - mean) / std if a.score == "z" else finite
         buf.append(SimpleNamespace(items=slate, rewards=rewards,
-                                   seq=[float(z[k]) if own_candidates else 0.0 for k in top]))
+                                   seq=[float(z[k]) if own_candidates else 0.0 for k in top],
+                                   z=[float(seq_all[every[i]]) if i in every else 0.0 for i in slate]))
         if n >= a.slates // 4:
             shown[arm][0] += 1
             shown[arm][1] += any(rewards)
@@ -178,12 +209,49 @@ def main() -> None:
             refresh_catalog()
     ctr = {arm: c / max(k, 1) for arm, (k, c) in shown.items()}
     exp = {arm: expected[arm] / max(shown[arm][0], 1) for arm in ARMS}
-    print(json.dumps({"policy": a.policy, "weight": a.weight, "seed": a.seed, "ctr": ctr,
+    fitted = {}
+    if a.policy in ("fit", "joint") and offsets:
+        items = list(offsets)
+        fitted = {"examination": [round(float(x), 3) for x in last_exam[0]],
+                  "offset_appeal_corr": float(np.corrcoef([offsets[i] for i in items],
+                                                          world.item_appeal[[world.row[i] for i in items]])[0, 1])}
+    print(json.dumps({"policy": a.policy, "pool": a.pool, "score": a.score, **fitted, "weight": a.weight,
+                      "seed": a.seed, "ctr": ctr,
                       "online_vs_frozen": ctr["online"] / ctr["frozen"] - 1.0, "expected_reward": exp,
                       "online_vs_frozen_expected": exp["online"] / exp["frozen"] - 1.0,
                       "top3_appeal": {arm: v[0] / max(shown[arm][0], 1) for arm, v in top3.items()},
                       "top3_taste": {arm: v[1] / max(shown[arm][0], 1) for arm, v in top3.items()},
-                      "scales": scales if a.policy == "fit" else None}))
+                      "scales": scales if a.policy in ("fit", "joint") else None}))
+
+
+def fit_joint(z: np.ndarray, item: np.ndarray, clicked: np.ndarray, rank: np.ndarray, prior: float = 1.0,
+              rounds: int = 4) -> tuple[dict[str, float], float, np.ndarray]:
+    """Clicks as ``sigmoid(c + a * z + item effect + rank effect)``, fitted by alternating Newton steps: the
+    item effects (shrunk towards 0 with precision ``prior``, about the hidden appeal's spread), the rank
+    effects (rank 0 at 0, non-increasing, floored at log 0.05) and ``(c, a)`` by `calibrate`. The same item
+    shown at different ranks by different arms is what tells the rank's effect from the item's.
+    Returns the item effects, ``a`` and the examination per rank (exp of the rank effects)."""
+    names, inv = np.unique(item, return_inverse=True)
+    y = clicked.astype(np.float64)
+    b, r = np.zeros(len(names)), np.zeros(int(rank.max()) + 1)
+    zero = np.zeros_like(z, dtype=np.float64)
+
+    def fit_score() -> tuple[float, float]:  # (c, a) with the item and rank effects as a fixed offset
+        c, a_, _ = calibrate(z, zero, y, np.exp(b[inv] + r[rank]))
+        return c, a_
+
+    def prob(c: float, a_: float) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-np.clip(c + a_ * z + b[inv] + r[rank], -30, 30)))
+
+    for _ in range(rounds):
+        c, a_ = fit_score()
+        for _ in range(2):
+            p = prob(c, a_)
+            b += (np.bincount(inv, y - p, len(names)) - prior * b) / (np.bincount(inv, p * (1 - p), len(names)) + prior)
+            p = prob(c, a_)
+            r += np.bincount(rank, y - p, len(r)) / (np.bincount(rank, p * (1 - p), len(r)) + 1e-6)
+            r = np.maximum(np.minimum.accumulate(r - r[0]), np.log(0.05))
+    return dict(zip(names.tolist(), b.tolist())), fit_score()[1], np.exp(r)
 
 
 if __name__ == "__main__":
