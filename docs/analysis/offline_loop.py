@@ -188,13 +188,12 @@ def main() -> None:
                 popularity[item] += 2
         # A popularity (or truth) slate has no sequence score (its candidates are not the model's): 0 in the fits.
         own_candidates = arm == "frozen" or (arm == "online" and a.policy != "truth")
-        # ``z``: the sequence score of every shown item, whichever arm chose it (the joint fit reads all slates)
-        every = {ids[c]: k for k, c in enumerate(np.flatnonzero(np.isfinite(score)))}
-        finite = score[np.isfinite(score)]
-        seq_all = (finite - mean) / std if a.score == "z" else finite
+        # ``z`` (joint only): the sequence score of every shown item, whichever arm chose it
+        row = {i: k for k, i in enumerate(ids)} if a.policy == "joint" else {}
         buf.append(SimpleNamespace(items=slate, rewards=rewards,
                                    seq=[float(z[k]) if own_candidates else 0.0 for k in top],
-                                   z=[float(seq_all[every[i]]) if i in every else 0.0 for i in slate]))
+                                   z=[float((score[row[i]] - mean) / std if a.score == "z" else score[row[i]])
+                                      for i in slate] if row else []))
         if n >= a.slates // 4:
             shown[arm][0] += 1
             shown[arm][1] += any(rewards)
