@@ -112,8 +112,9 @@ ROWS: tuple[Row, ...] = (
     Row("Resources", (
         Panel("Batch sizes p99", ((p99("streamrec_worker_batch_size"), "worker"),
                                   (p99("streamrec_scorer_batch_size"), "scorer")), "short"),
-        Panel("Consumer lag per partition (worker)",
-              (("sum by (partition) (streamrec_worker_consumer_lag)", "partition {{partition}}"),), "short"),
+        Panel("Consumer lag per partition",
+              (("sum by (partition) (streamrec_worker_consumer_lag)", "worker, partition {{partition}}"),
+               ("sum by (partition) (streamrec_scorer_consumer_lag)", "scorer, partition {{partition}}")), "short"),
         Panel("Execution provider", (("max by (model, provider) (streamrec_scorer_provider_info)",
                                       "{{model}}: {{provider}}"),), kind="table"),
         Panel("Redis reachable", (("min by (job) (streamrec_worker_redis_up)", "worker"),
@@ -138,6 +139,18 @@ ALERTS: tuple[Alert, ...] = (
           "Events arrive faster than the workers apply them. Add workers (up to the partition count of "
           "`events`), or partitions and workers together; check Redis latency on the dashboard.",
           ("streamrec_worker_consumer_lag",)),
+    Alert("StreamrecConsumerStalled",
+          "(sum(increase(streamrec_scorer_consumer_renewals_total[15m])) or vector(0)) "
+          "+ (sum(increase(streamrec_worker_consumer_renewals_total[15m])) or vector(0)) "
+          "+ (sum(delta(streamrec_worker_stall_restarts[15m])) or vector(0)) > 0",
+          "0m", "warning", "a worker or scorer consumer stalled and was replaced",
+          "Records waited but no batch started for the stall time (STREAMREC_WORKER_STALL_S, "
+          "STREAMREC_SCORER_STALL_S), usually after a broker outage, and the service recovered by itself: the "
+          "faust worker restarted in place, the scorer or the confluent worker replaced its Kafka consumer. "
+          "Nothing is lost or answered twice. Check the broker's health at that time; if it repeats with a "
+          "healthy broker, see RELIABILITY.md faults 7 and 9.",
+          ("streamrec_scorer_consumer_renewals_total", "streamrec_worker_consumer_renewals_total",
+           "streamrec_worker_stall_restarts")),
     Alert("StreamrecDeadLetterRateHigh",
           "sum(rate(streamrec_worker_events_dead_lettered_total[5m])) "
           "/ clamp_min(sum(rate(streamrec_worker_events_in_total[5m])), 1e-9) > 0.05",

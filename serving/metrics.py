@@ -27,6 +27,10 @@ swaps = Counter("streamrec_scorer_swaps_total", "Model versions swapped in", ["m
 refused = Counter("streamrec_scorer_refused_versions_total", "Model versions refused", ["model", "reason"])
 gpu_fallbacks = Counter("streamrec_scorer_gpu_fallbacks_total", "Times a GPU provider was replaced by the CPU")
 redis_up = Gauge("streamrec_scorer_redis_up", "1 while Redis answers the scorer")
+consumer_lag = Gauge("streamrec_scorer_consumer_lag", "Score requests not yet answered per partition this "
+                     "scorer owns", ["partition"])
+consumer_renewals = Counter("streamrec_scorer_consumer_renewals_total",
+                            "Times the scorer replaced its Kafka consumer after it stalled")
 # Share of clicked items each candidate source proposed = proposed_clicks{source} / attributed_clicks.
 attributed_clicks = Counter("streamrec_scorer_attributed_clicks_total",
                             "Clicks on items of a recommendation the scorer remembers (by rec_id)")

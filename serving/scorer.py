@@ -9,7 +9,8 @@ headers (`stream.ledger`); a crash or rebalance between produce and commit
 makes the next owner read that tail and skip what is answered: exactly one
 recommendation per request, never zero, never two. Staged model
 versions are swapped in between batches. SIGTERM finishes the batch in
-hand, commits and exits 0.
+hand, commits and exits 0. A consumer that stalls (librdkafka's, left
+outside its group by a broker outage) is replaced (`ConsumerWatch`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
 from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.ledger import OutputLedger, source_headers
+from streamrec.stream.watchdog import ConsumerWatch, LagReader
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,10 @@ class Scorer:
         self.catalog = CatalogFollower(settings, self.engine.content_index, self.models.content)
         self.topic_in = settings.topic(topics.SCORE_REQUESTS)
         self.topic_out = settings.topic(topics.RECOMMENDATIONS)
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.topic_prefix}streamrec-scorer",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 5,  # low latency: do not let the broker sit on a small fetch
-            **topics.FAST_FAILOVER,
-            **topics.kafka_security(settings),
-        })
+        self.group_id = f"{settings.topic_prefix}streamrec-scorer"
+        self.consumer = self._new_consumer()
+        self.owned: set[int] = set()
+        """Partitions of `score-requests` this process owns now."""
         self.producer = Producer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "enable.idempotence": True,
@@ -87,6 +84,11 @@ class Scorer:
         self._next_offset: dict[int, int] = {}
         self._answered: dict[int, set[int]] = {}
         self.http = ScorerHttp(self, settings.http_host, settings.scorer_port if port is None else port)
+        # A consumer stalled after a broker outage is replaced (RELIABILITY.md, fault 9).
+        self.watch = ConsumerWatch(LagReader(settings, self.group_id, self.topic_in, gauge=metrics.consumer_lag),
+                                   settings.scorer_stall_s, owned=lambda: self.owned,
+                                   positions=lambda: dict(self._next_offset), renewals=metrics.consumer_renewals,
+                                   setting="STREAMREC_SCORER_STALL_S")
 
     # ------------------------------------------------------------------ #
     def run(self, install_signals: bool = True) -> int:
@@ -103,16 +105,16 @@ class Scorer:
         self.models.pin(self.config.arms)
         self._publish_versions()
 
-        def assigned(consumer, parts):
-            # Positions seen before this assignment may be stale: another scorer may have answered
-            # past them without its commit landing. The next batch of each partition checks the ledger.
-            self._next_offset.clear()
-            self.consuming.set()
-
-        self.consumer.subscribe([self.topic_in], on_assign=assigned)
+        self._subscribe()
+        self.watch.start(self.stopping)
         wait = self.config.batch_wait_ms / 1000
         try:
             while not self.stopping.is_set():
+                if self.watch.wanted.is_set():
+                    self.consuming.clear()  # not ready until the new consumer has its partitions
+                    self.owned, self._last_offsets = set(), {}
+                    self.consumer = self.watch.renew(self.consumer, self._new_consumer)
+                    self._subscribe()
                 msgs = self.consumer.consume(self.config.batch_max, timeout=max(wait, 0.001) if self.batches else 0.5)
                 if msgs:
                     self.process(msgs)
@@ -125,7 +127,38 @@ class Scorer:
             self.producer.flush(10)
             self.models.stop()
             self.catalog.stop()
+            self.watch.lag.close()
         return 0
+
+    # -- the Kafka consumer --------------------------------------------------- #
+    def _new_consumer(self) -> Consumer:
+        return Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": self.group_id,
+            "client.id": self.group_id,  # the broker's logs and quotas name the scorer, not "rdkafka"
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5,  # low latency: do not let the broker sit on a small fetch
+            **topics.FAST_FAILOVER,
+            **topics.kafka_security(self.settings),
+        })
+
+    def _subscribe(self) -> None:
+        def assigned(consumer, parts):
+            # Positions seen before this assignment may be stale: another scorer may have answered
+            # past them without its commit landing. The next batch of each partition checks the ledger.
+            self._next_offset.clear()
+            self.owned = {tp.partition for tp in parts}
+            self.watch.assigned()
+            self.consuming.set()
+
+        def revoked(consumer, parts):
+            gone = {tp.partition for tp in parts}
+            self.owned = self.owned - gone
+            # Their next owner commits them now; a final commit of ours would only move them back.
+            self._last_offsets = {tp: o for tp, o in self._last_offsets.items() if tp[1] not in gone}
+
+        self.consumer.subscribe([self.topic_in], on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def _commit_last(self) -> None:
         if not self._last_offsets:
@@ -144,6 +177,10 @@ class Scorer:
     # ------------------------------------------------------------------ #
     def process(self, msgs: list) -> None:
         """Score one batch of Kafka messages, produce, wait for the acks, commit."""
+        with self.watch.batch():
+            self._process(msgs)
+
+    def _process(self, msgs: list) -> None:
         started = time.perf_counter()
         requests, sources, offsets = [], [], {}
         good = [m for m in msgs if not m.error()]

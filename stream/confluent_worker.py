@@ -23,6 +23,7 @@ from streamrec.stream import topics
 from streamrec.stream import worker_metrics as metrics
 from streamrec.stream.feature_store import Stopping
 from streamrec.stream.features import SourceEvent
+from streamrec.stream.watchdog import ConsumerWatch
 from streamrec.stream.worker import WorkerService
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,17 @@ class ConfluentWorker(WorkerService):
         self.assigned = threading.Event()
         self.events_topic = settings.topic(topics.EVENTS)
         self.catalog_topic = settings.topic(topics.CATALOG)
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+        self.consumer = self._new_consumer()
+        # A consumer stalled after a broker outage is replaced (RELIABILITY.md, fault 9).
+        self.watch = ConsumerWatch(self.lag, settings.worker_stall_s, owned=lambda: self.owned,
+                                   positions=lambda: {p: o + 1 for p, o in list(self.processor.last_offsets.items())},
+                                   renewals=metrics.consumer_renewals, setting="STREAMREC_WORKER_STALL_S")
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
             "group.id": self.group_id(),
+            "client.id": self.group_id(),  # the broker's logs and quotas name the worker, not "rdkafka"
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             # Range splits each topic on its own, so `events` partitions spread over the workers
@@ -46,8 +55,12 @@ class ConfluentWorker(WorkerService):
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
             **topics.FAST_FAILOVER,
-            **topics.kafka_security(settings),
+            **topics.kafka_security(self.settings),
         })
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.events_topic, self.catalog_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def consuming(self) -> bool:
         return self.assigned.is_set() and not self.stopping.is_set()
@@ -58,6 +71,7 @@ class ConfluentWorker(WorkerService):
         log.info("events partitions assigned: %s", sorted(mine))
         self.owned = mine
         self.processor.partitions_assigned()
+        self.watch.assigned()
         self.assigned.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -77,12 +91,16 @@ class ConfluentWorker(WorkerService):
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         s = self.settings
-        self.consumer.subscribe([self.events_topic, self.catalog_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        last_lag = 0.0
+        self._subscribe()
+        self.watch.start(self.stopping)  # also sets the lag gauges
         code = 0
         try:
             while not self.stopping.is_set():
+                if self.watch.wanted.is_set():
+                    self.assigned.clear()  # not ready until the new consumer has its partitions
+                    self.owned = set()
+                    self.consumer = self.watch.renew(self.consumer, self._new_consumer)
+                    self._subscribe()
                 msgs = self.consumer.consume(s.worker_batch_max, timeout=s.worker_batch_wait_ms / 1000)
                 events, catalog = [], []
                 for m in msgs:
@@ -97,15 +115,13 @@ class ConfluentWorker(WorkerService):
                 if not (events or catalog):
                     continue
                 try:
-                    if catalog:
-                        self.catalog.process(catalog)
-                    self.processor.process(events)
+                    with self.watch.batch():
+                        if catalog:
+                            self.catalog.process(catalog)
+                        self.processor.process(events)
                 except Stopping:
                     break  # not committed: the next owner replays it, idempotently
                 self.consumer.commit(asynchronous=False)
-                if time.monotonic() - last_lag > 5:
-                    self._report_lag()
-                    last_lag = time.monotonic()
         finally:
             self.consumer.close()  # leaves the group at once, so partitions move without delay
         return code

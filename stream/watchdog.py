@@ -4,9 +4,11 @@ faust-streaming's consumer can stop fetching for good after a broker outage:
 it finds the group coordinator again but never rejoins or fetches, while its
 timers keep running (seen here after a 10 s broker stop, RELIABILITY.md fault 7;
 upstream faust-streaming/faust#523, #175). Nothing inside the process can be
-trusted to recover it, so the worker watches its own progress: when it owns
-partitions with records waiting, has no batch in hand, and has started no
-batch for ``STREAMREC_WORKER_STALL_S`` seconds, it re-executes itself. The
+trusted to recover it, so the worker watches its own progress: when records
+wait for it (on partitions it owns or, owning none, on partitions whose group
+position no member moves: it may have lost them to the outage and never
+rejoined), it has no batch in hand, and it has started no batch for
+``STREAMREC_WORKER_STALL_S`` seconds of readings, it re-executes itself. The
 restart keeps the pid (a supervisor, Kubernetes or the local scripts see one
 process that went unready for a moment) and is safe for the same reason a
 crash is: what was not acknowledged is read again, and the output ledger
@@ -18,6 +20,10 @@ skips what was already answered.
 (False, True)
 >>> w.stalled(lagging=False)                                   # nothing waiting: not a stall
 False
+
+A broker that gives no reading (None) pauses the clock: an outage is not the
+consumer's stall, and once the broker answers again the consumer gets the rest
+of the stall time to start fetching.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -35,28 +43,222 @@ STREAMREC_ setting: the settings refuse names they do not know."""
 
 
 class StallWatchdog:
-    """Says when a consumer that has work waiting has made no progress for ``stall_s`` seconds."""
+    """Says when a consumer that has work waiting has made no progress for ``stall_s`` seconds of readings."""
 
     def __init__(self, stall_s: float, busy: Callable[[], bool], clock: Callable[[], float] = time.monotonic):
         self.stall_s = stall_s
         self.busy = busy
         self.clock = clock
-        self.last_progress = clock()
+        self.last_progress = self.last_reading = clock()
+        self.waited = 0.0
+        """Seconds of readings with records waiting and no batch, since the last progress."""
 
     def progressed(self) -> None:
         """A batch started."""
         self.last_progress = self.clock()
 
-    def stalled(self, lagging: bool) -> bool:
-        """Called every few seconds with whether an owned partition has records not yet processed."""
+    def stalled(self, lagging: bool | None) -> bool:
+        """Called every few seconds with whether records wait for this consumer; None: no reading (the broker
+        did not answer), which neither counts towards a stall nor clears one."""
         now = self.clock()
+        since = now - max(self.last_reading, self.last_progress)
+        if self.last_progress > self.last_reading:
+            self.waited = 0.0  # a batch started since the last reading
+        self.last_reading = now
         if self.stall_s <= 0:
             return False
-        if not lagging or self.busy():
+        if lagging is False or self.busy():
             # Caught up, or a batch in hand (a slow Redis is not a stalled consumer): the clock restarts.
-            self.last_progress = now
+            self.waited = 0.0
             return False
-        return now - self.last_progress > self.stall_s
+        if lagging:
+            self.waited += since
+        return self.waited > self.stall_s
+
+
+class LagReader:
+    """Reads whether records wait for one member of a consumer group, with Kafka clients of its own (never the
+    member's: a stalled client is what it looks for). Records wait on a partition the member owns when its
+    high watermark is past the member's position; owning none, on a partition whose group position no member
+    moved since the last reading (a member left without partitions by a broker outage, which never rejoins,
+    sees the whole group stand still)."""
+
+    def __init__(self, settings, group_id: str, topic: str, gauge=None):
+        self.settings = settings
+        self.group_id = group_id
+        self.topic = topic
+        self.gauge = gauge
+        """A Gauge labelled by partition: the lag of each owned partition."""
+        self._gauged: set[int] = set()
+        self._group_positions: dict[int, int] = {}  # at the last reading that owned nothing
+        self._watermarks = self._offsets = None  # the clients, made when first needed
+        # A client closed by one thread while another reads through it would crash librdkafka: one at a time.
+        self._lock = threading.RLock()
+
+    def read(self, owned: set[int], positions: dict[int, int]) -> bool | None:
+        """``positions``: the next offset to process of partitions this member has processed (the others count
+        from the group's commit). True: records wait; None: the broker gave no reading."""
+        with self._lock:
+            return self._read(owned, positions)
+
+    def _read(self, owned: set[int], positions: dict[int, int]) -> bool | None:
+        from confluent_kafka import TopicPartition
+
+        for gone in self._gauged - owned:  # another member's lag now: not this one's to report
+            self.gauge.remove(str(gone))  # only gauged ones are in the set
+        self._gauged &= owned
+        if not owned:
+            return self._group_stands_still()
+        self._group_positions = {}
+        positions = {p: o for p, o in positions.items() if p in owned}
+        if owned - positions.keys():
+            positions.update(self.committed(owned - positions.keys()) or {})
+        lagging, unknown = False, bool(owned - positions.keys())
+        for partition, position in positions.items():
+            high = self._high(TopicPartition(self.topic, partition))
+            if high is None:
+                unknown = True
+                break
+            lag = max(0, high - position)
+            if self.gauge is not None:
+                self.gauge.labels(str(partition)).set(lag)
+                self._gauged.add(partition)
+            lagging = lagging or lag > 0
+        return True if lagging else None if unknown else False
+
+    def _group_stands_still(self) -> bool | None:
+        from confluent_kafka import TopicPartition
+
+        try:
+            count = len(self._watermark_client().list_topics(self.topic, timeout=5).topics[self.topic].partitions)
+        except Exception:  # noqa: BLE001 - no reading this time
+            self.close()
+            return None
+        committed = self.committed(set(range(count)))
+        if committed is None:
+            return None
+        highs = {p: self._high(TopicPartition(self.topic, p)) for p in committed}
+        before, self._group_positions = self._group_positions, committed
+        if None in highs.values():
+            return None
+        return any(highs[p] > at and before.get(p) == at for p, at in committed.items())
+
+    def committed(self, partitions: set[int]) -> dict[int, int] | None:
+        """The group's committed positions of these partitions (0 where none); None when the broker gave none."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        from streamrec.stream.topics import kafka_security
+
+        if self._offsets is None:
+            # A consumer of the member's group that never subscribes, so never joins: it only reads the
+            # group's commits. (Not the admin client's ListConsumerGroupOffsets: librdkafka 2.16 crashes
+            # the process when that request meets a coordinator that moved, as after a broker restart.)
+            self._offsets = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.group_id,
+                                      "enable.auto.commit": False, **kafka_security(self.settings)})
+        try:
+            got = self._offsets.committed([TopicPartition(self.topic, p) for p in sorted(partitions)], timeout=5)
+        except Exception:  # noqa: BLE001 - no reading this time
+            self.close()
+            return None
+        if any(tp.error for tp in got):
+            return None
+        return {tp.partition: max(tp.offset, 0) for tp in got}
+
+    def _watermark_client(self):
+        if self._watermarks is None:
+            from streamrec.stream.ledger import OutputLedger
+            self._watermarks = OutputLedger(self.settings)  # its consumer joins no group
+        return self._watermarks.consumer
+
+    def _high(self, tp) -> int | None:
+        try:
+            return self._watermark_client().get_watermark_offsets(tp, timeout=2, cached=False)[1]
+        except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
+            self.close()
+            return None
+
+    def close(self) -> None:
+        """At exit, and when a reading failed: after a broker restart a client can lose a partition from its
+        metadata for minutes ("Unknown partition"), so the next reading starts with fresh clients and a
+        stalled consumer is still seen."""
+        with self._lock:
+            clients, self._watermarks, self._offsets = (self._watermarks, self._offsets), None, None
+            for client in clients:
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:  # noqa: BLE001 - closing a broken client
+                        pass
+
+
+class ConsumerWatch:
+    """The stall watch of a service whose own loop polls a confluent-kafka consumer of a group (the scorer, the
+    worker's confluent engine). librdkafka's consumer can leave its group after a broker outage and never
+    rejoin while the process looks healthy (RELIABILITY.md, fault 9): a thread reads the lag every few seconds
+    (`LagReader`, which also sets the lag gauges) and, when records wait but no batch started for ``stall_s``,
+    sets ``wanted``; the loop then swaps in a fresh consumer with `renew`."""
+
+    INTERVAL_S = 5.0
+    CLOSE_WAIT_S = 30.0
+
+    def __init__(self, lag: LagReader, stall_s: float, owned: Callable[[], set[int]],
+                 positions: Callable[[], dict[int, int]], renewals, setting: str):
+        self.lag = lag
+        self.watchdog = StallWatchdog(stall_s, busy=lambda: self.in_batch)
+        self.owned = owned
+        self.positions = positions
+        """The next offset to process of the partitions processed so far."""
+        self.renewals = renewals
+        """A Counter: consumers replaced."""
+        self.setting = setting
+        self.in_batch = False
+        self.wanted = threading.Event()
+
+    def start(self, stopping: threading.Event) -> None:
+        threading.Thread(target=self._run, args=(stopping,), name="consumer-watch", daemon=True).start()
+
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self.INTERVAL_S):
+            if self.wanted.is_set():
+                continue
+            owned = self.owned()
+            try:
+                lagging = self.lag.read(owned, self.positions())
+            except Exception:  # noqa: BLE001 - the watch must outlive any surprise of its own
+                log.exception("lag reading failed")
+                lagging = None
+            if self.watchdog.stalled(lagging):
+                log.error("records wait on %s but no batch started for %g s (%s): the Kafka consumer stalled; "
+                          "replacing it", f"partitions {sorted(owned)}" if owned else "partitions no member takes",
+                          self.watchdog.stall_s, self.setting)
+                self.wanted.set()
+
+    @contextmanager
+    def batch(self):
+        """Around each batch: progress, and a batch in hand (a slow Redis or broker) is no stall."""
+        self.watchdog.progressed()
+        self.in_batch = True
+        try:
+            yield
+        finally:
+            self.in_batch = False
+
+    def assigned(self) -> None:
+        self.watchdog.progressed()  # a new assignment gets the full stall time to start fetching
+
+    def renew(self, old, new: Callable[[], object]):
+        """Close the stalled consumer (in a thread: it may never answer) and return ``new()``. Nothing is
+        committed first: the next owner of each partition reads the outputs' tail and skips what is answered."""
+        closing = threading.Thread(target=old.close, name="consumer-close", daemon=True)
+        closing.start()  # leaves the group, so the new consumer gets the partitions at once...
+        closing.join(self.CLOSE_WAIT_S)  # ...unless the stalled client cannot even do that
+        if closing.is_alive():
+            log.warning("the stalled consumer did not close in %g s; going on without it", self.CLOSE_WAIT_S)
+        consumer = new()
+        self.watchdog.progressed()
+        self.renewals.inc()
+        self.wanted.clear()
+        return consumer
 
 
 def restarts_so_far() -> int:

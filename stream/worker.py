@@ -37,7 +37,7 @@ from streamrec.stream import worker_metrics as metrics
 from streamrec.stream.feature_store import Stopping
 from streamrec.stream.features import SourceEvent
 from streamrec.stream.processor import CatalogProcessor, EventProcessor
-from streamrec.stream.watchdog import StallWatchdog, restart_in_place, restarts_so_far
+from streamrec.stream.watchdog import LagReader, StallWatchdog, restart_in_place, restarts_so_far
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class WorkerService:
         self.settings = settings
         self.owned: set[int] = set()
         """Partitions of `events` this process owns now."""
+        # Its own clients: it runs beside the processing thread, and a stalled client is what it looks for.
+        self.lag = LagReader(settings, self.group_id(), settings.topic(topics.EVENTS), gauge=metrics.consumer_lag)
         self.processor = EventProcessor(settings)
         self.catalog = CatalogProcessor(settings, self.processor.store, self.processor.producer)
         self.http = HealthServer(settings.http_host, settings.worker_port, checks={
@@ -75,48 +77,9 @@ class WorkerService:
     def group_id(self) -> str:
         return f"{self.settings.topic_prefix}streamrec-worker"
 
-    def _report_lag(self) -> bool:
-        """Sets the lag gauges; returns whether a partition this process owns has records not yet processed."""
-        from confluent_kafka import TopicPartition
-
-        topic = self.settings.topic(topics.EVENTS)
-        # A client of its own: this runs beside the processing thread, whose ledger may replace its client.
-        if getattr(self, "_lag_client", None) is None:
-            from streamrec.stream.ledger import OutputLedger
-            self._lag_client = OutputLedger(self.settings)
-        consumer = self._lag_client.consumer
-        owned = self.owned  # replaced (not mutated) by the event loop on a rebalance
-        positions = {p: o + 1 for p, o in list(self.processor.last_offsets.items()) if p in owned}
-        if owned - positions.keys():
-            positions.update(self._committed(owned - positions.keys()))
-        lagging = False
-        for partition, position in positions.items():
-            try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2, cached=False)
-            except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
-                continue
-            lag = max(0, high - position)
-            metrics.consumer_lag.labels(str(partition)).set(lag)
-            lagging = lagging or lag > 0
-        return lagging
-
-    def _committed(self, partitions: set[int]) -> dict[int, int]:
-        """The group's committed positions of owned partitions this process has not processed yet."""
-        from confluent_kafka import Consumer, TopicPartition
-
-        if getattr(self, "_offsets_client", None) is None:
-            # A consumer of the worker's group that never subscribes, so never joins: it only reads the
-            # group's commits. (Not the admin client's ListConsumerGroupOffsets: librdkafka 2.16 crashes
-            # the process when that request meets a coordinator that moved, as after a broker restart.)
-            self._offsets_client = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                             "group.id": self.group_id(), "enable.auto.commit": False,
-                                             **topics.kafka_security(self.settings)})
-        topic = self.settings.topic(topics.EVENTS)
-        try:
-            got = self._offsets_client.committed([TopicPartition(topic, p) for p in sorted(partitions)], timeout=5)
-        except Exception:  # noqa: BLE001 - no reading this time
-            return {}
-        return {tp.partition: max(tp.offset, 0) for tp in got if not tp.error}
+    def _report_lag(self) -> bool | None:
+        """Sets the lag gauges; says whether records wait for this process (`LagReader`); None: no reading."""
+        return self.lag.read(self.owned, {p: o + 1 for p, o in list(self.processor.last_offsets.items())})
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
@@ -131,6 +94,7 @@ class WorkerService:
             return self.consume()
         finally:
             self.http.stop()
+            self.lag.close()
             self.processor.close()
 
     def consume(self) -> int:

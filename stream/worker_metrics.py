@@ -21,6 +21,8 @@ consumer_lag = Gauge("streamrec_worker_consumer_lag", "Records not yet processed
 redis_up = Gauge("streamrec_worker_redis_up", "1 while Redis answers the worker")
 stall_restarts = Gauge("streamrec_worker_stall_restarts",
                        "Times this worker restarted itself in place after its consumer stalled")
+consumer_renewals = Counter("streamrec_worker_consumer_renewals_total",
+                            "Times the confluent engine replaced its Kafka consumer after it stalled")
 assigned_partitions = Gauge("streamrec_worker_assigned_partitions", "Partitions of `events` this process owns")
 
 

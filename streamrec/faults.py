@@ -504,10 +504,14 @@ def _pipeline_case(stack: FaultStack, case: str, fault: str, events: int, rate: 
         outcome = inject(run)
         run.finish()
         recovery = run.recovery_after(outcome["back"]) if "back" in outcome else None
-        # A stalled consumer restarts itself in place (stream/watchdog.py; same pid): say when it did.
-        logs = "".join(p.read_text(errors="replace") for p in run.logdir.glob("worker*.log"))
+        # A stalled worker restarts itself in place (stream/watchdog.py; same pid), a stalled scorer replaces
+        # its consumer: say when they did.
+        def logs(pattern: str) -> str:
+            return "".join(p.read_text(errors="replace") for p in run.logdir.glob(pattern))
+
         details = {**outcome.get("details", {}),
-                   "worker_stall_restarts": logs.count("restarting the process in place")}
+                   "worker_stall_restarts": logs("worker*.log").count("restarting the process in place"),
+                   "scorer_consumer_renewals": logs("scorer*.log").count("the Kafka consumer stalled; replacing it")}
         return run.result(case, fault, outcome.get("down", 0.0), recovery, outcome.get("checks"), details)
     finally:
         run.close()

@@ -53,8 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_batch_wait_ms: int = 20
     """Longest the worker waits to fill a batch."""
     worker_stall_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
-    """A faust worker that owns partitions with records waiting but has started no batch for this long
-    restarts itself in place (a consumer stalled after a broker outage); 0 turns the watchdog off."""
+    """A worker whose events wait but which has started no batch for this long (its consumer stalled after a
+    broker outage) recovers: the faust engine restarts itself in place, the confluent engine replaces its
+    consumer; 0 turns the watchdog off."""
     session_gap_s: int = 1800
     """Inactivity (event time) that ends a derived session."""
     lateness_s: int = 6 * 3600
@@ -70,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Most score requests scored together."""
     scorer_batch_wait_ms: int = 2
     """Longest the scorer waits to fill a batch."""
+    scorer_stall_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """A scorer whose score requests wait but which started no batch for this long (its Kafka consumer stalled
+    after a broker outage) replaces its consumer; 0 turns the watchdog off."""
     scorer_top_n: int = 10
     """Items per recommendation."""
     scorer_max_candidates: int = 200

@@ -265,3 +265,69 @@ def test_ranks_with_models_and_hot_swaps_under_traffic_without_losing_a_request(
         assert json.loads(running.get("/readyz")[1])["arms"]["default"][1] == "ranker@v2"
     finally:
         assert running.stop() == 0
+
+
+def test_a_stalled_consumer_is_replaced_and_every_request_answered_once(fresh_settings, tmp_path):
+    """Kafka's fetch quota stops the scorer's consumer receiving score requests while they keep coming (what
+    librdkafka's consumer, left outside its group after a broker flap, looks like from outside): the scorer
+    replaces its consumer, and once fetches flow again every request has exactly one recommendation."""
+    from confluent_kafka import Producer
+
+    from streamrec.stream import schemas
+    from streamrec.stream.schemas import ScoreRequest
+
+    from .helpers import set_consumer_quota
+
+    s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"), scorer_stall_s=4.0)
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, **topics.kafka_security(s)})
+
+    def send(ids):
+        for k in ids:
+            req = ScoreRequest(event_id=f"r{k}", user_id=f"u{k % 50}", session_id=f"s{k % 50}", item_id=ITEMS[k % 40],
+                               type="view", ts=int(time.time() * 1000), feature_version=1)
+            producer.produce(s.topic(topics.SCORE_REQUESTS), key=req.user_id.encode(), value=schemas.encode(req))
+        producer.flush(30)
+
+    def answered() -> Counter:
+        return Counter(json.loads(m.value())["trigger_event_id"] for m in read_topic(s, topics.RECOMMENDATIONS))
+
+    def wait_answered(n: int, timeout: float) -> Counter:
+        deadline, got = time.monotonic() + timeout, answered()
+        while sum(got.values()) < n and time.monotonic() < deadline:
+            time.sleep(0.5)
+            got = answered()
+        return got
+
+    send(range(200))
+    running = Running(s)
+    client_id = f"{s.topic_prefix}streamrec-scorer"  # the scorer's Kafka client id (its group id)
+    throttled = False
+    try:
+        assert sum(wait_answered(200, 60).values()) == 200
+        set_consumer_quota(s, client_id, 1)
+        throttled = True
+        # The rest arrives slowly, so requests are always waiting while fetches are held back.
+        feeder = threading.Thread(target=lambda: [send(range(i, i + 20)) or time.sleep(0.5)
+                                                  for i in range(200, 600, 20)])
+        feeder.start()
+        deadline, renewals = time.monotonic() + 120, 0.0
+        while time.monotonic() < deadline and renewals < 1:
+            renewals = metric(running.get("/metrics")[1], "streamrec_scorer_consumer_renewals_total")
+            time.sleep(0.5)
+        assert renewals >= 1, "the scorer did not replace its stalled consumer"
+        feeder.join()
+        set_consumer_quota(s, client_id, None)
+        throttled = False
+        wait_answered(600, 120)
+        time.sleep(2.0)
+        got = answered()  # nothing more may come
+        assert set(got) == {f"r{k}" for k in range(600)}, f"{600 - len(got)} request(s) never answered"
+        twice = [e for e, n in got.items() if n > 1]
+        assert not twice, f"answered twice: {twice[:3]}"
+        assert json.loads(running.get("/readyz")[1])["checks"]["consuming"] is True
+    finally:
+        try:
+            assert running.stop() == 0
+        finally:
+            if throttled:
+                set_consumer_quota(s, client_id, None)

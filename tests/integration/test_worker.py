@@ -279,30 +279,51 @@ def test_redis_outage_makes_the_worker_wait_unready_and_resume(fresh_settings, t
 
 
 def test_lag_reading_behind_the_stall_watchdog(fresh_settings, redis):
-    """The faust worker's watchdog acts on this reading: records waiting on partitions it owns."""
-    from confluent_kafka import TopicPartition
+    """The faust worker's watchdog acts on this reading: records waiting on partitions it owns or, owning none,
+    on partitions whose group position no member moves (a consumer left without partitions by a broker outage)."""
+    from confluent_kafka import Consumer, TopicPartition
 
     from streamrec.stream.worker import WorkerService
 
-    s = fresh_settings
+    s = fresh_settings.replace(worker_port=free_port())
+    topic = s.topic(topics.EVENTS)
     publish(s, list(synthetic_stream(300, users=30, items=50, seed=5)))
     svc = WorkerService(s)
     try:
-        assert not svc._report_lag()  # owns nothing: nothing of its own is waiting
         svc.owned = set(range(s.topic_partitions))
-        assert svc._report_lag()  # nothing processed, nothing committed: every record waits
-        consumer = svc._lag_client.consumer
-        highs = {p: consumer.get_watermark_offsets(TopicPartition(s.topic(topics.EVENTS), p), timeout=10)[1]
-                 for p in svc.owned}
+        assert svc._report_lag() is True  # nothing processed, nothing committed: every record waits
+        consumer = svc.lag._watermark_client()
+        highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in svc.owned}
         assert sum(highs.values()) >= 300
         svc.processor.last_offsets.update({p: h - 1 for p, h in highs.items()})
-        assert not svc._report_lag()  # all processed
+        assert svc._report_lag() is False  # all processed
         busiest = max(highs, key=highs.get)
         svc.processor.last_offsets[busiest] -= 1
-        assert svc._report_lag()
+        assert svc._report_lag() is True
         svc.owned = svc.owned - {busiest}
-        assert not svc._report_lag()  # that partition moved to another member: not this one's lag
+        assert svc._report_lag() is False  # that partition moved to another member: not this one's lag
+
+        svc.owned = set()
+        assert svc._report_lag() is False  # owns nothing: the first look at the group's positions
+        assert svc._report_lag() is True  # records wait and no member moved the group's positions since
+
+        member = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": svc.group_id(),
+                           "enable.auto.commit": False})
+        try:
+            member.commit(offsets=[TopicPartition(topic, p, 1) for p in highs], asynchronous=False)
+            assert svc._report_lag() is False  # a member is taking them
+            assert svc._report_lag() is True  # ...and then stopped, with records still waiting
+            member.commit(offsets=[TopicPartition(topic, p, h if p != busiest else 2) for p, h in highs.items()],
+                          asynchronous=False)
+            assert svc._report_lag() is False
+            assert svc._report_lag() is True  # one partition is enough
+            member.commit(offsets=[TopicPartition(topic, p, h) for p, h in highs.items()], asynchronous=False)
+            assert svc._report_lag() is False
+            assert svc._report_lag() is False  # nothing waits
+        finally:
+            member.close()
     finally:
+        svc.lag.close()
         svc.processor.close()
 
 
