@@ -327,10 +327,13 @@ def test_lag_reading_behind_the_stall_watchdog(fresh_settings, redis):
         svc.processor.close()
 
 
-def test_a_stalled_consumer_restarts_in_place_and_answers_everything_once(fresh_settings, redis):
-    """Kafka's fetch quota stops the faust consumer receiving records while the stream goes on (what the
-    consumer's own stall after a broker outage looks like from outside): the watchdog restarts the worker in
-    place, and once fetches flow again every event is still applied and answered exactly once."""
+@pytest.mark.parametrize("engine, recovery", [("faust", "streamrec_worker_stall_restarts"),
+                                              ("confluent", "streamrec_worker_consumer_renewals_total")])
+def test_a_stalled_consumer_recovers_and_answers_everything_once(fresh_settings, redis, engine, recovery):
+    """Kafka's fetch quota stops the worker's consumer receiving records while the stream goes on (what the
+    consumer's own stall after a broker outage looks like from outside): the faust engine restarts in place,
+    the confluent engine replaces its consumer, and once fetches flow again every event is still applied and
+    answered exactly once."""
     import threading
 
     from streamrec.stream.synthetic import synthetic_stream as stream
@@ -341,7 +344,7 @@ def test_a_stalled_consumer_restarts_in_place_and_answers_everything_once(fresh_
     first, rest = records[:1000], records[1000:]
     publish(s, first)
     port = free_port()
-    proc = start_worker(s, port=port)
+    proc = start_worker(s, port=port, engine=engine)
     client_id = f"{s.topic_prefix}streamrec-worker"  # the worker's Kafka client id (its group id)
     throttled = False
     try:
@@ -355,12 +358,12 @@ def test_a_stalled_consumer_restarts_in_place_and_answers_everything_once(fresh_
         deadline, restarts = time.monotonic() + 120, 0.0
         while time.monotonic() < deadline and restarts < 1:
             try:
-                restarts = metric(port, "streamrec_worker_stall_restarts")
+                restarts = metric(port, recovery)
             except OSError:
                 pass  # between the old process image and the new one
             time.sleep(0.5)
-        assert restarts >= 1, "the watchdog did not restart the stalled worker"
-        assert proc.poll() is None  # the same process (pid), re-executed
+        assert restarts >= 1, "the watchdog did not recover the stalled worker"
+        assert proc.poll() is None  # the same process (pid): re-executed (faust), or with a new consumer
         feeder.join()
         set_consumer_quota(s, client_id, None)
         throttled = False
