@@ -62,9 +62,14 @@ def _arm_rows(sim) -> list[tuple[str, int, float, float, float]]:
             for v, (n, k, r, e, b) in sorted(totals.items())]
 
 
-def _view(sim, stats: LiveStats, services: dict[str, Service], seconds: float) -> Group:
+def _view(sim, stats: LiveStats, services: dict[str, Service], seconds: float,
+          last: dict[str, dict[str, float]]) -> Group:
     elapsed = time.monotonic() - stats.started
-    wm, sm, lm = (metrics(services[n].port) for n in ("worker", "scorer", "learner"))
+    # A service busy past the scrape's 1 s timeout (the trainer, mid-fine-tune on 2 cores) shows its last
+    # figures, not zeros.
+    for name in ("worker", "scorer", "learner"):
+        last[name] = metrics(services[name].port) or last.get(name, {})
+    wm, sm, lm = last["worker"], last["scorer"], last["learner"]
     table = Table(title=f"streamrec demo — {elapsed:4.0f} / {seconds:.0f} s", expand=True)
     table.add_column("what")
     table.add_column("value")
@@ -135,11 +140,12 @@ def cmd_demo(args) -> int:
     try:
         loop.start_services(args.seed)
         loop.start_traffic(_careless_app)
-        with Live(_view(loop.sim, loop.stats, loop.services, args.seconds), console=console,
+        scraped: dict[str, dict[str, float]] = {}
+        with Live(_view(loop.sim, loop.stats, loop.services, args.seconds, scraped), console=console,
                   refresh_per_second=2) as live:
             while loop.running:
                 time.sleep(0.5)
-                live.update(_view(loop.sim, loop.stats, loop.services, args.seconds))
+                live.update(_view(loop.sim, loop.stats, loop.services, args.seconds, scraped))
     except KeyboardInterrupt:
         console.print("interrupted; stopping")
     except RuntimeError as exc:
