@@ -153,13 +153,14 @@ class ClosedLoop:
             LocalStack(self.base).up(log=lambda m: self.console.print(f"[dim]{m}[/]"))
             create_topics(self.settings)
 
-    def start_services(self, seed: int) -> None:
-        """Initial models, then the worker, the scorer and the online trainer, waited until ready."""
-        from streamrec.trainer.online_bench import ARMS, LEARNER_FLAGS, initial_models
+    def start_services(self, seed: int, pretrain_steps: int | None = None) -> None:
+        """Initial models (``pretrain_steps`` of the sequence model; default the bench's), then the worker, the
+        scorer and the online trainer, waited until ready."""
+        from streamrec.trainer.online_bench import ARMS, LEARNER_FLAGS, PRETRAIN_STEPS, initial_models
 
         s, logdir = self.settings, self.logdir
         with self.console.status("training the initial models (SASRec on organic sessions) and publishing them..."):
-            initial_models(s, self.sim.cfg, seed, logdir / "export")
+            initial_models(s, self.sim.cfg, seed, logdir / "export", pretrain_steps or PRETRAIN_STEPS)
         self.services = {
             "worker": start_service("worker", ["worker"], s, s.worker_port, logdir),
             "scorer": start_service("scorer", ["serve"], s, s.scorer_port, logdir,

@@ -355,6 +355,9 @@ class SoakConfig:
     seed: int = 0
     keep: bool = False
     """Keep the run's topics and Redis keys afterwards."""
+    pretrain_steps: int | None = None
+    """Training steps of the initial sequence model (default: the bench's). Boundedness does not depend on
+    the model's quality; the test's half-minute run takes few."""
 
     @property
     def seconds(self) -> float:
@@ -498,7 +501,7 @@ def run_soak(base: Settings, cfg: SoakConfig, out_root: Path | None = None, live
                         TimeRemainingColumn(), console=console)
     task = progress.add_task("soak", total=cfg.seconds)
     try:
-        loop.start_services(cfg.seed)
+        loop.start_services(cfg.seed, cfg.pretrain_steps)
         sampler = Sampler(loop)
         loop.start_traffic()
         started = time.monotonic()

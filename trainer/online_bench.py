@@ -82,7 +82,7 @@ def pretrained_sasrec(world: World, seed: int, steps: int = PRETRAIN_STEPS) -> S
     return model
 
 
-def initial_models(settings, cfg: SimConfig, seed: int, workdir: Path) -> None:
+def initial_models(settings, cfg: SimConfig, seed: int, workdir: Path, steps: int = PRETRAIN_STEPS) -> None:
     """Train and publish what the model arms start from (``sasrec@v0``, ``ranker@v0``); the bench and the demo.
 
     The sequence model trains on a fresh `World` of ``cfg``, so the simulation's own world draws exactly
@@ -92,7 +92,7 @@ def initial_models(settings, cfg: SimConfig, seed: int, workdir: Path) -> None:
 
     world = World(cfg)
     cats = {i: f"cat{c}" for i, c in zip(world.item_ids, world.item_cat)}
-    seq = pretrained_sasrec(world, seed)
+    seq = pretrained_sasrec(world, seed, steps)
     initial = feature_ranker("seq_score")
     _publish(settings, "sasrec", seq, export_sasrec(seq, workdir / "seq", world.item_ids, cats), "v0")
     _publish(settings, "ranker", initial, export_dcn(initial, workdir / "v0"), "v0")
