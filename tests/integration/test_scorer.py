@@ -304,6 +304,8 @@ def test_a_stalled_consumer_is_replaced_and_every_request_answered_once(fresh_se
     throttled = False
     try:
         assert sum(wait_answered(200, 60).values()) == 200
+        # The counter is the process's: count this scorer's renewals only.
+        before = metric(running.get("/metrics")[1], "streamrec_scorer_consumer_renewals_total")
         set_consumer_quota(s, client_id, 1)
         throttled = True
         # The rest arrives slowly, so requests are always waiting while fetches are held back.
@@ -312,7 +314,7 @@ def test_a_stalled_consumer_is_replaced_and_every_request_answered_once(fresh_se
         feeder.start()
         deadline, renewals = time.monotonic() + 120, 0.0
         while time.monotonic() < deadline and renewals < 1:
-            renewals = metric(running.get("/metrics")[1], "streamrec_scorer_consumer_renewals_total")
+            renewals = metric(running.get("/metrics")[1], "streamrec_scorer_consumer_renewals_total") - before
             time.sleep(0.5)
         assert renewals >= 1, "the scorer did not replace its stalled consumer"
         feeder.join()

@@ -20,7 +20,8 @@ ids = st.text(ID_ALPHABET, min_size=1, max_size=40)
 epoch_ms = st.integers(schemas.MIN_TS_MS, schemas.MAX_TS_MS - 1)
 iso_ts = st.builds(
     lambda dt, zone, frac: dt.replace(tzinfo=None).isoformat(timespec="microseconds" if frac else "seconds") + zone,
-    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)),
+    # Local times: 2000-01-01T00:00+05:30 is still 1999 in UTC, below MIN_TS_MS (found by hypothesis).
+    st.datetimes(min_value=datetime(2000, 1, 1, 6), max_value=datetime(2099, 12, 31)),
     st.sampled_from(["Z", "+00:00", "+05:30", "-08:00"]),
     st.booleans(),
 )
