@@ -23,11 +23,15 @@ stack: install
 demo: stack
 	$(BIN)/streamrec demo
 
-# The fault suite runs every case in `make test` with 3,000 events each (about 6 min); its
+# The fault suite runs every case in `make test` with 3,000 events each (about 7.5 min); its
 # 50,000-event run is `streamrec bench faults` (about 25 min, figures in RELIABILITY.md).
+# Two workers: the tests with stacks of their own beside those sharing one (OWN_STACKS in
+# tests/conftest.py);
+# `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
 test: export STREAMREC_FAULT_EVENTS ?= 3000
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

@@ -12,11 +12,14 @@ and Prometheus are Debian's packages, installed with apt-get when missing.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +62,25 @@ def install_kafka(home: Path, log: Callable[[str], None] = print) -> Path:
     stamp = libs / f".kafka-{KAFKA_VERSION}"
     if stamp.exists():
         return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(libs.parent / ".install.lock"):
+        if not stamp.exists():  # another process may have fetched them while this one waited
+            _fetch_kafka(libs, stamp, log)
+    return libs
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path):
+    """One installer at a time across processes (the test suite's workers start stacks side by side)."""
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fetch_kafka(libs: Path, stamp: Path, log: Callable[[str], None]) -> None:
     mvn = install_debian("mvn", "maven", log)
     install_debian("java", "openjdk-17-jre-headless", log)
     pom = resources.files("streamrec.deploy").joinpath("kafka/pom.xml")
@@ -74,22 +96,27 @@ def install_kafka(home: Path, log: Callable[[str], None] = print) -> Path:
     if proc.returncode != 0:
         raise StackError(f"mvn could not fetch Kafka's jars:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     stamp.touch()
-    return libs
 
 
 def install_debian(binary: str, package: str, log: Callable[[str], None] = print) -> str:
     """The path of `binary`, installing Debian's `package` with apt-get if needed."""
-    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
-    if found:
+    def installed() -> str | None:
+        return shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
+
+    if found := installed():
         return found
     if os.geteuid() != 0:
         raise StackError(f"{binary} is missing; install it: sudo apt-get install -y {package}")
-    log(f"installing Debian package {package} ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise StackError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    # apt-get takes dpkg's lock and fails, not waits, when another apt-get holds it
+    with _exclusive(Path(tempfile.gettempdir()) / "streamrec-apt.lock"):
+        if found := installed():
+            return found
+        log(f"installing Debian package {package} ...")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise StackError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     found = shutil.which(binary) or f"/usr/bin/{binary}"
     if not Path(found).exists():
         raise StackError(f"{package} installed but {binary} is not on PATH")

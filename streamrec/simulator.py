@@ -271,7 +271,7 @@ class Tally:
     """(variant, bucket) -> user -> [slates, clicks]: the unit of an A/B arm is a user, not a slate."""
 
     def add(self, variant: str, now: float, realised: float, expected: float, clicked: bool, user: str = "",
-            best: float = 0.0) -> None:
+            best: float = 0.0, degraded: bool = False) -> None:
         key = (variant, int((now - self.t0) // self.bucket_s))
         per_user = self.users[key][user]
         per_user[0] += 1
@@ -283,6 +283,7 @@ class Tally:
         c["reward_sq"] += realised * realised
         c["expected"] += expected
         c["best"] += best
+        c["degraded"] += degraded  # served without a full feature read or without models: not the arm's policy
 
     def report(self) -> dict:
         """{variant: {"buckets": [...], "total": {...}}}; CTR = clicks / slates, CI = 95% normal."""
@@ -307,7 +308,8 @@ def _summary(c) -> dict:
     half = 1.96 * math.sqrt(var / n)
     return {"slates": int(c["slates"]), "clicks": int(c["clicks"]), "ctr": c["clicks"] / n,
             "reward_per_slate": mean, "reward_ci95": [mean - half, mean + half],
-            "expected_reward_per_slate": c["expected"] / n, "best_expected_reward_per_slate": c["best"] / n}
+            "expected_reward_per_slate": c["expected"] / n, "best_expected_reward_per_slate": c["best"] / n,
+            "degraded": int(c["degraded"])}
 
 
 class Simulation:
@@ -417,7 +419,7 @@ class Simulation:
         if bot:
             self.stats["bot_slates"] += 1
         else:
-            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions), uid, best)
+            tally.add(rec.variant, time.monotonic(), realised, expected, bool(actions), uid, best, rec.degraded)
         for kind, item, pos in actions:
             pub.publish(kind, user_id=uid, item_id=item, session_id=user.session_id, rec_id=rec.rec_id,
                         position=pos)

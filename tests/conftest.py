@@ -19,6 +19,31 @@ import pytest
 from streamrec.settings import Settings
 
 
+# `make test` runs two pytest-xdist workers: the modules that bring stacks of their own (marked `stack`: the
+# fault suite, `streamrec up/down`, SASL/TLS) on one, beside the tests that share the session's stack below on
+# the other, so that only one process ever starts and stops that one. The fault suite mostly waits on outages
+# and recoveries, so the two fit on two cores.
+OWN_STACKS = ("tests/faults/", "tests/integration/test_local_stack.py", "tests/integration/test_security.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("stack") and not item.nodeid.startswith(OWN_STACKS):
+            raise pytest.UsageError(f"{item.nodeid} starts a stack of its own: add its module to OWN_STACKS "
+                                    "in tests/conftest.py, so that it runs on the own-stacks worker")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    # (not xdist's `--dist loadgroup`: with pytest 9.2 its group suffix never reaches the node ids)
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoStacks(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "own-stacks" if nodeid.startswith(OWN_STACKS) else "shared-stack"
+
+    return TwoStacks(config, log)
+
+
 def _docker_answers() -> bool:
     try:
         import docker

@@ -128,6 +128,8 @@ def summarise(report: dict, warmup_s: float) -> dict:
                     / max(n, 1),
                     "best_expected_reward_per_slate": sum(x.get("best_expected_reward_per_slate", 0.0) * x["slates"]
                                                           for x in b) / max(n, 1)}
+        # a degraded slate (Redis slower than the scorer's timeout, say) is not the arm's policy: it dilutes the lift
+        out[arm]["degraded_share"] = sum(x.get("degraded", 0) for x in b) / max(n, 1)
         best = out[arm]["best_expected_reward_per_slate"]
         out[arm]["expected_of_best"] = out[arm]["expected_reward_per_slate"] / best if best > 0 else None
         per_user: dict[str, list[int]] = {}
@@ -184,9 +186,11 @@ def _metric(body: str, name: str) -> float:
 
 def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float, seed: int, out: Path,
               bots: int = 0, exploration: str = "off", epsilon: float = 0.1, log=print,
-              learner_args: tuple[str, ...] = (), world: dict | None = None, salt: str = "ab1") -> dict:
+              learner_args: tuple[str, ...] = (), world: dict | None = None, salt: str = "ab1",
+              pretrain_steps: int = PRETRAIN_STEPS) -> dict:
     """``learner_args``: extra `streamrec learn` flags; ``world``: `SimConfig` overrides (drift, churn), all arms;
-    ``salt``: of the user -> arm hash (each salt puts other users in each arm)."""
+    ``salt``: of the user -> arm hash (each salt puts other users in each arm); ``pretrain_steps``: of the
+    initial sequence model (fewer for a test of the mechanics)."""
     from streamrec.serving.config import ScorerConfig, parse_arms
     from streamrec.serving.scorer import Scorer
     from streamrec.stream.bench import _free_port, start_worker, stop_worker
@@ -199,7 +203,7 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
     cfg = SimConfig(users=users, items=300, seed=seed, rate=rate, seconds=seconds, bucket_s=max(seconds / 12, 5),
                     bots=bots, **(world or {}))
     log("pre-training the sequence model on organic sessions...")
-    initial_models(s, cfg, seed, out / f"export-{run}")
+    initial_models(s, cfg, seed, out / f"export-{run}", pretrain_steps)
     worker = start_worker(s)
     port = _free_port()
     env = {**os.environ, **s.as_env(), "STREAMREC_LEARNER_PORT": str(port), "STREAMREC_LOG_LEVEL": "INFO"}

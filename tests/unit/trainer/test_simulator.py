@@ -148,9 +148,10 @@ def test_summary_reports_each_arm_against_the_best_slates_and_the_share_of_the_g
     for i in range(40):
         for arm, expected in (("frozen", 0.5), ("online", 0.75), ("popularity", 0.4)):
             t.add(arm, i % 20, realised=expected, expected=expected, clicked=i % 2 == 0, user=f"{arm}{i % 4}",
-                  best=1.0)
+                  best=1.0, degraded=arm == "online" and i < 10)
     s = summarise({"variants": t.report(), "config": {"seconds": 20}}, warmup_s=0)
     assert s["frozen"]["best_expected_reward_per_slate"] == 1.0
+    assert s["online"]["degraded_share"] == 0.25 and s["frozen"]["degraded_share"] == 0.0
     assert s["online"]["expected_of_best"] == 0.75
     assert abs(s["online_share_of_frozen_gap_to_best"] - 0.5) < 1e-9
     assert abs(pooled({"a": s, "b": s})["online_share_of_frozen_gap_to_best"] - 0.5) < 1e-9
