@@ -290,10 +290,10 @@ def difference(summaries: list[dict], hi: str, lo: str) -> dict:
 
 
 def pooled(summaries: dict[str, dict]) -> dict:
-    """Several user splits (salts) of one configuration pooled: each split is an independent draw of which
-    users are in which arm, so the group effect of any one split averages out. Per arm the mean CTR; for
-    online - frozen and frozen - popularity the mean difference, with a 95% interval from the splits'
-    user-clustered standard errors.
+    """Several runs of one configuration pooled: user splits (salts), each an independent draw of which users
+    are in which arm, so the group effect of any one split averages out, and worlds (seeds). Per arm the mean
+    CTR; for online - frozen and frozen - popularity the mean difference, with a 95% interval from the runs'
+    user-clustered standard errors (so, over several worlds, the interval of the mean over those worlds).
 
     >>> a = {"online": {"ctr": 0.55, "ctr_se_users": 0.01}, "frozen": {"ctr": 0.50, "ctr_se_users": 0.01},
     ...      "popularity": {"ctr": 0.45, "ctr_se_users": 0.01}}
@@ -326,24 +326,34 @@ def cmd_bench_online(args) -> int:
         print(f"error: --salt {args.salt!r}: give one salt or several distinct ones, comma-separated, each 1 to 16 "
               "bytes (e.g. s2,s3,s4)", file=sys.stderr)
         return 2
+    try:
+        seeds = [int(x) for x in str(args.seed).split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        print(f"error: --seed {args.seed!r}: give one whole number or several distinct ones, comma-separated "
+              "(e.g. 0,1,2,3)", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(args.settings.home) / "bench")
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for salt in salts:
-        result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, args.seed, out,
+    runs = [(seed, salt) for seed in seeds for salt in salts]
+    for seed, salt in runs:
+        result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, seed, out,
                            bots=args.bots, exploration=args.exploration, epsilon=args.epsilon, salt=salt,
                            log=lambda m: print(m, file=sys.stderr),
                            learner_args=tuple(shlex.split(args.learner_args)),
                            world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
                                   "retire_oldest": args.retire_oldest, "appeal": args.appeal,
                                   "attraction_bias": args.attraction_bias})
-        name = "online" if len(salts) == 1 else f"online-{salt}"
+        key = salt if len(seeds) == 1 else f"seed{seed}" if len(salts) == 1 else f"seed{seed}-{salt}"
+        name = "online" if len(runs) == 1 else f"online-{key}"
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         plot(result, out / f"{name}.png")
         print(json.dumps({k: result[k] for k in ("salt", "summary", "learner", "counts")}, indent=2))
         print(f"wrote {out / (name + '.json')} and {out / (name + '.png')}", file=sys.stderr)
-        results[salt] = result["summary"]
-    if len(salts) > 1:
+        results[key] = result["summary"]
+    if len(runs) > 1:
         summary = pooled(results)
         (out / "online-pooled.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps({"pooled": summary}, indent=2))

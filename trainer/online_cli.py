@@ -120,7 +120,9 @@ def register_bench(bench) -> None:
     p.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
     p.add_argument("--rate", type=float, default=60.0, help="events/s the population publishes at most (default 60)")
     p.add_argument("--bots", type=int, default=0, help="extra users that click everything (poisoned stream)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0",
+                   help="seed of the simulated world (tastes, appeal, users, the initial models). Several, "
+                        "comma-separated (0,1,2,3): one run per world, pooled like several salts (default 0)")
     p.add_argument("--salt", default="ab1",
                    help="salt of the user -> arm hash; another salt puts other users in each arm. Several, "
                         "comma-separated (s1,s2,s3): one run each, then the arms pooled over the splits "

@@ -96,6 +96,16 @@ def test_bench_online_refuses_bad_salts_before_starting_anything(salt, capsys):
     assert "--salt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", ["", "0,0", "x", "1,"])
+def test_bench_online_refuses_bad_seeds_before_starting_anything(seed, capsys):
+    from argparse import Namespace
+
+    from streamrec.trainer.online_bench import cmd_bench_online
+
+    assert cmd_bench_online(Namespace(out="/nonexistent-never-created", settings=None, salt="s2", seed=seed)) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
 def test_bots_click_everything_and_stay_out_of_the_population():
     w = World(SimConfig(users=3, items=20, seed=0, bots=2))
     assert len(w.users) == 5 and w.bots == {"sim-bot0", "sim-bot1"}
