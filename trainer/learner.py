@@ -205,7 +205,16 @@ class OnlineLearner:
         one without (older scorers, `STREAMREC_SCORER_LOG_FEATURES=false`) they are read from Redis now,
         which may already hold the user's reaction to the slate (counted as ``read_late``). The sequence
         score is always recomputed with the learner's live sequence model, on the served items if any.
+
+        A degraded answer (the scorer could not read Redis and served its trending snapshot) trains nothing:
+        it was not the arm's policy, and its features could only be read late. Its rewards still count.
         """
+        for r in recs:
+            if r.get("degraded"):
+                r.pop("features", None)
+                m.feature_sources.labels("degraded").inc()
+                self.counts["features_degraded"] += 1
+        recs = [r for r in recs if not r.get("degraded")]
         if not recs:
             return
         try:

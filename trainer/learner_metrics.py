@@ -20,8 +20,8 @@ window_drops = Counter("streamrec_learner_window_drops_total",
                        ["reason"])
 feature_sources = Counter("streamrec_learner_feature_sources_total",
                           "Slates by where their training features came from: served (logged by the scorer with "
-                          "the recommendation) or read_late (read from Redis on arrival, when the user may "
-                          "already have reacted)", ["source"])
+                          "the recommendation), read_late (read from Redis on arrival, when the user may "
+                          "already have reacted) or degraded (none: a degraded answer trains nothing)", ["source"])
 filtered = Counter("streamrec_learner_filtered_slates_total", "Slates left out of training and gating", ["reason"])
 attraction_items = Gauge("streamrec_learner_attraction_items",
                          "Items whose position-debiased attraction the candidate ranker carries (per-item bias)")

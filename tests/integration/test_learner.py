@@ -162,7 +162,8 @@ def test_learn_command_serves_health_and_metrics_and_stops_cleanly_on_sigterm(fr
 def test_trains_on_the_features_served_with_the_slate_not_on_those_read_after_the_click(fresh_settings, tmp_path):
     """By the time a slate reaches the learner, Redis already holds the user's reaction to it (the clicked
     item is in the session, its counts include the click). Served features are used instead; a slate
-    without them falls back to reading Redis, and is counted as such."""
+    without them falls back to reading Redis, and is counted as such. A degraded answer (the scorer served its
+    trending snapshot without reading Redis) trains nothing."""
     from streamrec.trainer.dcn import DENSE_FEATURES
 
     s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
@@ -174,12 +175,14 @@ def test_trains_on_the_features_served_with_the_slate_not_on_those_read_after_th
     served_session, served_history = [ITEMS[5], ITEMS[6]], [ITEMS[7]]
     recs = []
     for k, features in enumerate(({"names": names, "dense": logged, "session": served_session,
-                                   "history": served_history}, None)):
+                                   "history": served_history}, None, None)):
         rec = {"rec_id": f"r{k}", "user_id": "u1", "session_id": "s", "trigger_event_id": f"t{k}", "variant": "a",
                "created_ts": T0 + k, "event_ts": T0 + k,
                "items": [{"item_id": i, "score": 1.0, "propensity": 1.0, "reason": "seq"} for i in ITEMS[:3]]}
         if features:
             rec["features"] = features
+        if k == 2:
+            rec["degraded"] = True
         recs.append(rec)
     produce(s, topics.RECOMMENDATIONS, recs, "user_id")
     produce(s, topics.EVENTS, [{"event_id": "late", "type": "view", "user_id": "u1", "item_id": ITEMS[9],
@@ -190,8 +193,9 @@ def test_trains_on_the_features_served_with_the_slate_not_on_those_read_after_th
     learner.stop()
     learner.close()
     slates = {sl.rec_id: sl for sl in list(learner.train_buf) + list(learner.holdout) + learner.joiner.flush()}
-    assert set(slates) == {"r0", "r1"}
+    assert set(slates) == {"r0", "r1", "r2"}
     assert learner.counts["features_served"] == 1 and learner.counts["features_read_late"] == 1
+    assert learner.counts["features_degraded"] == 1 and not slates["r2"].features
     served = slates["r0"].features
     assert served["session"] == served_session and served["history"] == served_history
     seq = names.index("seq_score")
