@@ -25,9 +25,9 @@ demo: stack
 
 # The fault suite runs every case in `make test` with 3,000 events each (about 7.5 min); its
 # 50,000-event run is `streamrec bench faults` (about 25 min, figures in RELIABILITY.md).
-# Two workers: the tests with stacks of their own beside those sharing one (OWN_STACKS in
-# tests/conftest.py);
-# `make test TEST_WORKERS=0` runs everything in one process.
+# Two pytest-xdist workers: the tests that share one local stack on one, the unit tests and
+# those with stacks of their own on the other (tests/conftest.py). `make test TEST_WORKERS=0`
+# runs everything in one process.
 TEST_WORKERS ?= 2
 test: export STREAMREC_FAULT_EVENTS ?= 3000
 test: install

@@ -22,8 +22,8 @@ from streamrec.settings import Settings
 # `make test` runs two pytest-xdist workers: one runs the tests that share the session's stack below, so that
 # only one process ever starts and stops that one; the other runs the modules that bring stacks of their own
 # (marked `stack`: the fault suite, `streamrec up/down`, SASL/TLS) and the unit tests, which need none. The
-# fault suite mostly waits on outages and recoveries, so the two fit on two cores (about 14 and 10 minutes of
-# tests each on the 2-core machine, against 19 minutes for the whole suite in one process).
+# fault suite mostly waits on outages and recoveries, so the two fit on two cores (about 15 minutes of tests
+# each on the 2-core machine, 16 minutes in all, against 25 for the whole suite in one process).
 OWN_STACKS = ("tests/faults/", "tests/integration/test_local_stack.py", "tests/integration/test_security.py")
 NO_STACK = ("tests/unit/",)
 
@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("stack") and not item.nodeid.startswith(OWN_STACKS):
             raise pytest.UsageError(f"{item.nodeid} starts a stack of its own: add its module to OWN_STACKS "
-                                    "in tests/conftest.py, so that it runs on the own-stacks worker")
+                                    "in tests/conftest.py, so that it never runs beside the shared stack's tests")
 
 
 def pytest_xdist_make_scheduler(config, log):
