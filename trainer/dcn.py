@@ -27,6 +27,17 @@ DENSE_FEATURES = (
 )
 """Appended only at the end: a ranker trained on the first N (``config["n_dense"]``) keeps working."""
 SPARSE_FIELDS = ("user_h1", "user_h2", "item_h1", "item_h2", "category")
+UNVARIED_STD = 1e6
+"""The scale given to a dense feature that did not vary where its statistics were learnt: the network never
+saw it as anything but 0, so whatever is served later stays near 0 (about 1e-6 of its value). Dividing by
+its measured spread of ~0 instead turned the first real values into inputs of 1e4 to 1e6: measured in
+`streamrec bench online` (world seed 3), the online ranker's first micro-batch had one ``item_ctr`` and one
+``session_length`` for all rows, and every later logit was noise of that size."""
+MIN_STD = 1e-4
+"""Below this spread a feature counts as not varied (a feature that is one value plus float noise)."""
+DENSE_CLIP = 10.0
+"""Standardised dense inputs are clipped to +-this many standard deviations: a later distribution far wider
+than the one the statistics saw stays a bounded input."""
 
 
 class CrossV2(nn.Module):
@@ -82,17 +93,34 @@ class DCNRanker(RecModel):
         self.register_buffer("dense_mean", torch.zeros(n_dense))
         self.register_buffer("dense_std", torch.ones(n_dense))
 
-    def set_dense_stats(self, dense: np.ndarray) -> None:
-        """Learn the standardisation of dense features from the training set."""
-        self.dense_mean = torch.from_numpy(dense.mean(0).astype(np.float32))
-        self.dense_std = torch.from_numpy(np.maximum(dense.std(0), 1e-6).astype(np.float32))
+    def set_dense_stats(self, dense: np.ndarray, only: np.ndarray | None = None) -> None:
+        """Learn the standardisation of dense features from the training set (or of the features where the
+        boolean mask ``only`` is set); a feature that does not vary there gets `UNVARIED_STD`."""
+        dense = np.asarray(dense, dtype=np.float64)
+        std = dense.std(0)
+        mean = torch.from_numpy(dense.mean(0).astype(np.float32))
+        std = torch.from_numpy(np.where(std >= MIN_STD, std, UNVARIED_STD).astype(np.float32))
+        keep = torch.ones(len(std), dtype=torch.bool) if only is None else torch.from_numpy(np.asarray(only, bool))
+        self.dense_mean = torch.where(keep, mean, self.dense_mean)
+        self.dense_std = torch.where(keep, std, self.dense_std)
+
+    def has_dense_stats(self) -> bool:
+        """Whether the standardisation was learnt (a ranker that never saw data standardises nothing)."""
+        return bool(self.dense_mean.any()) or not bool((self.dense_std == 1).all())
+
+    def varied_dense(self) -> np.ndarray:
+        """Per dense feature: did it vary where the statistics were learnt (older checkpoints marked one that
+        did not with a spread of 1e-6)."""
+        std = self.dense_std.numpy()
+        return (std >= MIN_STD / 10) & (std < UNVARIED_STD)
 
     def logit(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Unnormalised click score ``[batch]``."""
         u = self.users(sparse[:, 0]) + self.users(sparse[:, 1])
         i = self.items(sparse[:, 2]) + self.items(sparse[:, 3])
         c = self.cats(sparse[:, 4])
-        x0 = torch.cat([u, i, c, (dense - self.dense_mean) / self.dense_std], dim=-1)
+        z = torch.clamp((dense - self.dense_mean) / self.dense_std, -DENSE_CLIP, DENSE_CLIP)
+        x0 = torch.cat([u, i, c, z], dim=-1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
@@ -130,5 +158,6 @@ class DCNRanker(RecModel):
         g = torch.Generator().manual_seed(batch)
         hi = min(self.users.num_embeddings, self.items.num_embeddings, self.cats.num_embeddings)
         sparse = torch.randint(0, hi, (batch, len(SPARSE_FIELDS)), generator=g)
-        dense = torch.randn(batch, self.config["n_dense"], generator=g) * self.dense_std + self.dense_mean
+        spread = torch.where(torch.from_numpy(self.varied_dense()), self.dense_std, torch.ones_like(self.dense_std))
+        dense = torch.randn(batch, self.config["n_dense"], generator=g) * spread + self.dense_mean
         return sparse, dense

@@ -146,8 +146,8 @@ def export_dcn(model: DCNRanker, out_dir: str | Path,
     if "content_sim" in names:
         # content: fed by the scorer only when the ranker learnt it (a constant 0 in training would turn any
         # served value into an outlier after standardisation).
-        extra["content_sim_trained"] = bool(model.dense_std[names.index("content_sim")] > 1e-5)
-    if model.dense_mean.any() or not bool((model.dense_std == 1).all()):
+        extra["content_sim_trained"] = bool(model.varied_dense()[names.index("content_sim")])
+    if model.has_dense_stats():
         # Explanations: the training mean is each dense feature's neutral value (standardised to 0);
         # a ranker that never learnt its statistics has no mean to offer.
         extra["dense_baseline"] = dict(zip(names, map(float, model.dense_mean.tolist())))

@@ -35,6 +35,7 @@ from streamrec.registry import Registry
 from streamrec.settings import Settings
 from streamrec.trainer import learner_metrics as m
 from streamrec.trainer.attraction import MIN_CLICKS, attraction_offsets, calibrate, write_offsets
+from streamrec.trainer.dcn import MIN_STD
 from streamrec.trainer.gate import Gate, GateConfig, GateDecision
 from streamrec.trainer.joiner import Slate
 from streamrec.trainer.offpolicy import reinforce_topk_loss
@@ -285,9 +286,8 @@ class OnlineModels:
 
     def _ranker_step(self, f: dict) -> float:
         model = self.cand[self.ranker_name]
-        if len(f["dense"]) >= 500 and not model.dense_mean.any() and bool((model.dense_std == 1).all()):
-            # A ranker that never saw data standardises nothing; learn the scale of the live features once.
-            model.set_dense_stats(f["dense"])
+        if len(f["dense"]) >= 500:
+            self._learn_dense_stats(model, f["dense"])
         reward = f["reward"]
         exam = self.examination[np.minimum(f["position"], len(self.examination) - 1)]
         # Position-based click model: a shown item is clicked when its rank is looked at (examination,
@@ -305,6 +305,18 @@ class OnlineModels:
         opt = self.opt[self.ranker_name]
         opt.rows = len(weight)
         return model.fit_batch(batch, opt)
+
+    @staticmethod
+    def _learn_dense_stats(model, dense: np.ndarray) -> None:
+        """Learn the scale of the live features once: all of them for a ranker that never saw data, then each
+        feature that had not varied yet as soon as it does (it joins as a fresh input: until then the network
+        saw it only as 0, so its weights for it are untrained)."""
+        if not model.has_dense_stats():
+            model.set_dense_stats(dense)
+            return
+        todo = ~model.varied_dense() & (dense.std(0) >= MIN_STD)
+        if todo.any():
+            model.set_dense_stats(dense, only=todo)
 
     def next_item_data(self, model, sequences: list[list[str]], clicked: list[list[str]] = (),
                        index: dict[str, int] | None = None) -> dict | None:

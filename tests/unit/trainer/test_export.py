@@ -101,3 +101,43 @@ def test_parity_check_refuses_a_graph_that_differs(trained, dcn_export):
     other = type(trained.dcn)(**trained.dcn.config)  # same shape, different weights
     with pytest.raises(ExportError, match="differs from torch"):
         parity(dcn_export.files["model.onnx"], other, [other.example_inputs(8)], other.signature())
+
+
+def test_a_dense_feature_that_never_varied_stays_silent_in_torch_and_onnx(tmp_path):
+    from streamrec.trainer.dcn import DENSE_CLIP, DENSE_FEATURES, DCNRanker
+
+    torch.manual_seed(0)
+    model = DCNRanker(user_buckets=64, item_buckets=64, cat_buckets=16, dim=4, hidden=(8,), dropout=0.0)
+    ctr = DENSE_FEATURES.index("item_ctr")
+    train = np.random.default_rng(0).random((600, len(DENSE_FEATURES))).astype(np.float32)
+    train[:, ctr] = 0.1  # every item still at its prior: no spread to learn
+    model.set_dense_stats(train)
+    assert list(np.flatnonzero(~model.varied_dense())) == [ctr]
+    sparse, dense = model.example_inputs(300)
+    served = dense.clone()
+    served[:, ctr] = torch.rand(300) * 0.5  # the feature varies once served
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model.logit(sparse, served), model.logit(sparse, dense), atol=1e-4)
+    path = export_dcn(model, tmp_path / "dcn").files["model.onnx"]
+    onnx_prob = run(path, ["sparse", "dense"], sparse.numpy(), served.numpy())
+    np.testing.assert_allclose(onnx_prob, model(sparse, dense).detach().numpy(), atol=1e-4)
+    # A varied feature far outside what the statistics saw is a bounded input, the same in ONNX.
+    far = dense.clone()
+    far[:, 0] = model.dense_mean[0] + 1e4 * model.dense_std[0]
+    edge = dense.clone()
+    edge[:, 0] = model.dense_mean[0] + DENSE_CLIP * model.dense_std[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(sparse, far), model(sparse, edge), atol=1e-6)
+    np.testing.assert_allclose(run(path, ["sparse", "dense"], sparse.numpy(), far.numpy()),
+                               model(sparse, edge).detach().numpy(), atol=1e-4)
+
+
+def test_a_checkpoint_of_the_older_standardisation_marks_its_constant_features_as_not_varied():
+    from streamrec.trainer.dcn import DCNRanker
+
+    model = DCNRanker(user_buckets=64, item_buckets=64, cat_buckets=16, dim=4, hidden=(8,))
+    assert not model.has_dense_stats() and model.varied_dense().all()
+    model.dense_std = torch.tensor([1e-6, 0.5, 1e-6, 2.0, 0.01, 1.0, 1e-6])  # as saved before: floor 1e-6
+    assert model.has_dense_stats()
+    assert model.varied_dense().tolist() == [False, True, False, True, True, True, False]

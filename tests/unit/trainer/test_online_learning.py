@@ -288,3 +288,37 @@ def test_slates_nobody_saw_are_left_out_once_the_app_logs_impressions(tmp_path, 
 def test_an_unknown_impressions_mode_is_refused():
     with pytest.raises(ValueError, match="impressions: 'sometimes'; use auto, required or ignored"):
         LearnerConfig(impressions="sometimes")
+
+
+def test_a_feature_constant_in_the_first_batch_joins_when_it_varies_instead_of_blowing_up_the_ranker(tmp_path):
+    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
+    publish_models(s, tmp_path, item_bias=True)
+    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt")), port=0)
+    learner.models.load()
+    models = learner.models
+    ctr, affinity = DENSE_FEATURES.index("item_ctr"), DENSE_FEATURES.index("category_affinity")
+    early = slates(100, seed=8)  # at first every item's click rate is still the prior
+    for sl in early:
+        for row in sl.features["dense"]:
+            row[ctr] = 0.1
+    models.train(early, only="ranker")
+    model = models.cand["ranker"]
+    assert model.has_dense_stats() and not model.varied_dense()[ctr] and model.varied_dense()[affinity]
+    affinity_stats = (float(model.dense_mean[affinity]), float(model.dense_std[affinity]))
+    later = slates(100, seed=9)
+    rng = np.random.default_rng(9)
+    for sl in later:
+        for row in sl.features["dense"]:
+            row[ctr] = float(rng.uniform(0.0, 0.3))
+    same_but_prior = copy.deepcopy(later)
+    for sl in same_but_prior:
+        for row in sl.features["dense"]:
+            row[ctr] = 0.1
+    f, f_prior = models.flat(later), models.flat(same_but_prior)
+    # Until the learner sees it vary, the served click rate moves no score (it used to be divided by 1e-6).
+    np.testing.assert_allclose(models.ranker_scores(model, f), models.ranker_scores(model, f_prior), atol=1e-3)
+    models.train(later, only="ranker")
+    assert model.varied_dense()[ctr]
+    assert float(model.dense_std[ctr]) == pytest.approx(np.std(f["dense"][:, ctr]), rel=1e-4)
+    assert (float(model.dense_mean[affinity]), float(model.dense_std[affinity])) == affinity_stats
+    assert np.abs(models.ranker_scores(model, f)).max() < 50
