@@ -171,11 +171,17 @@ def test_checkpoint_restores_buffers_and_join_state(learner, tmp_path):
     assert len(again.holdout) == len(learner.holdout)
 
 
-def test_the_items_attraction_from_training_slates_goes_into_the_rankers_per_item_bias(tmp_path):
+def learner_with_item_bias(tmp_path, **cfg) -> OnlineLearner:
+    """A dry-run learner over tiny published models whose ranker has a per-item bias."""
     s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
     publish_models(s, tmp_path, item_bias=True)
-    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt")), port=0)
+    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt"), **cfg), port=0)
     learner.models.load()
+    return learner
+
+
+def test_the_items_attraction_from_training_slates_goes_into_the_rankers_per_item_bias(tmp_path):
+    learner = learner_with_item_bias(tmp_path)
     data = slates(800, seed=5)
     for sl in data:  # i0 sells whenever it is shown, i1 never does
         sl.rewards = [1.0 if it == "i0" else 0.0 if it == "i1" else r for it, r in zip(sl.items, sl.rewards)]
@@ -200,10 +206,7 @@ def item_bias(model, items):
 
 
 def test_the_ranker_and_the_offsets_are_rescaled_to_what_the_slates_support(tmp_path):
-    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
-    publish_models(s, tmp_path, item_bias=True)
-    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt")), port=0)
-    learner.models.load()
+    learner = learner_with_item_bias(tmp_path)
     models = learner.models
     model = models.cand["ranker"]
     with torch.no_grad():  # a ranker that reads the (predictive) category affinity ten times too loudly
@@ -228,11 +231,7 @@ def test_the_ranker_and_the_offsets_are_rescaled_to_what_the_slates_support(tmp_
 def test_a_rejected_fine_tuned_ranker_still_brings_the_fresh_attraction_through_the_gate(tmp_path):
     from prometheus_client import REGISTRY
 
-    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
-    publish_models(s, tmp_path, item_bias=True)
-    learner = OnlineLearner(s, LearnerConfig(dry_run=True, min_gate_samples=100, checkpoint_dir=str(tmp_path / "ckpt"),
-                                             lr=0.05), port=0)
-    learner.models.load()
+    learner = learner_with_item_bias(tmp_path, min_gate_samples=100, lr=0.05)
     models = learner.models
     data = slates(1200, seed=7)
     for sl in data:  # on top of the category: i0 sells whenever it is shown, i1 never does
@@ -291,10 +290,7 @@ def test_an_unknown_impressions_mode_is_refused():
 
 
 def test_a_feature_constant_in_the_first_batch_joins_when_it_varies_instead_of_blowing_up_the_ranker(tmp_path):
-    s = Settings.from_env().replace(registry_uri=str(tmp_path / "registry"))
-    publish_models(s, tmp_path, item_bias=True)
-    learner = OnlineLearner(s, LearnerConfig(dry_run=True, checkpoint_dir=str(tmp_path / "ckpt")), port=0)
-    learner.models.load()
+    learner = learner_with_item_bias(tmp_path)
     models = learner.models
     ctr, affinity = DENSE_FEATURES.index("item_ctr"), DENSE_FEATURES.index("category_affinity")
     early = slates(100, seed=8)  # at first every item's click rate is still the prior
