@@ -35,7 +35,6 @@ from streamrec.registry import Registry
 from streamrec.settings import Settings
 from streamrec.trainer import learner_metrics as m
 from streamrec.trainer.attraction import MIN_CLICKS, attraction_offsets, calibrate, write_offsets
-from streamrec.trainer.dcn import MIN_STD
 from streamrec.trainer.gate import Gate, GateConfig, GateDecision
 from streamrec.trainer.joiner import Slate
 from streamrec.trainer.offpolicy import reinforce_topk_loss
@@ -311,11 +310,8 @@ class OnlineModels:
         """Learn the scale of the live features once: all of them for a ranker that never saw data, then each
         feature that had not varied yet as soon as it does (it joins as a fresh input: until then the network
         saw it only as 0, so its weights for it are untrained)."""
-        if not model.has_dense_stats():
-            model.set_dense_stats(dense)
-            return
-        todo = ~model.varied_dense() & (dense.std(0) >= MIN_STD)
-        if todo.any():
+        todo = ~model.varied_dense() if model.has_dense_stats() else None
+        if todo is None or todo.any():  # a feature still constant here stays at `UNVARIED_STD`
             model.set_dense_stats(dense, only=todo)
 
     def next_item_data(self, model, sequences: list[list[str]], clicked: list[list[str]] = (),
