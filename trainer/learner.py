@@ -40,6 +40,7 @@ from streamrec.settings import Settings
 from streamrec.stream.schemas import SERVED_SESSION, decode_event
 from streamrec.stream.topics import EVENTS, RECOMMENDATIONS, kafka_security
 from streamrec.trainer import learner_metrics as m
+from streamrec.trainer.attraction import ItemEvidence
 from streamrec.trainer.joiner import Joiner, Slate
 from streamrec.trainer.online_config import LearnerConfig
 
@@ -60,6 +61,7 @@ class OnlineLearner:
         self.joiner = Joiner(self.cfg.join(), sources=())
         self.offsets: dict[str, int] = {}
         self.train_buf: deque[Slate] = deque(maxlen=self.cfg.buffer_slates)
+        self.evidence = ItemEvidence(self.cfg.attraction_half_life_s)  # every training slate's clicks, per item
         self.holdout: deque[Slate] = deque(maxlen=self.cfg.holdout_slates)
         self.users: dict[str, list[int]] = {}  # user -> [slates, bot-like slates] (bounded below)
         self.fresh: list[Slate] = []  # closed training slates not yet trained on
@@ -307,6 +309,7 @@ class OnlineLearner:
                     self.holdout.append(s)
                 else:
                     self.train_buf.append(s)
+                    self.evidence.add((s,))
                     self.fresh.append(s)
                     self._since_gate += len(s.items)
             del self.fresh[:-self.cfg.buffer_slates]
@@ -331,7 +334,7 @@ class OnlineLearner:
         self.models.learn_categories(fresh)
         with self._lock:
             buf = list(self.train_buf)
-        self.models.estimate_examination(buf)
+        exam = self.models.estimate_examination(buf)
         rng = np.random.default_rng(len(self.train_buf))
         for _ in range(self.cfg.epochs_per_round):
             order = rng.permutation(len(fresh))
@@ -345,7 +348,9 @@ class OnlineLearner:
             return []
         # Only the candidate the gate judges needs the offsets and their fitted scales (a pass over the
         # whole buffer, about 0.3 s at 8,000 slates), after its training steps, so they fit what it became.
-        self.models.set_attraction(buf)
+        with self._lock:
+            offsets = self.evidence.offsets(exam)
+        self.models.set_attraction(buf, offsets)
         return self.gate_and_publish()
 
     def replay(self, name: str) -> None:
@@ -397,7 +402,8 @@ class OnlineLearner:
             state = {"offsets": self.offsets, "joiner": self.joiner.state(), "counts": dict(self.counts),
                      "train": msgspec.to_builtins(list(self.train_buf)),
                      "holdout": msgspec.to_builtins(list(self.holdout)),
-                     "fresh": [s.rec_id for s in self.fresh], "users": self.users}
+                     "fresh": [s.rec_id for s in self.fresh], "users": self.users,
+                     "evidence": self.evidence.state()}
         self._ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._ckpt.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(state))  # several times faster than json for 100 MB states
@@ -417,6 +423,11 @@ class OnlineLearner:
         fresh = set(state.get("fresh", []))
         self.fresh = [s for s in self.train_buf if s.rec_id in fresh]
         self.users = {u: list(c) for u, c in state.get("users", {}).items()}
+        if "evidence" in state:
+            self.evidence = ItemEvidence.from_state(state["evidence"])
+            self.evidence.half_life_s = self.cfg.attraction_half_life_s
+        else:  # a checkpoint from before the evidence was kept: its buffer is what there is
+            self.evidence.add(self.train_buf)
         log.info("restored checkpoint %s: watermark %s, %d open slates", self._ckpt, self.joiner.watermark,
                  len(self.joiner.open))
 

@@ -36,7 +36,10 @@ class LearnerConfig:
     """One slate in this many (by rec_id hash) is held out for the gate."""
     holdout_slates: int = 1000
     buffer_slates: int = 8000
-    """Recent slates trained on (replays) and behind the items' attraction estimate."""
+    """Recent slates trained on (replays), and behind the fit of how much the attraction offsets count."""
+    attraction_half_life_s: float = 3600.0
+    """The items' attraction is estimated from every training slate they were shown in, each counting
+    half as much per this many seconds of event time (0: never fades)."""
     max_closed_slates: int = 200_000
     """Closed rec_ids the joiner remembers to recognise late interactions (its memory bound)."""
     min_gate_samples: int = 200

@@ -154,14 +154,15 @@ class OnlineModels:
             return torch.optim.Adam(model.parameters(), lr=self.cfg.seq_lr)
         return DenseAdamSparseSGD(model, self.cfg.lr, self.cfg.embedding_lr)
 
-    def set_attraction(self, slates: list[Slate]) -> int:
-        """Write the items' attraction, estimated from ``slates``, into the candidate ranker's per-item bias,
-        at the scale against the ranker's own logit that the same slates support (`calibrate_ranker`); the
-        same into a copy of the live ranker (`refreshed`)."""
+    def set_attraction(self, slates: list[Slate], offsets: dict[str, float] | None = None) -> int:
+        """Write the items' attraction (``offsets``, by default estimated from ``slates``) into the candidate
+        ranker's per-item bias, at the scale against the ranker's own logit that ``slates`` support
+        (`calibrate_ranker`); the same into a copy of the live ranker (`refreshed`)."""
         model = self.cand.get(self.ranker_name)
         if model is None or getattr(model, "item_bias", None) is None:
             return 0
-        offsets = attraction_offsets(slates, self.examination)
+        if offsets is None:
+            offsets = attraction_offsets(slates, self.examination)
         self.refreshed = copy.deepcopy(self.live[self.ranker_name])
         for target in (self.refreshed, model):  # the candidate last: its fitted scales stay on the gauges
             scale = self.calibrate_ranker(target, slates, offsets) if offsets else 1.0

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from streamrec.simulator import SimConfig, World
-from streamrec.trainer.attraction import attraction_offsets, calibrate
+from streamrec.trainer.attraction import ItemEvidence, attraction_offsets, calibrate
 from streamrec.trainer.online_bench import PRETRAIN_STEPS, pretrained_sasrec
 from streamrec.trainer.online_models import OnlineModels
 
@@ -69,6 +69,10 @@ def main() -> None:
     p.add_argument("--weight", type=float, default=1.0)
     p.add_argument("--refresh", type=int, default=150)
     p.add_argument("--buffer", type=int, default=8000)
+    p.add_argument("--evidence", choices=["all", "buffer"], default="all",
+                   help="the offsets count the clicks of every slate so far, as the learner (all), or of the "
+                        "last --buffer slates only, as it did until 2026-11-30 (buffer); the fit of their scale "
+                        "reads the buffer either way")
     p.add_argument("--new-item-every", type=int, default=300, help="slates between new catalog items")
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
                    help="training batches of the initial sequence model (as `streamrec bench online`)")
@@ -103,6 +107,7 @@ def main() -> None:
     models = OnlineModels.__new__(OnlineModels)
     models.examination, models.cfg = np.ones(1), SimpleNamespace(weight_cap=10.0)
     buf: deque = deque(maxlen=a.buffer)
+    evidence = ItemEvidence(half_life_s=0.0)  # every slate's clicks (the replay has no event time)
     popularity: dict[str, float] = defaultdict(float)
     sessions: dict[str, list[str]] = {}
     history: dict[str, list[str]] = defaultdict(list)  # the user's items of earlier sessions, oldest first
@@ -116,7 +121,7 @@ def main() -> None:
     def refresh_offsets() -> None:
         nonlocal offsets
         exam = models.estimate_examination(list(buf))
-        offsets = attraction_offsets(buf, exam)
+        offsets = evidence.offsets(exam) if a.evidence == "all" else attraction_offsets(buf, exam)
         if a.policy.startswith("ucb:") and offsets:
             bonus = float(a.policy[4:])
             seen: dict[str, float] = defaultdict(float)
@@ -194,6 +199,7 @@ def main() -> None:
                                    seq=[float(z[k]) if own_candidates else 0.0 for k in top],
                                    z=[float((score[row[i]] - mean) / std if a.score == "z" else score[row[i]])
                                       for i in slate] if row else []))
+        evidence.add((buf[-1],))
         if n >= a.slates // 4:
             shown[arm][0] += 1
             shown[arm][1] += any(rewards)
@@ -214,7 +220,7 @@ def main() -> None:
         fitted = {"examination": [round(float(x), 3) for x in last_exam[0]],
                   "offset_appeal_corr": float(np.corrcoef([offsets[i] for i in items],
                                                           world.item_appeal[[world.row[i] for i in items]])[0, 1])}
-    print(json.dumps({"policy": a.policy, "pool": a.pool, "score": a.score, **fitted, "weight": a.weight,
+    print(json.dumps({"policy": a.policy, "pool": a.pool, "score": a.score, **fitted, "weight": a.weight, "evidence": a.evidence,
                       "seed": a.seed, "ctr": ctr,
                       "online_vs_frozen": ctr["online"] / ctr["frozen"] - 1.0, "expected_reward": exp,
                       "online_vs_frozen_expected": exp["online"] / exp["frozen"] - 1.0,

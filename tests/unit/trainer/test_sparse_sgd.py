@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from streamrec.trainer.attraction import attraction_offsets, write_offsets
+from streamrec.trainer.attraction import ItemEvidence, attraction_offsets, write_offsets
 from streamrec.trainer.online_bench import feature_ranker
 from streamrec.trainer.online_models import DenseAdamSparseSGD
 
@@ -55,6 +55,21 @@ def test_attraction_from_position_biased_clicks_orders_items_by_hidden_appeal():
 def test_too_few_clicks_leave_the_offsets_alone():
     slates = [SimpleNamespace(items=["a", "b"], rewards=[1.0, 0.0])] * 10
     assert attraction_offsets(slates, np.array([1.0, 0.5])) == {}
+
+
+def test_item_evidence_fades_with_event_time_and_keeps_a_bounded_number_of_items(monkeypatch):
+    ev = ItemEvidence(half_life_s=10.0)
+    ev.add([SimpleNamespace(items=["old"], rewards=[1.0], created_ts=0)] * 80)
+    ev.add([SimpleNamespace(items=["new", "old"], rewards=[1.0, 0.0], created_ts=30_000)] * 80)  # 3 half-lives on
+    assert ev.clicked["old"][0] == np.float64(10.0) and ev.clicked["new"][0] == 80.0
+    late = SimpleNamespace(items=["late"], rewards=[0.0], created_ts=20_000)  # arrives out of order: 1 half-life old
+    ev.add([late])
+    assert ev.shown["late"][0] == 0.5
+    ev.add([SimpleNamespace(items=["quiet"], rewards=[0.0], created_ts=330_000)])  # 30 half-lives: all faded away
+    assert set(ev.shown) == {"quiet"}
+    monkeypatch.setattr(ItemEvidence, "MAX_ITEMS", 50)
+    ev.add([SimpleNamespace(items=[f"x{k}", "kept"], rewards=[0.0, 1.0], created_ts=330_000) for k in range(200)])
+    assert len(ev.shown) == 50 and "kept" in ev.shown
 
 
 def spearman(a, b) -> float:
