@@ -1,8 +1,8 @@
 """How well each item sells when it is shown: its attraction under the position-based click model.
 
 A shown item is clicked when the user looks at its rank (examination, estimated from the logs by
-`OnlineModels.estimate_examination`) and it attracts them. Over the recent joined slates, an item's
-attraction relative to the average one is
+`OnlineModels.estimate_examination`) and it attracts them. Over the joined training slates (all of
+them so far, each fading with its age: `ItemEvidence`), an item's attraction relative to the average one is
 
     (clicks + prior * rate) / (examinations + prior) / rate
 
@@ -24,8 +24,8 @@ Why not learn the offset by gradient descent like the other weights: measured in
 per-item rows fitted by SGD or Adam inside the DCN took up whatever the dense features left over, and their
 correlation with the simulator's hidden item appeal was -0.2 to 0.2, while this estimate on the same
 slates reached 0.44 to 0.56 (what 8,000 slates allow: the items' raw position-corrected click rates reach
-about 0.6). The estimate is a function of the training buffer alone, so it survives a restart with
-the buffer's checkpoint and never sees the gate's held-out slates.
+about 0.6). The estimate is a function of the training slates alone, so it survives a restart with
+the checkpoint of their counts and never sees the gate's held-out slates.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ class ItemEvidence:
     An item's attraction is measured by its clicks, and they are few: in the bench's fewer-clicks world
     an item gets a handful in the 8,000 slates of the buffer. In an offline replay of four worlds
     (`docs/analysis/offline_loop.py`), keeping all the evidence instead raised the offsets' correlation
-    with the hidden appeal from 0.40-0.48 to 0.46-0.61 and the online arm's expected reward in every
-    world (BENCHMARKS.md, "More evidence per item"). The counts are kept per rank because the
+    with the hidden appeal from 0.40-0.48 to 0.44-0.58 (lower in one world) and the online arm's expected
+    reward per slate in every world, by 0.007 to 0.021; live, four worlds pooled moved within noise
+    (BENCHMARKS.md, "More evidence per item"). The counts are kept per rank because the
     examination of a rank is re-estimated as the logs grow; the memory is items x ranks, whatever the
     traffic: items whose counts faded away are dropped, and at most `MAX_ITEMS` are kept.
 

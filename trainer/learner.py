@@ -13,7 +13,8 @@ Slates that look like a bot (rewards on most shown items, or a user whose
 history does) are left out of training and gating, and counted.
 
 Checkpoint (JSON, atomic): joiner state, the Kafka offsets it covers, the
-sample buffers and the bot filter's counts, written between poll batches; on
+sample buffers, the items' click counts (`attraction.ItemEvidence`) and the bot
+filter's counts, written between poll batches; on
 start the consumer seeks to those offsets, so a restart replays exactly what
 the checkpoint does not cover: no reward is lost or counted twice. SIGTERM
 finishes the batch in hand, writes the checkpoint and exits 0.

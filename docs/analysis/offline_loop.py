@@ -9,8 +9,9 @@ of fixed user groups (user index mod 3), one slate per organic view:
   (a click counts twice, as in the worker's trending weights), minus the session's items;
 - ``frozen``: the candidates ordered by the sequence model's score (standardised over the candidates); the
   sequence model reads the user's items of earlier sessions, then the session's (``--history``);
-- ``online``: the same plus the attraction offsets of the last ``--buffer`` slates (of all arms), refreshed
-  every ``--refresh`` slates, combined as ``--policy`` says:
+- ``online``: the same plus the attraction offsets of every slate so far (of all arms; ``--evidence buffer``:
+  of the last ``--buffer`` slates only, as the learner did until 2026-11-30), refreshed every ``--refresh``
+  slates, combined as ``--policy`` says:
   ``add`` (offset times ``--weight``), ``fit`` (scales fitted by `attraction.calibrate`),
   ``oracle`` (the world's hidden appeal times ``--weight``: the ceiling of learning appeal), ``ucb:K``
   (offset plus K over the square root of the item's examinations: optimism for items seen rarely), or
