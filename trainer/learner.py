@@ -425,8 +425,7 @@ class OnlineLearner:
         self.fresh = [s for s in self.train_buf if s.rec_id in fresh]
         self.users = {u: list(c) for u, c in state.get("users", {}).items()}
         if "evidence" in state:
-            self.evidence = ItemEvidence.from_state(state["evidence"])
-            self.evidence.half_life_s = self.cfg.attraction_half_life_s
+            self.evidence = ItemEvidence.from_state(state["evidence"], self.cfg.attraction_half_life_s)
         else:  # a checkpoint from before the evidence was kept: its buffer is what there is
             self.evidence.add(self.train_buf)
         log.info("restored checkpoint %s: watermark %s, %d open slates", self._ckpt, self.joiner.watermark,

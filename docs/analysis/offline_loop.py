@@ -221,8 +221,8 @@ def main() -> None:
         fitted = {"examination": [round(float(x), 3) for x in last_exam[0]],
                   "offset_appeal_corr": float(np.corrcoef([offsets[i] for i in items],
                                                           world.item_appeal[[world.row[i] for i in items]])[0, 1])}
-    print(json.dumps({"policy": a.policy, "pool": a.pool, "score": a.score, **fitted, "weight": a.weight, "evidence": a.evidence,
-                      "seed": a.seed, "ctr": ctr,
+    print(json.dumps({"policy": a.policy, "pool": a.pool, "score": a.score, **fitted, "weight": a.weight,
+                      "evidence": a.evidence, "seed": a.seed, "ctr": ctr,
                       "online_vs_frozen": ctr["online"] / ctr["frozen"] - 1.0, "expected_reward": exp,
                       "online_vs_frozen_expected": exp["online"] / exp["frozen"] - 1.0,
                       "top3_appeal": {arm: v[0] / max(shown[arm][0], 1) for arm, v in top3.items()},
