@@ -66,9 +66,11 @@ class ItemEvidence:
     (`docs/analysis/offline_loop.py`), keeping all the evidence instead raised the offsets' correlation
     with the hidden appeal from 0.40-0.48 to 0.44-0.58 (lower in one world) and the online arm's expected
     reward per slate in every world, by 0.007 to 0.021; live, over eight worlds, the online arm's lift went
-    from +15.4% to +19.1%, with overlapping intervals (BENCHMARKS.md, "More evidence per item"). The counts are kept per rank because the
-    examination of a rank is re-estimated as the logs grow; the memory is items x ranks, whatever the
-    traffic: items whose counts faded away are dropped, and at most `MAX_ITEMS` are kept.
+    from +15.4% to +19.1%, with overlapping intervals (BENCHMARKS.md, "More evidence per item").
+
+    The counts are kept per rank because the examination of a rank is re-estimated as the logs grow; the
+    memory is items x ranks, whatever the traffic: items whose counts faded away are dropped, and at most
+    `MAX_ITEMS` are kept.
 
     >>> from types import SimpleNamespace as S
     >>> ev = ItemEvidence(half_life_s=60.0)
