@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from streamrec.loop import ClosedLoop, LiveStats, Service, metric_sum, metrics
+from streamrec.loop import ClosedLoop, LiveStats, Service, metric_sum, metrics, wait_drained
 from streamrec.settings import Settings
 
 console = Console()
@@ -63,14 +63,15 @@ def _arm_rows(sim) -> list[tuple[str, int, float, float, float]]:
 
 
 def _view(sim, stats: LiveStats, services: dict[str, Service], seconds: float,
-          last: dict[str, dict[str, float]]) -> Group:
-    elapsed = time.monotonic() - stats.started
+          last: dict[str, dict[str, float]], final: bool = False) -> Group:
+    elapsed = min(time.monotonic() - stats.started, seconds)
     # A service busy past the scrape's 1 s timeout (the trainer, mid-fine-tune on 2 cores) shows its last
     # figures, not zeros.
     for name in ("worker", "scorer", "learner"):
         last[name] = metrics(services[name].port) or last.get(name, {})
     wm, sm, lm = last["worker"], last["scorer"], last["learner"]
-    table = Table(title=f"streamrec demo — {elapsed:4.0f} / {seconds:.0f} s", expand=True)
+    when = f"finished: {seconds:.0f} s of traffic" if final else f"{elapsed:4.0f} / {seconds:.0f} s"
+    table = Table(title=f"streamrec demo — {when}", expand=True)
     table.add_column("what")
     table.add_column("value")
     events = sim.stats.get("events", 0) + sim.stats.get("interactions", 0)
@@ -138,7 +139,7 @@ def cmd_demo(args) -> int:
                   f"[bold]{settings.topic_prefix}[/]; logs in {logdir}")
     code = 0
     try:
-        loop.start_services(args.seed)
+        loop.start_services(args.seed, args.pretrain_steps)
         loop.start_traffic(_careless_app)
         scraped: dict[str, dict[str, float]] = {}
         with Live(_view(loop.sim, loop.stats, loop.services, args.seconds, scraped), console=console,
@@ -146,6 +147,14 @@ def cmd_demo(args) -> int:
             while loop.running:
                 time.sleep(0.5)
                 live.update(_view(loop.sim, loop.stats, loop.services, args.seconds, scraped))
+            # The last frame counts what the worker finished, not what it was still reading: the traffic stops,
+            # then the worker drains (every malformed event sent reaches the dead-letter topic).
+            loop.stop_traffic()
+            dead = "streamrec_worker_events_dead_lettered_total"
+            if not wait_drained(loop.services["worker"].port,
+                                lambda worker: metric_sum(worker, dead) >= loop.stats.bad_sent):
+                console.print("[yellow]the worker had not drained 20 s after the traffic stopped[/]")
+            live.update(_view(loop.sim, loop.stats, loop.services, args.seconds, scraped, final=True))
     except KeyboardInterrupt:
         console.print("interrupted; stopping")
     except RuntimeError as exc:
@@ -172,4 +181,7 @@ def register(sub) -> None:
     p.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
     p.add_argument("--rate", type=float, default=60, help="events per second the users publish at most (default 60)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated world")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="training steps of the initial sequence model (default that of `streamrec bench online`); "
+                        "fewer start sooner with a weaker frozen arm")
     p.set_defaults(func=cmd_demo)

@@ -7,7 +7,8 @@ A/B arms) and the online trainer as child processes, then drives them with
 the simulated population (`streamrec.simulator`) through Kafka only, while a
 reader thread times every recommendation from its event's publish time.
 Callers add their own view (the demo's table, the soak's sampler) and stop it
-all with `ClosedLoop.stop`, which also stops the services cleanly.
+all with `ClosedLoop.stop`, which also stops the services cleanly; `stop_traffic`
+and `wait_drained` first let a view show what the worker finished.
 """
 
 from __future__ import annotations
@@ -101,6 +102,24 @@ def stop_service(svc: Service) -> int:
         except subprocess.TimeoutExpired:
             svc.proc.kill()
     return svc.proc.wait()
+
+
+def wait_drained(port: int, done: Callable[[dict[str, float]], bool] = lambda worker: True, timeout: float = 20.0,
+                 quiet_s: float = 1.5) -> bool:
+    """Once nothing more is sent: wait until the worker answering on ``port`` has read it all (its count of
+    records read stood still for ``quiet_s``) and ``done(its metrics)`` holds; False when ``timeout`` passed
+    first."""
+    deadline = time.monotonic() + timeout
+    last, still_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        worker = metrics(port)
+        read = metric_sum(worker, "streamrec_worker_events_in_total") if worker else None
+        if read != last:
+            last, still_since = read, time.monotonic()
+        elif read is not None and time.monotonic() - still_since >= quiet_s and done(worker):
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def recommendation_reader(settings: Settings, stats: LiveStats, stop: threading.Event) -> None:
@@ -198,11 +217,15 @@ class ClosedLoop:
         """The simulation has not finished yet."""
         return self._sim_thread is not None and self._sim_thread.is_alive()
 
-    def stop(self) -> dict[str, int]:
-        """Stop the simulator and the threads, then the services (SIGTERM); their exit codes."""
+    def stop_traffic(self) -> None:
+        """Stop the simulator and the traffic threads (each flushes what it sent); the services keep running."""
         self._stop.set()
         self.sim.stop()
         for t in [*self._threads, *([self._sim_thread] if self._sim_thread else [])]:
             t.join(10)
+
+    def stop(self) -> dict[str, int]:
+        """Stop the traffic, then the services (SIGTERM); their exit codes."""
+        self.stop_traffic()
         return {name: stop_service(self.services[name]) for name in ("scorer", "learner", "worker")
                 if name in self.services}

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ from rich.table import Table
 
 from streamrec.loop import ClosedLoop, metric_sum, metrics
 from streamrec.settings import Settings
+from streamrec.stream.bench import _free_port
 from streamrec.stream.keys import glob_escape
 
 console = Console()
@@ -148,12 +148,6 @@ def summarise(samples: list[dict]) -> dict[str, dict]:
 # --------------------------------------------------------------------------- #
 # Measuring
 # --------------------------------------------------------------------------- #
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def spare_db_url(url: str) -> str | None:
     """The same Redis server, on its highest-numbered empty database (None when there is none).
 

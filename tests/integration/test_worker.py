@@ -136,6 +136,29 @@ def test_two_workers_share_partitions_and_one_takes_over(fresh_settings, redis, 
     check_counters(redis, Keys(s.redis_prefix), exp)
 
 
+def test_wait_drained_returns_once_the_worker_has_read_everything_sent(fresh_settings, redis):
+    """What the demo's last frame waits for: a count of records read that stands still, then the counters are
+    final (every record read, every bad one dead-lettered), not a snapshot of a worker still reading."""
+    from streamrec.loop import metric_sum, metrics, wait_drained
+
+    s = fresh_settings
+    records = list(synthetic_stream(3000, users=100, items=200, seed=7))
+    dead = sum(reference(records).dead.values())
+    assert dead > 0
+    port = free_port()
+    proc = start_worker(s, port=port)
+    try:
+        publish(s, records)
+        # (read > 0: a worker that has not fetched yet stands still too)
+        assert wait_drained(port, lambda worker: metric_sum(worker, "streamrec_worker_events_in_total") > 0,
+                            timeout=120)
+        final = metrics(port)
+        assert metric_sum(final, "streamrec_worker_events_in_total") == len(records)
+        assert metric_sum(final, "streamrec_worker_events_dead_lettered_total") == dead
+    finally:
+        assert stop_worker(proc) == 0
+
+
 def test_catalog_updates_removals_and_bad_records(fresh_settings, redis):
     from confluent_kafka import Producer
 
