@@ -126,8 +126,10 @@ def cmd_demo(args) -> int:
     from streamrec.simulator import SimConfig
 
     sys.setswitchinterval(0.0005)  # the simulator, the readers and the live view share the GIL
+    from streamrec.trainer.online_cli import world_of
+
     cfg = SimConfig(users=args.users, items=300, seed=args.seed, rate=args.rate, seconds=args.seconds,
-                    bucket_s=max(args.seconds / 12, 5))
+                    bucket_s=max(args.seconds / 12, 5), **world_of(args))
     loop = ClosedLoop(args.settings, cfg, kind="demo", console=console)
     settings, logdir = loop.settings, loop.logdir
     try:
@@ -172,6 +174,8 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
+    from streamrec.trainer.online_cli import add_world_args
+
     p = sub.add_parser("demo", help="run the whole product locally, closed loop, and show it live",
                        description="Starts the local stack, trains and publishes initial models, runs the worker, "
                                    "the scorer (three A/B arms) and the online trainer, and a simulated user "
@@ -181,6 +185,7 @@ def register(sub) -> None:
     p.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
     p.add_argument("--rate", type=float, default=60, help="events per second the users publish at most (default 60)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated world")
+    add_world_args(p)  # the world of `streamrec bench online`
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="training steps of the initial sequence model (default that of `streamrec bench online`); "
                         "fewer start sooner with a weaker frozen arm")

@@ -320,6 +320,8 @@ def pooled(summaries: dict[str, dict]) -> dict:
 
 
 def cmd_bench_online(args) -> int:
+    from streamrec.trainer.online_cli import world_of
+
     salts = args.salt.split(",")
     bad = [x for x in salts if not 0 < len(x.encode()) <= 16]
     if bad or len(set(salts)) != len(salts):
@@ -343,9 +345,7 @@ def cmd_bench_online(args) -> int:
                            bots=args.bots, exploration=args.exploration, epsilon=args.epsilon, salt=salt,
                            log=lambda m: print(m, file=sys.stderr),
                            learner_args=tuple(shlex.split(args.learner_args)),
-                           world={"drift": args.drift, "new_item_every_s": args.new_item_every_s,
-                                  "retire_oldest": args.retire_oldest, "appeal": args.appeal,
-                                  "attraction_bias": args.attraction_bias})
+                           world=world_of(args))
         key = salt if len(seeds) == 1 else f"seed{seed}" if len(salts) == 1 else f"seed{seed}-{salt}"
         name = "online" if len(runs) == 1 else f"online-{key}"
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))

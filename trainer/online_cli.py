@@ -102,6 +102,39 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
+# The world `streamrec bench online` and `streamrec demo` simulate unless told otherwise: items that sell
+# better or worse when shown by a hidden appeal no browsing log reveals, and about one slate in three clicked.
+# (`SimConfig`'s own intercept clicks more than half of all slates: most slates are clicked whatever they
+# hold, which leaves a learner little to show.) BENCHMARKS.md measures the online trainer in this world.
+BENCH_WORLD = {"attraction_bias": -3.5, "appeal": 0.75}
+
+
+def add_world_args(p) -> None:
+    """The simulated world's flags, shared by `streamrec bench online` and `streamrec demo`; `world_of` reads
+    them back as `SimConfig` fields."""
+    from streamrec.simulator import SimConfig
+
+    p.add_argument("--drift", type=float, default=SimConfig.drift,
+                   help=f"std of a user's taste step per session (default {SimConfig.drift})")
+    p.add_argument("--new-item-every-s", type=float, default=SimConfig.new_item_every_s,
+                   help=f"a new item joins the catalog this often, 0: never (default {SimConfig.new_item_every_s})")
+    p.add_argument("--appeal", type=float, default=BENCH_WORLD["appeal"],
+                   help="std of each item's hidden click appeal, unseen in organic browsing "
+                        f"(default {BENCH_WORLD['appeal']})")
+    p.add_argument("--attraction-bias", type=float, default=BENCH_WORLD["attraction_bias"],
+                   help="intercept of the hidden click logit: lower, fewer clicks per slate (default "
+                        f"{BENCH_WORLD['attraction_bias']}: about a third of the slates clicked; "
+                        f"{SimConfig.attraction_bias}: more than half)")
+    p.add_argument("--retire-oldest", action="store_true",
+                   help="catalog turnover: each new item retires the oldest one (tombstone; default off)")
+
+
+def world_of(args) -> dict:
+    """The `SimConfig` fields that `add_world_args`' flags set."""
+    return {"drift": args.drift, "new_item_every_s": args.new_item_every_s, "retire_oldest": args.retire_oldest,
+            "appeal": args.appeal, "attraction_bias": args.attraction_bias}
+
+
 def cmd_bench_online(args) -> int:
     from streamrec.trainer.online_bench import cmd_bench_online as run
 
@@ -130,18 +163,7 @@ def register_bench(bench) -> None:
     p.add_argument("--exploration", choices=["off", "epsilon", "softmax"], default="off",
                    help="the scorer's exploration in every arm (default off); logged propensities feed the IPS terms")
     p.add_argument("--epsilon", type=float, default=0.1, help="with --exploration epsilon (default 0.1)")
-    # online lift: how fast the simulated world changes (the same for every arm), and the learner's knobs
-    p.add_argument("--drift", type=float, default=SimConfig.drift,
-                   help=f"std of a user's taste step per session (default {SimConfig.drift})")
-    p.add_argument("--new-item-every-s", type=float, default=SimConfig.new_item_every_s,
-                   help=f"a new item joins the catalog this often, 0: never (default {SimConfig.new_item_every_s})")
-    p.add_argument("--appeal", type=float, default=SimConfig.appeal,
-                   help=f"std of each item's hidden click appeal, unseen in organic browsing (default {SimConfig.appeal})")
-    p.add_argument("--attraction-bias", type=float, default=SimConfig.attraction_bias,
-                   help=f"intercept of the hidden click logit: lower, fewer clicks per slate "
-                        f"(default {SimConfig.attraction_bias})")
-    p.add_argument("--retire-oldest", action="store_true",
-                   help="catalog turnover: each new item retires the oldest one (tombstone; default off)")
+    add_world_args(p)
     p.add_argument("--learner-args", default="",
                    help="extra `streamrec learn` flags for the learner, e.g. \"--lr 0.01\"; a single flag "
                         "needs '=': --learner-args=--dry-run (default none)")
