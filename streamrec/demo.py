@@ -124,10 +124,9 @@ def _plot(report: dict, path: Path) -> None:
 def cmd_demo(args) -> int:
     from streamrec.deploy.localstack import StackError
     from streamrec.simulator import SimConfig
-
-    sys.setswitchinterval(0.0005)  # the simulator, the readers and the live view share the GIL
     from streamrec.trainer.online_cli import world_of
 
+    sys.setswitchinterval(0.0005)  # the simulator, the readers and the live view share the GIL
     cfg = SimConfig(users=args.users, items=300, seed=args.seed, rate=args.rate, seconds=args.seconds,
                     bucket_s=max(args.seconds / 12, 5), **world_of(args))
     loop = ClosedLoop(args.settings, cfg, kind="demo", console=console)

@@ -31,3 +31,20 @@ def test_a_bad_impressions_mode_is_refused_with_the_flag_named():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "--impressions: 'sometimes'; use auto, required or ignored" in out.stderr
+
+
+def test_the_demo_and_the_bench_simulate_the_same_world_and_its_flags_change_it():
+    from streamrec.simulator import SimConfig
+    from streamrec.trainer.online_cli import BENCH_WORLD, world_of
+
+    p = build_parser()
+    demo, bench = world_of(p.parse_args(["demo"])), world_of(p.parse_args(["bench", "online"]))
+    assert demo == bench
+    assert {k: demo[k] for k in BENCH_WORLD} == BENCH_WORLD
+    assert demo["attraction_bias"] < SimConfig.attraction_bias  # fewer clicks than the simulator's own world
+    assert SimConfig(**demo).appeal == BENCH_WORLD["appeal"]  # every key is a SimConfig field
+    flags = ["--attraction-bias", "-1.5", "--appeal", "1", "--drift", "0.1", "--new-item-every-s", "0",
+             "--retire-oldest"]
+    for argv in (["demo", *flags], ["bench", "online", *flags]):
+        assert world_of(p.parse_args(argv)) == {"attraction_bias": -1.5, "appeal": 1.0, "drift": 0.1,
+                                                "new_item_every_s": 0.0, "retire_oldest": True}
