@@ -355,9 +355,12 @@ class OnlineLearner:
         return self.gate_and_publish()
 
     def replay(self, name: str) -> None:
-        """Fine-tune a fresh candidate (a copy of the live model) on the whole recent training buffer."""
+        """Fine-tune a fresh candidate (a copy of the live model) on the newest ``replay_slates`` training
+        slates. Bounded: the whole 8,000-slate buffer took the training thread 30 to 60 s on 2 cores, and no
+        fresh attraction reached the scorer meanwhile."""
         with self._lock:
-            buf = list(self.train_buf)
+            buf = list(self.train_buf)[-self.cfg.replay_slates:] if self.cfg.replay_slates > 0 else []
+        t0 = time.perf_counter()
         rng = np.random.default_rng(len(buf))
         for _ in range(self.cfg.replay_epochs):
             order = rng.permutation(len(buf))
@@ -365,6 +368,8 @@ class OnlineLearner:
                 if self._stop.is_set():
                     return
                 self.models.train([buf[i] for i in order[start:start + self.cfg.batch]], only=name)
+        log.info("candidate %s restarted from the live model and replayed %d slates in %.1f s", name, len(buf),
+                 time.perf_counter() - t0)
 
     def gate_and_publish(self) -> list[dict]:
         with self._lock:
@@ -398,11 +403,16 @@ class OnlineLearner:
 
     # -- checkpoint ----------------------------------------------------------------------------- #
     def checkpoint(self) -> None:
-        """Write joiner state, offsets and buffers atomically (called between poll batches)."""
+        """Write joiner state, offsets and buffers atomically (called between poll batches).
+
+        Only the joining thread, which calls this, changes what is written; the lock only cuts the buffers
+        consistently against the training thread, which takes ``fresh``. The slates go to the encoder as they
+        are: msgspec encodes the dataclasses directly in a fifth of the time that converting them to lists and
+        dicts first took (0.25 s against 1.4 s for full buffers, every 5 s, on the shared 2-core machine).
+        """
         with self._lock:
-            state = {"offsets": self.offsets, "joiner": self.joiner.state(), "counts": dict(self.counts),
-                     "train": msgspec.to_builtins(list(self.train_buf)),
-                     "holdout": msgspec.to_builtins(list(self.holdout)),
+            state = {"offsets": dict(self.offsets), "joiner": self.joiner.state(), "counts": dict(self.counts),
+                     "train": list(self.train_buf), "holdout": list(self.holdout),
                      "fresh": [s.rec_id for s in self.fresh], "users": self.users,
                      "evidence": self.evidence.state()}
         self._ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,10 @@ class LearnerConfig:
     epochs_per_round: int = 2
     """Passes over the fresh slates at each training round."""
     replay_epochs: int = 2
-    """After a rejection the candidate restarts from the live model and replays the training buffer this often."""
+    """After a rejection the candidate restarts from the live model and replays recent training slates this
+    often..."""
+    replay_slates: int = 2000
+    """...the newest this many (0: none), so that a rejection costs seconds, not a pass over the buffer."""
     impressions: str = _DEFAULTS.learner_impressions
     """auto, required or ignored: which slates count as shown (see `Settings.learner_impressions`)."""
     bot_slate_share: float = 0.5

@@ -6,6 +6,7 @@ Honest users click the first shown item of their hidden category; a bot clicks e
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import msgspec
 import numpy as np
@@ -170,6 +171,31 @@ def test_checkpoint_restores_buffers_and_join_state(learner, tmp_path):
     assert again.offsets == {"t:0": 42} and "open1" in again.joiner.open
     assert [s.rec_id for s in again.train_buf] == [s.rec_id for s in learner.train_buf]
     assert len(again.holdout) == len(learner.holdout)
+    # Whole slates (rewards, features as served), not only their ids, encoded straight from the dataclasses.
+    assert list(again.train_buf) == list(learner.train_buf) and list(again.holdout) == list(learner.holdout)
+
+
+def test_a_rejected_candidate_restarts_from_the_live_model_and_replays_only_the_newest_slates(learner):
+    learner.cfg = dataclasses.replace(learner.cfg, replay_slates=100, replay_epochs=1)
+    learner._accept(slates(600, seed=1))
+    models, trained = learner.models, []
+    train = models.train
+    models.train = lambda batch, only=None: (trained.extend(s.rec_id for s in batch), train(batch, only=only))
+    with torch.no_grad():  # a candidate that drifted, as a rejected one has
+        for p in models.cand["ranker"].parameters():
+            p.add_(torch.randn_like(p))
+    models.reject("ranker")
+    learner.replay("ranker")
+    assert sorted(trained) == sorted(s.rec_id for s in list(learner.train_buf)[-100:])
+    live, cand = models.live["ranker"].state_dict(), models.cand["ranker"].state_dict()
+    assert any(not torch.equal(live[k], cand[k]) for k in live)  # it trained from the live model...
+    drifted = max((cand[k] - live[k]).abs().max().item() for k in live if live[k].is_floating_point())
+    assert drifted < 0.5  # ...not from the drifted candidate (a step of about 1 everywhere)
+    trained.clear()
+    learner.cfg = dataclasses.replace(learner.cfg, replay_slates=0)
+    models.reject("ranker")
+    learner.replay("ranker")
+    assert trained == [] and all(torch.equal(v, models.cand["ranker"].state_dict()[k]) for k, v in live.items())
 
 
 def learner_with_item_bias(tmp_path, **cfg) -> OnlineLearner:
