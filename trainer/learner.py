@@ -356,8 +356,8 @@ class OnlineLearner:
 
     def replay(self, name: str) -> None:
         """Fine-tune a fresh candidate (a copy of the live model) on the newest ``replay_slates`` training
-        slates. Bounded: the whole 8,000-slate buffer takes 12 s of one idle core for both models (four times as
-        long on the loaded bench), and no fresh attraction reaches the scorer meanwhile."""
+        slates. Bounded: the whole 8,000-slate buffer takes 12 s of one idle core for both models; on the loaded
+        2-core bench nothing was published for up to 2 minutes after a rejection, fresh attraction included."""
         with self._lock:
             buf = list(self.train_buf)[-self.cfg.replay_slates:] if self.cfg.replay_slates > 0 else []
         t0 = time.perf_counter()
