@@ -148,18 +148,20 @@ def register_bench(bench) -> None:
     p = bench.add_parser("online", help="closed loop: simulated users vs popularity, frozen and online-learning "
                                         "arms (the scorer's A/B variants); true reward per arm and its share of "
                                         "the best slates the hidden model allows, JSON and PNG")
-    p.add_argument("--seconds", type=float, default=240.0, help="length of the simulation (default 240)")
-    p.add_argument("--warmup-s", type=float, default=60.0, help="left out of the summary (default 60)")
+    # 480 s: the items' click counts keep growing for longer than 240 s, and BENCHMARKS.md's target
+    # figures were measured at this length.
+    p.add_argument("--seconds", type=float, default=480.0, help="length of the simulation (default 480)")
+    p.add_argument("--warmup-s", type=float, default=120.0, help="left out of the summary (default 120)")
     p.add_argument("--users", type=int, default=300, help="simulated users (default 300)")
     p.add_argument("--rate", type=float, default=60.0, help="events/s the population publishes at most (default 60)")
     p.add_argument("--bots", type=int, default=0, help="extra users that click everything (poisoned stream)")
     p.add_argument("--seed", default="0",
                    help="seed of the simulated world (tastes, appeal, users, the initial models). Several, "
                         "comma-separated (0,1,2,3): one run per world, pooled like several salts (default 0)")
-    p.add_argument("--salt", default="ab1",
+    p.add_argument("--salt", default="s2",
                    help="salt of the user -> arm hash; another salt puts other users in each arm. Several, "
                         "comma-separated (s1,s2,s3): one run each, then the arms pooled over the splits "
-                        "(default ab1)")
+                        "(default s2; the scorer's own default, ab1, happens to favour the online arm)")
     p.add_argument("--exploration", choices=["off", "epsilon", "softmax"], default="off",
                    help="the scorer's exploration in every arm (default off); logged propensities feed the IPS terms")
     p.add_argument("--epsilon", type=float, default=0.1, help="with --exploration epsilon (default 0.1)")
