@@ -15,6 +15,11 @@ Three measurements:
    the answering recommendation is read back from `recommendations`. With
    ``--with-worker``, also events at the same rate through a real worker:
    event time -> recommendation, the whole path an app sees.
+4. swaps: with ``--swaps N`` (default 5), another ``--swap-seconds`` at the same
+   rate while N fresh versions of both models are announced at even intervals;
+   latency of the requests sent while a version loads and swaps in (and 1 s
+   after) against the others of the same run, plus any request failed,
+   degraded or unanswered: DESIGN's swap target.
 
 Models are the current versions of ``sasrec`` and ``ranker`` in
 ``--registry`` (default STREAMREC_REGISTRY_URI), announced on the benchmark's
@@ -29,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -39,6 +45,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 from rich.console import Console
 
+from streamrec.registry import Announcement, Registry
 from streamrec.serving.bench_core import announcements, bench_config, core
 from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
@@ -147,12 +154,124 @@ def _producer(s: Settings) -> Producer:
                      "partitioner": "murmur2_random", **topics.kafka_security(s)})
 
 
+def _paced(producer: Producer, topic: str, rate: int, total: int, request, first: int = 0, on_tick=None) -> None:
+    """Produce ``total`` score requests at ``rate`` per second (``request(k)`` -> key, value), numbered from
+    ``first``; ``on_tick(k)`` runs every 500 requests."""
+    t0 = time.perf_counter()
+    for k in range(total):
+        due = t0 + k / rate
+        while (wait := due - time.perf_counter()) > 0:
+            producer.poll(min(wait, 0.002))
+        key, value = request(first + k)
+        producer.produce(topic, value, key=key)
+        if on_tick and k % 500 == 0:
+            on_tick(k)
+    producer.flush(30)
+
+
+def fresh_versions(registry_uri: str, anns: list[Announcement], copies: int, root: Path) -> list[list[Announcement]]:
+    """``copies`` new versions of each announced model in a scratch registry at ``root``: the same files under
+    new version labels, so the scorer loads, verifies and warms each one up as it would a trained version."""
+    source, scratch = Registry(registry_uri), Registry(root)
+    rounds: list[list[Announcement]] = [[] for _ in range(copies)]
+    with tempfile.TemporaryDirectory(prefix="streamrec-swap-") as tmp:
+        for ann in anns:
+            meta = source.meta(ann.name, ann.version)
+            folder = Path(source.location(ann.name, ann.version)) if source.local else Path(tmp, ann.name)
+            if not source.local:
+                source.fs.get(source.location(ann.name, ann.version).rstrip("/") + "/", str(folder), recursive=True)
+            for k in range(copies):
+                version = f"{ann.version[:32]}-swap{k}"
+                scratch.publish(ann.name, {f: folder / f for f in meta.files}, kind=meta.kind, version=version,
+                                parent=ann.version, metrics=meta.metrics, signatures=meta.signatures,
+                                opset=meta.opset, hashing=meta.hashing, extra=meta.extra)
+                rounds[k].append(Announcement(name=ann.name, version=version, uri=scratch.location(ann.name, version),
+                                              sha256=scratch.digest(ann.name, version), metrics=meta.metrics))
+    return rounds
+
+
+def split_by_windows(series: list[tuple[float, float]], windows: list[tuple[float, float]]) -> tuple[list, list]:
+    """Latencies of the answers whose request was sent inside one of ``windows`` (seconds, the reader's clock)
+    and of the others. ``series`` holds (seconds at receipt, latency ms), so a request was sent at
+    receipt - latency.
+
+    >>> split_by_windows([(1.0, 100.0), (2.5, 100.0), (5.0, 10.0)], [(2.0, 3.0)])
+    ([100.0], [100.0, 10.0])
+    """
+    inside, outside = [], []
+    for received, ms in series:
+        sent = received - ms / 1000
+        (inside if any(a <= sent <= b for a, b in windows) else outside).append(ms)
+    return inside, outside
+
+
+def _percentiles(values: list[float]) -> dict:
+    v = np.array(values) if values else np.array([np.nan])
+    return {"n": len(values), **{f"p{q}_ms": round(float(np.percentile(v, q)), 1) for q in (50, 95, 99)}}
+
+
+def during_swaps(s: Settings, producer: Producer, port: int, rounds: list[list[Announcement]], rate: int,
+                 seconds: int, request, first: int) -> dict:
+    """Score requests at ``rate`` for ``seconds`` while each round of versions is announced, at even
+    intervals. A swap window runs from the announcement until the scorer's swap counter shows every model of
+    the round swapped in, plus 1 s for the requests queued meanwhile to drain."""
+    from streamrec.loop import metric_sum, metrics
+
+    def scorer(name: str) -> float:
+        return metric_sum(metrics(port), name)
+
+    before = {m: scorer(m) for m in ("streamrec_scorer_failed_requests_total", "streamrec_scorer_degraded_total",
+                                     "streamrec_scorer_refused_versions_total")}
+    reader = _Reader(s)
+    windows: list[tuple[float, float]] = []
+    loads: list[float] = []
+    stop = threading.Event()
+    topic = s.topic(topics.MODEL_VERSIONS)
+
+    def announce() -> None:
+        period = seconds / len(rounds)
+        start = time.time()
+        for k, round_ in enumerate(rounds):
+            if stop.wait(max(0.0, start + (k + 0.3) * period - time.time())):
+                return
+            swapped = scorer("streamrec_scorer_swaps_total")
+            t_ann = time.time()
+            for ann in round_:
+                producer.produce(topic, ann.encode(), key=ann.name.encode())
+            producer.flush(10)
+            while not (done := scorer("streamrec_scorer_swaps_total") >= swapped + len(round_)) \
+                    and time.time() < t_ann + 30:
+                time.sleep(0.05)
+            if done:
+                loads.append(round(time.time() - t_ann, 2))
+            # a round that never swapped in still counts as a window: its requests are not steady
+            windows.append((t_ann - reader.t0, time.time() + 1.0 - reader.t0))
+
+    thread = threading.Thread(target=announce, name="announce", daemon=True)
+    with console.status(f"swaps: {rate} requests/s for {seconds} s, {len(rounds)} rounds of new versions..."):
+        thread.start()
+        _paced(producer, s.topic(topics.SCORE_REQUESTS), rate, rate * seconds, request, first)
+        stop.set()
+        thread.join()
+        reader.wait(rate * seconds, 60)
+    reader.close()
+    inside, outside = split_by_windows(reader.series, windows)
+    during, steady = _percentiles(inside), _percentiles(outside)
+    after = {m: scorer(m) - v for m, v in before.items()}
+    return {"rate": rate, "seconds": seconds, "sent": rate * seconds, "answered": len(reader.series),
+            "rounds": len(rounds), "models_per_round": len(rounds[0]), "swapped": len(loads),
+            "announce_to_swapped_s": loads, "windows_s": [[round(a, 2), round(b, 2)] for a, b in windows],
+            "during_swaps": during, "steady": steady,
+            "p99_ratio": round(during["p99_ms"] / steady["p99_ms"], 2) if inside and outside else None,
+            "failed": after["streamrec_scorer_failed_requests_total"],
+            "degraded": after["streamrec_scorer_degraded_total"],
+            "refused_versions": after["streamrec_scorer_refused_versions_total"], "series": reader.series}
+
+
 def _summary(reader: "_Reader", rate: int, seconds: int, total: int) -> dict:
-    values = np.array([v for _, v in reader.series]) if reader.series else np.array([np.nan])
+    p = _percentiles([v for _, v in reader.series])
     return {"rate": rate, "seconds": seconds, "sent": total, "answered": len(reader.series),
-            "p50_ms": round(float(np.percentile(values, 50)), 1),
-            "p95_ms": round(float(np.percentile(values, 95)), 1),
-            "p99_ms": round(float(np.percentile(values, 99)), 1), "series": reader.series}
+            "p50_ms": p["p50_ms"], "p95_ms": p["p95_ms"], "p99_ms": p["p99_ms"], "series": reader.series}
 
 
 def _with_worker(s: Settings, rate: int, seconds: int) -> dict:
@@ -195,7 +314,7 @@ def _with_worker(s: Settings, rate: int, seconds: int) -> dict:
 
 
 def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: int, n: int, rate: int,
-                  seconds: int, with_worker: bool = False) -> dict:
+                  seconds: int, with_worker: bool = False, swaps: int = 0, swap_seconds: int = 30) -> dict:
     import psutil
 
     sys.setswitchinterval(0.0005)  # the paced producer and the reader share this process
@@ -211,7 +330,8 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
         producer.flush(10)
         with console.status("starting the scorer..."):
             from streamrec.stream.bench import _free_port
-            proc = _start_scorer(s, registry_uri, cfg, _free_port())
+            port = _free_port()
+            proc = _start_scorer(s, registry_uri, cfg, port)
         rss = psutil.Process(proc.pid)
         topic = s.topic(topics.SCORE_REQUESTS)
         rng = np.random.default_rng(0)
@@ -242,24 +362,25 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
         reader.close()
         # Latency at a fixed offered rate.
         reader = _Reader(s)
+        peak_rss = 0
+
+        def sample_rss(_k: int) -> None:
+            nonlocal peak_rss
+            peak_rss = max(peak_rss, rss.memory_info().rss)
+
         with console.status(f"latency: {rate} requests/s for {seconds} s..."):
             total = rate * seconds
-            t0 = time.perf_counter()
-            peak_rss = 0
-            for k in range(total):
-                due = t0 + k / rate
-                while (wait := due - time.perf_counter()) > 0:
-                    producer.poll(min(wait, 0.002))
-                key, value = request(n + k)
-                producer.produce(topic, value, key=key)
-                if k % 500 == 0:
-                    peak_rss = max(peak_rss, rss.memory_info().rss)
-            producer.flush(30)
+            _paced(producer, topic, rate, total, request, n, sample_rss)
             reader.wait(total, 60)
         lat = _summary(reader, rate, seconds, total)
         reader.close()
         result = {"throughput": thr, "latency": lat, "models": [f"{a.name}@{a.version}" for a in anns],
                   "scorer_peak_rss_mb": round(peak_rss / 2**20)}
+        if swaps and anns:
+            with tempfile.TemporaryDirectory(prefix="streamrec-swap-registry-") as scratch:
+                with console.status(f"publishing {swaps} fresh versions of each model to a scratch registry..."):
+                    rounds = fresh_versions(registry_uri, anns, swaps, Path(scratch))
+                result["swaps"] = during_swaps(s, producer, port, rounds, rate, swap_seconds, request, n + total)
         if with_worker:
             result["latency_with_worker"] = _with_worker(s, rate, seconds)
         return result
@@ -279,7 +400,21 @@ def _plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    swaps = result.get("kafka", {}).get("swaps")
+    fig, axes = plt.subplots(1, 3 if swaps else 2, figsize=(16 if swaps else 11, 4))
+    a, b = axes[0], axes[1]
+    if swaps:
+        c = axes[2]
+        series = swaps.pop("series")
+        if series:
+            t, v = zip(*series)
+            c.plot(t, v, ",", alpha=0.6)
+            c.set_yscale("log")
+        for k, (start, end) in enumerate(swaps["windows_s"]):
+            c.axvspan(start, end, color="orange", alpha=0.25, lw=0, label="loading and swapping in" if k == 0 else None)
+        c.set(title=f"during {swaps['swapped']} swaps: p99 {swaps['during_swaps']['p99_ms']} ms vs "
+                    f"{swaps['steady']['p99_ms']} ms", xlabel="s", ylabel="ms")
+        c.legend(loc="upper right")
     lat = result.get("kafka", {}).get("latency")
     if lat:
         series = lat.pop("series")
@@ -312,13 +447,22 @@ def run(args) -> int:
     if args.only in (None, "kafka"):
         cfg = bench_config(args.candidates, args.batch)
         result["kafka"] = through_kafka(s, registry_uri, cfg, args.events, args.requests, args.rate, args.seconds,
-                                        args.with_worker)
+                                        args.with_worker, args.swaps, args.swap_seconds)
         k = result["kafka"]
         lat = k["latency"]
         console.print(f"through Kafka: {k['throughput']['requests_per_s']} requests/s "
                       f"({k['throughput']['answered']}/{k['throughput']['requests']}); at {lat['rate']}/s "
                       f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
                       f"({lat['answered']}/{lat['sent']}); scorer RSS {k['scorer_peak_rss_mb']} MB")
+        if "swaps" in k:
+            w = k["swaps"]
+            console.print(f"during {w['swapped']} of {w['rounds']} swaps of {w['models_per_round']} models at "
+                          f"{w['rate']}/s: p99 {w['during_swaps']['p99_ms']} ms against {w['steady']['p99_ms']} ms "
+                          f"steady (x{w['p99_ratio']}); announce -> swapped {w['announce_to_swapped_s']} s; "
+                          f"{w['answered']}/{w['sent']} answered, {w['failed']:.0f} failed, {w['degraded']:.0f} "
+                          f"degraded, {w['refused_versions']:.0f} versions refused")
+        elif args.swaps:
+            console.print("swaps: skipped, the registry has no models to swap")
         if "latency_with_worker" in k:
             w = k["latency_with_worker"]
             console.print(f"event -> recommendation through the worker at {w['rate']}/s: p50 {w['p50_ms']} ms, "

@@ -53,6 +53,10 @@ def register_bench(bench) -> None:
     p.add_argument("--rate", type=int, default=500, help="offered requests/s for the latency run (default 500)")
     p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
     p.add_argument("--events", type=int, default=50_000, help="events applied to Redis first (default 50000)")
+    p.add_argument("--swaps", type=int, default=5,
+                   help="rounds of fresh versions of both models announced during a second latency run; "
+                        "0: no swap run (default 5)")
+    p.add_argument("--swap-seconds", type=int, default=30, help="length of the swap run (default 30)")
     p.add_argument("--with-worker", action="store_true",
                    help="also measure event -> recommendation with a real worker in front (same rate)")
     p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")
