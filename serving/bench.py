@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
-from rich.console import Console
 
+from streamrec.console import make_console
 from streamrec.registry import Announcement, Registry
 from streamrec.serving.bench_core import announcements, bench_config, core
 from streamrec.serving.config import ScorerConfig
@@ -53,7 +53,7 @@ from streamrec.stream import topics
 from streamrec.stream.schemas import ScoreRequest, encode
 from streamrec.stream.bench import drop_namespace, fresh_namespace
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 # --------------------------------------------------------------------------- through Kafka

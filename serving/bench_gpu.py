@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
-console = Console(stderr=True)
+from streamrec.console import make_console
+
+console = make_console(stderr=True)
 ATOL = 1e-4
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from rich.console import Console
+from streamrec.console import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def cmd_serve(args) -> int:

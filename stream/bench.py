@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
-from rich.console import Console
 
+from streamrec.console import make_console
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream.synthetic import synthetic_stream
 from streamrec.stream.topics import create_topics, delete_topics
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def add_arguments(p) -> None:

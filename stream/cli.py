@@ -6,9 +6,9 @@ import json
 import logging
 import time
 
-from rich.console import Console
+from streamrec.console import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def cmd_worker(args) -> int:

@@ -12,12 +12,12 @@ import importlib
 import json
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
+from streamrec.console import make_console
 from streamrec.settings import Settings, SettingsError, field_docs
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 # Packages whose cli module registers subcommands; a package whose optional
 # dependencies are missing (torch in the serving image) is skipped quietly.
 SUBCOMMAND_MODULES = ("streamrec.stream.cli", "streamrec.serving.cli", "streamrec.trainer.cli",
@@ -44,7 +44,7 @@ def cmd_config(args) -> int:
         table.add_column(col)
     for name, value in shown.items():
         table.add_row(name, repr(value), defaults[name])  # shown as the defaults are (ints, bools, strings)
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 
@@ -90,7 +90,7 @@ def cmd_status(args) -> int:
     for s in states:
         table.add_row(s.name, f"[{colour.get(s.state, 'white')}]{s.state}[/]", str(s.port),
                       str(s.pid or "-"), str(s.log))
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 
@@ -111,7 +111,7 @@ def cmd_topics(args) -> int:
     for i in infos:
         table.add_row(i.name, str(i.partitions), str(i.replication),
                       ", ".join(f"{k}={v}" for k, v in sorted(i.configs.items())))
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 

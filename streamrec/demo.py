@@ -24,15 +24,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console, Group
+from rich.console import Group
+
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from streamrec.console import make_console
 from streamrec.loop import ClosedLoop, LiveStats, Service, metric_sum, metrics, wait_drained
 from streamrec.settings import Settings
 
-console = Console()
+console = make_console()
 
 
 def _careless_app(settings: Settings, stats: LiveStats, stop: threading.Event) -> None:

@@ -51,16 +51,17 @@ from pathlib import Path
 from typing import Callable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from rich.console import Console
+
 from rich.table import Table
 
+from streamrec.console import make_console
 from streamrec.loop import Service, start_service, stop_service, wait_up
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
 from streamrec.stream.keys import Keys
 from streamrec.stream.synthetic import Record, synthetic_stream
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 DEFAULT_EVENTS = Settings().fault_events  # 50,000, as the issue asks
 DEFAULT_RATE = 2_000
 """Events/s the SDK offers: under the worker's ~4,400/s and the scorer's ~2,600/s, so a case
@@ -1052,7 +1053,7 @@ def cmd_bench_faults(args) -> int:
                 results.append(r)
         finally:
             stack.down()
-    Console(width=200).print(table(results))
+    make_console(width=200).print(table(results))
     path = out / f"faults-{stamp}.json"
     path.write_text(json.dumps({"events": args.events, "rate": args.rate, "cases": [r.as_dict() for r in results]},
                                indent=2))

@@ -28,6 +28,7 @@ from typing import Callable
 
 from rich.console import Console
 
+from streamrec.console import make_console
 from streamrec.settings import Settings
 
 
@@ -147,7 +148,7 @@ class ClosedLoop:
         from streamrec.simulator import Simulation
 
         self.base, self.cfg, self.kind, self.learner_flags = base, cfg, kind, tuple(learner_flags)
-        self.console = console or Console()
+        self.console = console or make_console()
         self.run_id = uuid.uuid4().hex[:6]
         self.logdir = base.home_path / kind / self.run_id
         self.logdir.mkdir(parents=True, exist_ok=True)

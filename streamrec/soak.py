@@ -45,17 +45,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console, Group
+from rich.console import Group
+
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from streamrec.console import make_console
 from streamrec.loop import ClosedLoop, metric_sum, metrics
 from streamrec.settings import Settings
 from streamrec.stream.bench import _free_port
 from streamrec.stream.keys import glob_escape
 
-console = Console()
+console = make_console()
 
 # Measures judged for boundedness: (relative tolerance, absolute tolerance = the measure's noise floor).
 TOLERANCES: dict[str, tuple[float, float]] = {

@@ -17,11 +17,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from rich.console import Console
-
+from streamrec.console import make_console
 from streamrec.trainer.cli import positive_int
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 _BATCH = positive_int("rows per batch", "--seq-batch 256 --ranker-batch 4096")
 
 
@@ -220,7 +219,7 @@ def cmd_bench_explain(args) -> int:
     for r in result["rows"]:
         table.add_row(str(r["requests"]), f"{r['rank_rows']:,}", f"{r['rank_best_ms']:.2f} / {r['rank_median_ms']:.2f}",
                       f"{r['explain_rows']:,}", f"{r['explain_best_ms']:.2f} / {r['explain_median_ms']:.2f}")
-    Console().print(table)
+    make_console().print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-explain.json").write_text(json.dumps(result, indent=2))

@@ -14,9 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import msgspec
-from rich.console import Console
+
 from rich.table import Table
 
+from streamrec.console import make_console
 from streamrec.registry import Registry, RegistryError
 
 # Without torch (the serving image) these commands cannot run: raising
@@ -25,8 +26,8 @@ from streamrec.registry import Registry, RegistryError
 if importlib.util.find_spec("torch") is None:
     raise ImportError("the trainer commands need torch: pip install 'streamrec[trainer]'", name="torch")
 
-console = Console(stderr=True)
-out = Console()
+console = make_console(stderr=True)
+out = make_console()
 
 
 # --------------------------------------------------------------------------- #
@@ -148,8 +149,8 @@ def loo_table(rows: dict[str, dict[str, float]], ks: list[int], title: str) -> T
 
 def print_wide(table: Table) -> None:
     """Print a table at its natural width (never cut to an 80-column pipe: the numbers are the point)."""
-    natural = Console(width=1000).measure(table).maximum
-    Console(width=max(out.width, natural)).print(table)
+    natural = make_console(width=1000).measure(table).maximum
+    make_console(width=max(out.width, natural)).print(table)
 
 
 def metrics_table(trained) -> Table:

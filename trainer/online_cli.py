@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+
+from streamrec.console import make_console
 from dataclasses import fields
 from pathlib import Path
 
-from rich.console import Console
-
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def _add_dataclass_args(p, cls, skip=(), only_when_given: bool = False) -> None:

@@ -15,14 +15,14 @@ import uuid
 from datetime import datetime, timezone
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from rich.console import Console
 
+from streamrec.console import make_console
 from streamrec.settings import Settings
 from streamrec.stream.schemas import EventError, decode_event
 from streamrec.stream.topics import EVENTS, kafka_security
 from streamrec.trainer.data import DataError, Interactions
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def parse_time(value: str | int | None, default: int) -> int:

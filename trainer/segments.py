@@ -676,9 +676,9 @@ def run_once(args, console) -> dict:
 
 def cmd_segments(args) -> int:
     """Segment once, or every ``--every`` until SIGTERM/SIGINT."""
-    from rich.console import Console
+    from streamrec.console import make_console
 
-    console, out = Console(stderr=True), Console()
+    console, out = make_console(stderr=True), make_console()
     args.k = args.k or args.settings.segments_k
     args.model = args.model or args.settings.scorer_seq_model
     try:
@@ -738,11 +738,10 @@ class SegmentService:
         self.stopping.set()
 
     def run(self, install_signals: bool = True) -> int:
-        from rich.console import Console
-
+        from streamrec.console import make_console
         from streamrec.health import HealthServer
 
-        console, out = Console(stderr=True), Console()
+        console, out = make_console(stderr=True), make_console()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
