@@ -5,17 +5,38 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# uv installs .venv from uv.lock. It is a PyPI package, so pip brings it: into .local, by version, so
+# a new UV_VERSION bootstraps itself. --target needs no venv module and is allowed by Debian's pip.
+UV_VERSION := 0.13.8
+UV_DIR := .local/uv-$(UV_VERSION)
+UV     := $(UV_DIR)/bin/uv
+EXTRAS := --extra dev --extra trainer --extra serving --extra worker
+# A new stamp, so a new install, whenever pyproject.toml or uv.lock changes.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-unit stack down clean
+.PHONY: install lock demo test test-unit stack down clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,trainer,serving,worker]'
+# pip warns when run as root and about its own age: silenced with variables, which an older pip
+# ignores (an option it does not know would fail it).
+$(UV):
+	@rm -rf $(UV_DIR)
+	PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+	  $(PYTHON) -m pip install -q --target $(UV_DIR) uv==$(UV_VERSION)
+
+# --locked: exactly uv.lock, and an error instead of a silent new resolution when pyproject.toml
+# changed without `make lock`. The project itself is installed editable (the tests import the checkout).
+# --python and no downloads: the machine's Python, never one that uv would fetch. -q hides uv's
+# warnings too: drop it to see them (the full output had none).
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync -q --locked --no-python-downloads --python $(PYTHON) $(EXTRAS)
 	@rm -f $(VENV)/.installed-*; touch $@
+
+# Upgrades uv.lock within pyproject.toml's bounds: everything, or one package (make lock PACKAGE=torch;
+# also how a dependency just added to pyproject.toml gets locked). `make install` then installs it.
+lock: | $(UV)
+	$(UV) lock $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 
 stack: install
 	$(BIN)/streamrec up --with-prometheus
