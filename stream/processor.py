@@ -160,7 +160,12 @@ class EventProcessor:
             self._failed = []
             for topic, key, value, partition, headers in pending:
                 self._produce_one(topic, key, value, partition, headers)
-            self.producer.flush(30)
+            # flush returns with outputs still queued while the broker is away: not acknowledged yet, so the
+            # batch is not done (it used to return here and let the engine commit them unacknowledged).
+            while self.producer.flush(30):
+                if self.store.stop_event.is_set():
+                    raise Stopping()
+                log.warning("outputs not acknowledged after 30 s; waiting for the broker")
             if not self._failed:
                 break
             if self.store.stop_event.is_set():

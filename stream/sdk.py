@@ -139,8 +139,16 @@ class EventPublisher:
             failures, self._failures = self._failures, []
             raise PublishError(failures)
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush (raising PublishError for anything not acknowledged), then release the producer: a producer
+        left open keeps reconnecting to its brokers for as long as the process lives."""
+        try:
+            self.flush(timeout)
+        finally:
+            if self._producer is not None:
+                producer, self._producer = self._producer, None
+                producer.purge()  # what flush could not deliver is reported already
+                producer.close()
 
     def __enter__(self) -> "EventPublisher":
         return self

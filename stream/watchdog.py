@@ -1,29 +1,35 @@
-"""A stalled consumer restarts itself in place.
+"""A stalled consumer is replaced, or its process restarts itself in place.
 
 faust-streaming's consumer can stop fetching for good after a broker outage:
 it finds the group coordinator again but never rejoins or fetches, while its
-timers keep running (seen here after a 10 s broker stop, RELIABILITY.md fault 7;
-upstream faust-streaming/faust#523, #175). Nothing inside the process can be
-trusted to recover it, so the worker watches its own progress: when records
-wait for it (on partitions it owns or, owning none, on partitions whose group
-position no member moves: it may have lost them to the outage and never
-rejoined), it has no batch in hand, and it has started no batch for
-``STREAMREC_WORKER_STALL_S`` seconds of readings, it re-executes itself. The
-restart keeps the pid (a supervisor, Kubernetes or the local scripts see one
-process that went unready for a moment) and is safe for the same reason a
-crash is: what was not acknowledged is read again, and the output ledger
-skips what was already answered.
+timers keep running (RELIABILITY.md faults 7 and 10; upstream
+faust-streaming/faust#523, #175); librdkafka's can leave its group and never
+rejoin (fault 9). Nothing inside the consumer can be trusted to recover it, so
+each service watches its own progress from a thread of its own (`ConsumerWatch`,
+never on the consumer's loop, which is what may be stuck), with Kafka clients of
+its own (`LagReader`). The faust worker then re-executes itself: the restart
+keeps the pid (a supervisor, Kubernetes or the local scripts see one process
+that went unready for a moment) and is safe for the same reason a crash is:
+what was not acknowledged is read again, and the output ledger skips what was
+already answered. The scorer and the confluent engine replace their consumer.
 
 >>> clock = iter([0.0, 30.0, 61.0, 62.0]).__next__
 >>> w = StallWatchdog(60.0, busy=lambda: False, clock=clock)   # t=0: starts watching
->>> w.stalled(lagging=True), w.stalled(lagging=True)          # t=30, t=61: 61 s lagging, no batch
-(False, True)
->>> w.stalled(lagging=False)                                   # nothing waiting: not a stall
-False
+>>> w.stall(lagging=True), w.stall(lagging=True)              # t=30, t=61: 61 s lagging, no batch
+(None, 'records waited 61 s and no batch started')
+>>> w.stall(lagging=False) is None                             # nothing waiting: not a stall
+True
 
-A broker that gives no reading (None) pauses the clock: an outage is not the
-consumer's stall, and once the broker answers again the consumer gets the rest
-of the stall time to start fetching.
+Three states are stalls, each once it lasts longer than its limit:
+
+- records wait and no batch starts (``stall_s``);
+- no lag reading at all (``stall_s``): a broker that does not answer pauses the first clock, but a reading
+  that never comes back while the broker answers fresh clients is the watch itself going blind;
+- a batch in hand for longer than a batch can take (``2 * stall_s``): it waits on something that will
+  never answer.
+
+A stall is acted on only while the servers answer a fresh client (`ConsumerWatch`): during an outage a
+restart would only fail its start-up checks, and the outage is not the consumer's fault.
 """
 
 from __future__ import annotations
@@ -43,37 +49,48 @@ STREAMREC_ setting: the settings refuse names they do not know."""
 
 
 class StallWatchdog:
-    """Says when a consumer that has work waiting has made no progress for ``stall_s`` seconds of readings."""
+    """Says when a consumer has made no progress for too long while something should have moved it (above)."""
 
     def __init__(self, stall_s: float, busy: Callable[[], bool], clock: Callable[[], float] = time.monotonic):
         self.stall_s = stall_s
+        self.batch_stuck_s = 2 * stall_s
+        """A batch in hand this long waits on something that will not answer."""
         self.busy = busy
         self.clock = clock
         self.last_progress = self.last_reading = clock()
         self.waited = 0.0
         """Seconds of readings with records waiting and no batch, since the last progress."""
+        self.blind = 0.0
+        """Seconds without a reading, since the last reading or progress."""
 
     def progressed(self) -> None:
-        """A batch started."""
+        """A batch started (or partitions were assigned: the full stall time to start fetching)."""
         self.last_progress = self.clock()
 
-    def stalled(self, lagging: bool | None) -> bool:
-        """Called every few seconds with whether records wait for this consumer; None: no reading (the broker
-        did not answer), which neither counts towards a stall nor clears one."""
+    def stall(self, lagging: bool | None) -> str | None:
+        """Called every few seconds with whether records wait for this consumer (None: no reading); returns why
+        the consumer counts as stalled, or None."""
         now = self.clock()
         since = now - max(self.last_reading, self.last_progress)
         if self.last_progress > self.last_reading:
-            self.waited = 0.0  # a batch started since the last reading
+            self.waited = self.blind = 0.0  # a batch started since the last reading
         self.last_reading = now
         if self.stall_s <= 0:
-            return False
-        if lagging is False or self.busy():
-            # Caught up, or a batch in hand (a slow Redis is not a stalled consumer): the clock restarts.
-            self.waited = 0.0
-            return False
-        if lagging:
-            self.waited += since
-        return self.waited > self.stall_s
+            return None
+        if self.busy():
+            # A slow Redis or broker is not a stalled consumer, up to the time no batch can take.
+            self.waited = self.blind = 0.0
+            in_hand = now - self.last_progress
+            return f"a batch has been in hand for {in_hand:.0f} s" if in_hand > self.batch_stuck_s else None
+        if lagging is False:
+            self.waited = self.blind = 0.0
+            return None
+        if lagging is None:
+            self.blind += since
+            return f"no lag reading for {self.blind:.0f} s" if self.blind > self.stall_s else None
+        self.blind = 0.0
+        self.waited += since
+        return f"records waited {self.waited:.0f} s and no batch started" if self.waited > self.stall_s else None
 
 
 class LagReader:
@@ -161,8 +178,24 @@ class LagReader:
             self.close()
             return None
         if any(tp.error for tp in got):
+            # A group client can stay stuck on a coordinator that moved (librdkafka#3396): next time, a fresh one.
+            self.close()
             return None
         return {tp.partition: max(tp.offset, 0) for tp in got}
+
+    def broker_answers(self) -> bool:
+        """Whether the brokers give a brand-new client the topic's metadata now (the reading's own clients may
+        be the ones stuck)."""
+        from confluent_kafka.admin import AdminClient
+
+        from streamrec.stream.topics import kafka_security
+
+        client = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, **kafka_security(self.settings)})
+        try:
+            topic = client.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            return topic is not None and topic.error is None and bool(topic.partitions)
+        except Exception:  # noqa: BLE001 - no answer
+            return False
 
     def _watermark_client(self):
         if self._watermarks is None:
@@ -176,6 +209,12 @@ class LagReader:
         except Exception:  # noqa: BLE001 - a lag reading is not worth failing over
             self.close()
             return None
+
+    def fresh(self) -> "LagReader":
+        """A reader like this one with clients of its own (this one's may be stuck inside a call)."""
+        reader = LagReader(self.settings, self.group_id, self.topic, self.gauge)
+        reader._gauged = set(self._gauged)
+        return reader
 
     def close(self) -> None:
         """At exit, and when a reading failed: after a broker restart a client can lose a partition from its
@@ -192,25 +231,32 @@ class LagReader:
 
 
 class ConsumerWatch:
-    """The stall watch of a service whose own loop polls a confluent-kafka consumer of a group (the scorer, the
-    worker's confluent engine). librdkafka's consumer can leave its group after a broker outage and never
-    rejoin while the process looks healthy (RELIABILITY.md, fault 9): a thread reads the lag every few seconds
-    (`LagReader`, which also sets the lag gauges) and, when records wait but no batch started for ``stall_s``,
-    sets ``wanted``; the loop then swaps in a fresh consumer with `renew`."""
+    """The stall watch of a service's group consumer, in a thread of its own: never on the consumer's loop, which
+    is what may be stuck. Every few seconds it reads the lag (`LagReader`, which also sets the lag gauges; a
+    reading that does not return within ``READ_DEADLINE_S`` counts as none, and the next one starts with fresh
+    clients) and asks `StallWatchdog`. On a stall, while the servers answer fresh clients (``servers_answer``:
+    the broker, and whatever else the service needs), it calls ``on_stall(reason)``; by default that sets
+    ``wanted``, and the loop that polls the consumer swaps in a fresh one with `renew` (the scorer, the worker's
+    confluent engine). The faust worker restarts its process instead."""
 
     INTERVAL_S = 5.0
+    READ_DEADLINE_S = 30.0
     CLOSE_WAIT_S = 30.0
 
     def __init__(self, lag: LagReader, stall_s: float, owned: Callable[[], set[int]],
-                 positions: Callable[[], dict[int, int]], renewals, setting: str):
+                 positions: Callable[[], dict[int, int]], renewals, setting: str,
+                 busy: Callable[[], bool] | None = None, on_stall: Callable[[str], None] | None = None,
+                 servers_answer: Callable[[], bool] | None = None):
         self.lag = lag
-        self.watchdog = StallWatchdog(stall_s, busy=lambda: self.in_batch)
+        self.watchdog = StallWatchdog(stall_s, busy=busy or (lambda: self.in_batch))
         self.owned = owned
         self.positions = positions
         """The next offset to process of the partitions processed so far."""
         self.renewals = renewals
         """A Counter: consumers replaced."""
         self.setting = setting
+        self.on_stall = on_stall or self._replace_or_restart
+        self.servers_answer = servers_answer or (lambda: self.lag.broker_answers())
         self.in_batch = False
         self.wanted = threading.Event()
 
@@ -219,19 +265,50 @@ class ConsumerWatch:
 
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.wait(self.INTERVAL_S):
-            if self.wanted.is_set():
-                continue
-            owned = self.owned()
+            if not self.wanted.is_set():
+                self.check()
+
+    def check(self) -> str | None:
+        """One look: read the lag, and act on a stall; returns the stall's reason, if acted on."""
+        owned = self.owned()
+        reason = self.watchdog.stall(self._read(owned))
+        if reason is None:
+            return None
+        if not self.servers_answer():
+            log.warning("%s, but the servers do not answer a fresh client either: waiting for them", reason)
+            return None
+        where = f"partitions {sorted(owned)}" if owned else "partitions no member takes"
+        reason = f"{reason} on {where} ({self.setting}={self.watchdog.stall_s:g}): the Kafka consumer stalled"
+        log.error("%s", reason)
+        self.on_stall(reason)
+        return reason
+
+    def _replace_or_restart(self, reason: str) -> None:
+        """A consumer that does not fetch is replaced by the loop that polls it; but a batch stuck in hand holds
+        that loop, so only a restart of the process frees it (as safe as a crash: nothing of it was committed)."""
+        if self.watchdog.busy():
+            restart_in_place(reason)
+        self.wanted.set()
+
+    def _read(self, owned: set[int]) -> bool | None:
+        """The lag reading, or None when it fails or does not return in time (a client stuck in librdkafka)."""
+        got: list[bool | None] = [None]
+
+        def read() -> None:
             try:
-                lagging = self.lag.read(owned, self.positions())
+                got[0] = self.lag.read(owned, self.positions())
             except Exception:  # noqa: BLE001 - the watch must outlive any surprise of its own
                 log.exception("lag reading failed")
-                lagging = None
-            if self.watchdog.stalled(lagging):
-                log.error("records wait on %s but no batch started for %g s (%s): the Kafka consumer stalled; "
-                          "replacing it", f"partitions {sorted(owned)}" if owned else "partitions no member takes",
-                          self.watchdog.stall_s, self.setting)
-                self.wanted.set()
+
+        reading = threading.Thread(target=read, name="lag-reading", daemon=True)
+        reading.start()
+        reading.join(self.READ_DEADLINE_S)
+        if reading.is_alive():
+            log.warning("the lag reading did not return in %g s; the next one uses fresh clients",
+                        self.READ_DEADLINE_S)
+            self.lag = self.lag.fresh()  # the stuck thread keeps the old clients (and their lock)
+            return None
+        return got[0]
 
     @contextmanager
     def batch(self):

@@ -37,7 +37,7 @@ from streamrec.stream import worker_metrics as metrics
 from streamrec.stream.feature_store import Stopping
 from streamrec.stream.features import SourceEvent
 from streamrec.stream.processor import CatalogProcessor, EventProcessor
-from streamrec.stream.watchdog import LagReader, StallWatchdog, restart_in_place, restarts_so_far
+from streamrec.stream.watchdog import ConsumerWatch, LagReader, restart_in_place, restarts_so_far
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,17 @@ class WorkerService:
         self.settings = settings
         self.owned: set[int] = set()
         """Partitions of `events` this process owns now."""
-        # Its own clients: it runs beside the processing thread, and a stalled client is what it looks for.
-        self.lag = LagReader(settings, self.group_id(), settings.topic(topics.EVENTS), gauge=metrics.consumer_lag)
         self.processor = EventProcessor(settings)
+        # The stall watch (RELIABILITY.md, faults 7, 9 and 10), with Kafka clients of its own: a stalled client
+        # is what it looks for. It acts only while the broker and Redis answer: a restart into an outage helps
+        # nothing.
+        self.watch = ConsumerWatch(
+            LagReader(settings, self.group_id(), settings.topic(topics.EVENTS), gauge=metrics.consumer_lag),
+            settings.worker_stall_s, owned=lambda: self.owned,
+            positions=lambda: {p: o + 1 for p, o in list(self.processor.last_offsets.items())},
+            renewals=metrics.consumer_renewals, setting="STREAMREC_WORKER_STALL_S",
+            servers_answer=lambda: self.watch.lag.broker_answers() and self.processor.store.ping(),
+            **self.watch_options())
         self.catalog = CatalogProcessor(settings, self.processor.store, self.processor.producer)
         self.http = HealthServer(settings.http_host, settings.worker_port, checks={
             "redis": self.processor.store.ping,
@@ -74,12 +82,12 @@ class WorkerService:
     def consuming(self) -> bool:
         raise NotImplementedError
 
+    def watch_options(self) -> dict:
+        """How this engine's stall watch sees a batch in hand and acts on a stall (`ConsumerWatch`)."""
+        return {}
+
     def group_id(self) -> str:
         return f"{self.settings.topic_prefix}streamrec-worker"
-
-    def _report_lag(self) -> bool | None:
-        """Sets the lag gauges; says whether records wait for this process (`LagReader`); None: no reading."""
-        return self.lag.read(self.owned, {p: o + 1 for p, o in list(self.processor.last_offsets.items())})
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
@@ -94,7 +102,7 @@ class WorkerService:
             return self.consume()
         finally:
             self.http.stop()
-            self.lag.close()
+            self.watch.lag.close()
             self.processor.close()
 
     def consume(self) -> int:
@@ -112,8 +120,11 @@ class StreamWorker(WorkerService):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.started = threading.Event()
         self._in_flight: asyncio.Future | None = None  # the batch being applied, awaited on revocation
-        self.watchdog = StallWatchdog(settings.worker_stall_s, busy=self._busy)
         self.app = self._build_app()
+
+    def watch_options(self) -> dict:
+        # Nothing inside faust can be trusted to recover its consumer: the process restarts itself in place.
+        return {"busy": self._busy, "on_stall": restart_in_place}
 
     def consuming(self) -> bool:
         return self.started.is_set() and not self.app.rebalancing
@@ -151,7 +162,7 @@ class StreamWorker(WorkerService):
         async def apply_events(stream):
             self.started.set()
             async for batch in stream.noack_take(batch_max, within=within):
-                self.watchdog.progressed()
+                self.watch.watchdog.progressed()
                 await self._run_batch(self.processor.process, batch, stream)
 
         @app.agent(catalog, name="apply-catalog")
@@ -167,7 +178,7 @@ class StreamWorker(WorkerService):
             metrics.assigned_partitions.set(len(mine))
             log.info("events partitions assigned: %s", sorted(mine))
             self.owned = mine
-            self.watchdog.progressed()  # a new assignment gets the full stall time to start fetching
+            self.watch.assigned()
             self.processor.partitions_assigned()
 
         @app.on_partitions_revoked.connect
@@ -179,14 +190,6 @@ class StreamWorker(WorkerService):
             if batch is not None and not batch.done():
                 log.info("partitions revoked: finishing the batch in hand first")
                 await asyncio.wait({asyncio.shield(batch)}, timeout=REVOKE_WAIT_S)
-
-        @app.timer(interval=5.0)
-        async def report_lag():
-            lagging = await asyncio.get_running_loop().run_in_executor(None, self._report_lag)
-            if self.watchdog.stalled(lagging):
-                restart_in_place(f"events partitions {sorted(self.owned)} have records waiting but no batch "
-                                 f"started for {s.worker_stall_s:g} s (STREAMREC_WORKER_STALL_S): the consumer "
-                                 "stalled")
 
         return app
 
@@ -227,12 +230,15 @@ class StreamWorker(WorkerService):
 
         worker.on_worker_shutdown = stopping  # type: ignore[method-assign]
         worker.spinner = None  # a terminal spinner only garbles service logs
+        watching = threading.Event()
+        self.watch.start(watching)  # a thread, not a faust timer: faust's loop is what may be stuck
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
             code = exc.code or 0
         else:
             code = 0
+        watching.set()
         self.executor.shutdown(wait=True)
         return int(code)
 

@@ -18,7 +18,9 @@ then audits from Kafka and Redis alone (never from the services' counters):
 - lost = applied or answered zero times, or a malformed record not in the
   DLQ; duplicated = every extra application, recommendation or dead letter.
 
-Cases (`CASES`): the broker stopped, or killed -9, for 10 s; Redis stopped
+Cases (`CASES`): the broker stopped, or killed -9, for 10 s; stopped twice,
+the second time inside the recovery from the first; stopped for 35 s while
+busy processes load every core (the group session expires); Redis stopped
 for 15 s (the worker must turn unready and commit nothing meanwhile); kill -9
 of the worker, of the scorer, and of the online trainer (an app clicks on
 recommendations; the trainer's reward counts in its checkpoint must equal
@@ -35,10 +37,13 @@ until the recommendations topic grew again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -67,6 +72,9 @@ DEFAULT_RATE = 2_000
 """Events/s the SDK offers: under the worker's ~4,400/s and the scorer's ~2,600/s, so a case
 measures the fault, not a backlog; 50,000 events take 25 s."""
 
+
+STALL_CAPTURE_S = 90.0
+"""A case whose answers stop growing this long before all are in captures what its services are doing."""
 
 QUIET = {"log_level": 2}
 """librdkafka logs every failed reconnect while a broker is down on purpose; keep it to critical."""
@@ -315,7 +323,7 @@ class SteadyPublisher:
                 pub.send_raw(r.value, key=r.key, event_id=(r.event or {}).get("event_id", ""))
                 self.sent += 1
             try:
-                pub.flush(timeout=300)
+                pub.close(timeout=300)  # no producer outlives the case's broker
             except PublishError as exc:
                 self.failures = exc.failures
         finally:
@@ -399,6 +407,8 @@ class Run:
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self.t0 = time.monotonic()
+        self.captured = ""
+        """Why the services' state was captured (`capture`), if it was."""
 
     # -- services ------------------------------------------------------------- #
     def start(self, name: str, **env) -> Service:
@@ -450,14 +460,38 @@ class Run:
         self.publisher.thread.join(timeout)
         want = len({r.event["event_id"] for r in self.records if r.event}) + extra
         deadline = time.monotonic() + timeout
+        last, grew_at = None, time.monotonic()
         while time.monotonic() < deadline:
             n = self.outputs.count()
             if n is not None and n >= want:
                 break
+            if n != last:
+                last, grew_at = n, time.monotonic()
+            elif time.monotonic() - grew_at > STALL_CAPTURE_S and not self.captured:
+                self.capture(f"no new answer for {STALL_CAPTURE_S:g} s ({n} of {want})")
             time.sleep(0.5)
         time.sleep(2.0)  # let any repeat land too, so the audit sees it
         self._stop.set()
         self._sampler.join(5)
+
+    def capture(self, why: str) -> None:
+        """What each service is doing now, for a stall that a case would otherwise only time out on: a
+        `py-spy dump` of every thread and the service's /metrics, into ``<logdir>/<service>-stall.txt``."""
+        self.captured = why
+        for name, svc in self.services.items():
+            parts = [f"# {why}; {name} pid {svc.proc.pid}, exit code {svc.proc.poll()}"]
+            try:
+                dump = subprocess.run(["py-spy", "dump", "--pid", str(svc.proc.pid)], capture_output=True,
+                                      text=True, timeout=60)
+                parts.append(dump.stdout + dump.stderr)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                parts.append(f"py-spy dump failed: {exc}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{svc.port}/metrics", timeout=10) as r:
+                    parts.append(r.read().decode())
+            except OSError as exc:
+                parts.append(f"/metrics did not answer: {exc}")
+            (self.logdir / f"{name}-stall.txt").write_text("\n".join(parts))
 
     def close(self) -> None:
         self._stop.set()
@@ -536,6 +570,31 @@ def _broker_outage(kill: bool, seconds: float = 10.0):
         t = run.now()
         _broker_down(run, kill, seconds)
         return _broker_outcome(run, t)
+    return inject
+
+
+@contextlib.contextmanager
+def cpu_load(processes: int):
+    """Busy processes, one per core by default: the other jobs of a loaded machine."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+def _broker_outage_loaded(seconds: float = 35.0, after_s: float = 30.0):
+    """The broker away for more than three group sessions (10 s each) while every core is busy, and the load kept
+    on ``after_s`` into the recovery: slow restarts and an expired group together, as on a loaded machine."""
+    def inject(run: Run) -> dict:
+        with cpu_load(os.cpu_count() or 2):
+            t = run.now()
+            _broker_down(run, False, seconds)
+            outcome = _broker_outcome(run, t)
+            time.sleep(after_s)
+        return outcome
     return inject
 
 
@@ -783,6 +842,8 @@ PIPELINE_CASES: dict[str, tuple[str, Callable]] = {
     "broker-kill": ("Kafka broker kill -9, down 10 s, restarted", lambda: _broker_outage(kill=True)),
     "broker-flap": ("Kafka broker stopped twice, the second time while the worker recovers from the first",
                     lambda: _broker_flap()),
+    "broker-outage-loaded": ("Kafka broker stopped for 35 s (the group session expires) while busy processes "
+                             "load every core", lambda: _broker_outage_loaded()),
     "redis-stop": ("Redis stopped for 15 s, restarted", lambda: _redis_outage()),
     "worker-kill": ("worker kill -9 mid-batch, restarted", lambda: _kill_service("worker")),
     "scorer-kill": ("scorer kill -9 mid-batch, restarted", lambda: _kill_service("scorer")),
@@ -1024,6 +1085,8 @@ def add_arguments(p) -> None:
                    help=f"events per case (default STREAMREC_FAULT_EVENTS, else {DEFAULT_EVENTS})")
     p.add_argument("--rate", type=float, default=DEFAULT_RATE, help=f"events/s the SDK publishes (default {DEFAULT_RATE})")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="cases to run (default all)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the cases this many times over, on the same stack (a rare failure needs many runs)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=cmd_bench_faults)
 
@@ -1044,7 +1107,7 @@ def cmd_bench_faults(args) -> int:
         try:
             with console.status("starting the fault suite's own Kafka and Redis..."):
                 stack.up()
-            for case in args.cases:
+            for case in args.cases * max(1, args.repeat):
                 started = time.monotonic()
                 with console.status(f"case {case}: {args.events:,} events at {args.rate:,.0f}/s..."):
                     r = run_case(stack, case, args.events, args.rate, logs)

@@ -54,8 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Longest the worker waits to fill a batch."""
     worker_stall_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     """A worker whose events wait but which has started no batch for this long (its consumer stalled after a
-    broker outage) recovers: the faust engine restarts itself in place, the confluent engine replaces its
-    consumer; 0 turns the watchdog off."""
+    broker outage), or which got no lag reading for this long, recovers while Kafka and Redis answer: the faust
+    engine restarts itself in place, the confluent engine replaces its consumer. A batch in hand for twice this
+    long restarts either engine. 0 turns the watchdog off."""
     session_gap_s: int = 1800
     """Inactivity (event time) that ends a derived session."""
     lateness_s: int = 6 * 3600
@@ -73,7 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Longest the scorer waits to fill a batch."""
     scorer_stall_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """A scorer whose score requests wait but which started no batch for this long (its Kafka consumer stalled
-    after a broker outage) replaces its consumer; 0 turns the watchdog off."""
+    after a broker outage), or which got no lag reading for this long, replaces its consumer while Kafka
+    answers; a batch in hand for twice this long restarts the process. 0 turns the watchdog off."""
     scorer_top_n: int = 10
     """Items per recommendation."""
     scorer_max_candidates: int = 200

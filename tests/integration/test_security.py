@@ -32,7 +32,7 @@ from streamrec.security import SecurityError, check_kafka, check_redis, redis_cl
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream.keys import Keys
-from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
+from streamrec.stream.sdk import EventPublisher, PublishError, RecommendationConsumer
 
 from .helpers import read_topic, wait_outputs
 
@@ -257,7 +257,9 @@ def test_wrong_ca_and_wrong_credentials_are_clear_errors_for_every_client(secure
     with pytest.raises(SecurityError, match="STREAMREC_KAFKA_SASL_PASSWORD") as info:
         publisher.flush(timeout=30)
     assert "not-the-password" not in str(info.value)
-    del publisher, info  # its producer would keep retrying the login until the module ends
+    with pytest.raises((SecurityError, PublishError)):  # the unsent event is reported again; the producer goes
+        publisher.close(timeout=5)
+    assert publisher._producer is None
 
 
 def test_secrets_stay_out_of_logs_reprs_and_printed_settings(secure, services):

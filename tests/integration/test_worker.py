@@ -314,39 +314,39 @@ def test_lag_reading_behind_the_stall_watchdog(fresh_settings, redis):
     svc = WorkerService(s)
     try:
         svc.owned = set(range(s.topic_partitions))
-        assert svc._report_lag() is True  # nothing processed, nothing committed: every record waits
-        consumer = svc.lag._watermark_client()
+        assert svc.watch._read(svc.owned) is True  # nothing processed, nothing committed: every record waits
+        consumer = svc.watch.lag._watermark_client()
         highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in svc.owned}
         assert sum(highs.values()) >= 300
         svc.processor.last_offsets.update({p: h - 1 for p, h in highs.items()})
-        assert svc._report_lag() is False  # all processed
+        assert svc.watch._read(svc.owned) is False  # all processed
         busiest = max(highs, key=highs.get)
         svc.processor.last_offsets[busiest] -= 1
-        assert svc._report_lag() is True
+        assert svc.watch._read(svc.owned) is True
         svc.owned = svc.owned - {busiest}
-        assert svc._report_lag() is False  # that partition moved to another member: not this one's lag
+        assert svc.watch._read(svc.owned) is False  # that partition moved to another member: not this one's lag
 
         svc.owned = set()
-        assert svc._report_lag() is False  # owns nothing: the first look at the group's positions
-        assert svc._report_lag() is True  # records wait and no member moved the group's positions since
+        assert svc.watch._read(svc.owned) is False  # owns nothing: the first look at the group's positions
+        assert svc.watch._read(svc.owned) is True  # records wait and no member moved the group's positions since
 
         member = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": svc.group_id(),
                            "enable.auto.commit": False})
         try:
             member.commit(offsets=[TopicPartition(topic, p, 1) for p in highs], asynchronous=False)
-            assert svc._report_lag() is False  # a member is taking them
-            assert svc._report_lag() is True  # ...and then stopped, with records still waiting
+            assert svc.watch._read(svc.owned) is False  # a member is taking them
+            assert svc.watch._read(svc.owned) is True  # ...and then stopped, with records still waiting
             member.commit(offsets=[TopicPartition(topic, p, h if p != busiest else 2) for p, h in highs.items()],
                           asynchronous=False)
-            assert svc._report_lag() is False
-            assert svc._report_lag() is True  # one partition is enough
+            assert svc.watch._read(svc.owned) is False
+            assert svc.watch._read(svc.owned) is True  # one partition is enough
             member.commit(offsets=[TopicPartition(topic, p, h) for p, h in highs.items()], asynchronous=False)
-            assert svc._report_lag() is False
-            assert svc._report_lag() is False  # nothing waits
+            assert svc.watch._read(svc.owned) is False
+            assert svc.watch._read(svc.owned) is False  # nothing waits
         finally:
             member.close()
     finally:
-        svc.lag.close()
+        svc.watch.lag.close()
         svc.processor.close()
 
 
@@ -401,3 +401,57 @@ def test_a_stalled_consumer_recovers_and_answers_everything_once(fresh_settings,
                 set_consumer_quota(s, client_id, None)
     check_outputs(s, exp, records)
     check_counters(redis, Keys(s.redis_prefix), exp)
+
+
+@pytest.mark.parametrize("engine", ["faust", "confluent"])
+def test_a_batch_stuck_in_hand_restarts_the_worker_and_answers_everything_once(fresh_settings, tmp_path, engine):
+    """Redis holds every write (CLIENT PAUSE ... WRITE) but answers PING: the batch in hand retries for ever and
+    no other batch starts, the state in which the stall watch used to wait without end (RELIABILITY.md fault 10).
+    After twice the stall time the worker restarts in place (same pid); once writes flow again every event is
+    applied and answered exactly once, the replayed batch included. (A Redis of its own: the pause would hold
+    every other test's writes.)"""
+    import redis as redis_lib
+
+    from streamrec.deploy.localstack import RedisService
+
+    redis_port = free_port()
+    s = fresh_settings.replace(home=str(tmp_path), redis_port=redis_port, worker_stall_s=3.0,
+                               redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    server = RedisService(s)
+    server.start(timeout=30, log=lambda m: None)
+    redis = redis_lib.Redis(port=redis_port)
+    records = list(synthetic_stream(1500, users=150, items=300, seed=17))
+    exp = reference(records)
+    first, rest = records[:500], records[500:]
+    publish(s, first)
+    port = free_port()
+    proc = start_worker(s, port=port, engine=engine)
+    paused = False
+    try:
+        wait_outputs(s, reference(first).outputs, timeout=120)
+        redis.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        paused = True
+        publish(s, rest)
+        deadline, restarts = time.monotonic() + 60, 0.0
+        while time.monotonic() < deadline and restarts < 1:
+            try:
+                restarts = metric(port, "streamrec_worker_stall_restarts")
+            except OSError:
+                pass  # between the old process image and the new one
+            time.sleep(0.5)
+        assert restarts >= 1, "the stall watch did not act on the batch stuck in hand"
+        assert proc.poll() is None  # the same process, re-executed
+        redis.execute_command("CLIENT", "UNPAUSE")
+        paused = False
+        assert wait_outputs(s, exp.outputs, timeout=300) == exp.outputs
+        time.sleep(1.0)
+        assert output_count(s) == exp.outputs
+    finally:
+        if paused:
+            redis.execute_command("CLIENT", "UNPAUSE")
+        stop_worker(proc)
+    try:
+        check_outputs(s, exp, records)
+        check_counters(redis, Keys(s.redis_prefix), exp)
+    finally:
+        server.stop()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 
 from streamrec.settings import Settings
-from streamrec.stream.watchdog import RESTARTS_ENV, LagReader, StallWatchdog
+from streamrec.stream.watchdog import RESTARTS_ENV, ConsumerWatch, LagReader, StallWatchdog
 
 
 class Clock:
@@ -22,9 +23,9 @@ def test_fires_only_after_the_stall_time_lagging_without_a_batch():
     clock, busy = Clock(), [False]
     w = StallWatchdog(60.0, busy=lambda: busy[0], clock=clock)
     clock.t = 59.0
-    assert not w.stalled(lagging=True)
+    assert w.stall(lagging=True) is None
     clock.t = 61.0
-    assert w.stalled(lagging=True)
+    assert w.stall(lagging=True) == "records waited 61 s and no batch started"
 
 
 def test_a_batch_started_or_in_hand_or_no_lag_resets_the_clock():
@@ -33,57 +34,134 @@ def test_a_batch_started_or_in_hand_or_no_lag_resets_the_clock():
     clock.t = 50.0
     w.progressed()
     clock.t = 100.0
-    assert not w.stalled(lagging=True)  # 50 s since the last batch
+    assert w.stall(lagging=True) is None  # 50 s since the last batch
     busy[0] = True
-    clock.t = 500.0
-    assert not w.stalled(lagging=True)  # a batch waiting on Redis is not a stalled consumer
+    w.progressed()
+    clock.t = 160.0
+    assert w.stall(lagging=True) is None  # a batch waiting on Redis is not a stalled consumer...
     busy[0] = False
-    clock.t = 550.0
-    assert not w.stalled(lagging=True)  # the clock restarted at 500
-    clock.t = 600.0
-    assert not w.stalled(lagging=False)  # caught up
-    clock.t = 650.0
-    assert not w.stalled(lagging=True)
-    clock.t = 661.0
-    assert w.stalled(lagging=True)
+    clock.t = 210.0
+    assert w.stall(lagging=True) is None  # the clock restarted at 160
+    clock.t = 260.0
+    assert w.stall(lagging=False) is None  # caught up
+    clock.t = 310.0
+    assert w.stall(lagging=True) is None
+    clock.t = 321.0
+    assert w.stall(lagging=True)
 
 
-def test_no_reading_pauses_the_clock_without_clearing_it():
-    """A broker that does not answer is not the consumer's stall; once it answers, the time lagging before the
-    outage still counts, the outage does not."""
+def test_a_batch_in_hand_longer_than_a_batch_can_take_is_a_stall():
+    """...up to twice the stall time: a batch still in hand then waits on something that will not answer."""
+    clock = Clock()
+    w = StallWatchdog(60.0, busy=lambda: True, clock=clock)
+    w.progressed()  # the batch starts at 0
+    for t in range(5, 120, 5):
+        clock.t = float(t)
+        assert w.stall(lagging=True) is None and w.stall(lagging=None) is None
+    clock.t = 121.0
+    assert w.stall(lagging=None) == "a batch has been in hand for 121 s"
+
+
+def test_no_reading_pauses_the_lag_clock_and_runs_its_own():
+    """A broker that does not answer is not the consumer's stall: the time lagging before the outage still
+    counts, the outage does not. But no reading for longer than the stall time is a stall of its own (the
+    watch acts on it only while the servers answer a fresh client: `ConsumerWatch.check`)."""
     clock = Clock()
     w = StallWatchdog(60.0, busy=lambda: False, clock=clock)
     clock.t = 30.0
-    assert not w.stalled(lagging=True)  # 30 s lagging
-    for t in range(35, 500, 5):
+    assert w.stall(lagging=True) is None  # 30 s lagging
+    for t in range(35, 95, 5):
         clock.t = float(t)
-        assert not w.stalled(lagging=None)  # a long outage: no reading
-    clock.t = 500.0
-    assert not w.stalled(lagging=True)  # 30 + 5 s
-    clock.t = 520.0
-    assert not w.stalled(lagging=True)  # 55 s
-    clock.t = 526.0
-    assert w.stalled(lagging=True)  # 61 s of readings with records waiting and no batch
+        assert w.stall(lagging=None) is None  # no reading for up to 60 s
+    clock.t = 100.0
+    assert w.stall(lagging=None) == "no lag reading for 70 s"
+    clock.t = 105.0
+    assert w.stall(lagging=True) is None  # 30 + 5 s
+    clock.t = 125.0
+    assert w.stall(lagging=True) is None  # 55 s
+    clock.t = 131.0
+    assert w.stall(lagging=True) == "records waited 61 s and no batch started"
 
 
 def test_a_batch_between_readings_clears_the_time_already_waited():
     clock = Clock()
     w = StallWatchdog(60.0, busy=lambda: False, clock=clock)
     clock.t = 50.0
-    assert not w.stalled(lagging=True)
+    assert w.stall(lagging=True) is None
     clock.t = 55.0
     w.progressed()
     clock.t = 100.0
-    assert not w.stalled(lagging=True)  # 45 s since the batch, not 100
+    assert w.stall(lagging=True) is None  # 45 s since the batch, not 100
     clock.t = 116.0
-    assert w.stalled(lagging=True)
+    assert w.stall(lagging=True)
 
 
 def test_zero_turns_it_off():
     clock = Clock()
-    w = StallWatchdog(0.0, busy=lambda: False, clock=clock)
+    w = StallWatchdog(0.0, busy=lambda: True, clock=clock)
     clock.t = 1e6
-    assert not w.stalled(lagging=True)
+    assert w.stall(lagging=True) is None and w.stall(lagging=None) is None
+
+
+class Reader:
+    """Stands in for `LagReader` where the watch's own logic is under test: readings on demand, or a hang."""
+
+    def __init__(self, reading=None, hang: threading.Event | None = None):
+        self.reading, self.hang, self.made = reading, hang, 0
+
+    def read(self, owned, positions):
+        if self.hang is not None:
+            self.hang.wait(30)
+        return self.reading
+
+    def fresh(self):
+        self.made += 1
+        return Reader(self.reading)
+
+
+def watch_for(reader, servers_answer, clock, stall_s=60.0, busy=lambda: False):
+    from prometheus_client import CollectorRegistry, Counter
+
+    renewals = Counter("renewals", "test", registry=CollectorRegistry())
+    acted: list[str] = []
+    watch = ConsumerWatch(reader, stall_s, owned=lambda: {0}, positions=dict, renewals=renewals, setting="X",
+                          busy=busy, on_stall=acted.append, servers_answer=servers_answer)
+    watch.watchdog = StallWatchdog(stall_s, busy=busy, clock=clock)  # on the test's clock
+    return watch, acted
+
+
+def test_the_watch_acts_on_a_stall_only_while_the_servers_answer():
+    clock, answering = Clock(), [False]
+    watch, acted = watch_for(Reader(reading=True), lambda: answering[0], clock)
+    for t in range(5, 200, 5):  # records wait, no batch, and the servers are away: an outage, not a stall
+        clock.t = float(t)
+        assert watch.check() is None
+    answering[0] = True
+    clock.t = 205.0
+    reason = watch.check()
+    assert reason and acted == [reason]
+    assert "records waited" in reason and "partitions [0]" in reason and "X=60" in reason
+
+
+def test_a_reading_that_never_returns_counts_as_none_and_the_next_uses_fresh_clients():
+    clock, hang = Clock(), threading.Event()
+    stuck = Reader(reading=True, hang=hang)
+    watch, acted = watch_for(stuck, lambda: True, clock)
+    watch.READ_DEADLINE_S = 0.2
+    try:
+        clock.t = 30.0
+        assert watch._read({0}) is None
+        assert stuck.made == 1 and watch.lag is not stuck
+        for t in range(35, 65, 5):
+            clock.t = float(t)
+            watch.lag = stuck  # stuck every time
+            assert watch.check() is None
+        clock.t = 65.0
+        watch.lag = stuck
+        reason = watch.check()
+        assert reason and reason.startswith("no lag reading for 65 s") and acted == [reason]
+    finally:
+        hang.set()
 
 
 def test_restart_in_place_keeps_the_pid_and_the_command_line_and_counts(tmp_path):
