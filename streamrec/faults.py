@@ -19,7 +19,7 @@ then audits from Kafka and Redis alone (never from the services' counters):
   DLQ; duplicated = every extra application, recommendation or dead letter.
 
 Cases (`CASES`): the broker stopped, or killed -9, for 10 s; stopped twice,
-the second time inside the recovery from the first; stopped for 35 s while
+the second time inside the recovery from the first; stopped for 25 s while
 busy processes load every core (the group session expires); Redis stopped
 for 15 s (the worker must turn unready and commit nothing meanwhile); kill -9
 of the worker, of the scorer, and of the online trainer (an app clicks on
@@ -585,8 +585,8 @@ def cpu_load(processes: int):
             burner.wait()
 
 
-def _broker_outage_loaded(seconds: float = 35.0, after_s: float = 30.0):
-    """The broker away for more than three group sessions (10 s each) while every core is busy, and the load kept
+def _broker_outage_loaded(seconds: float = 25.0, after_s: float = 15.0):
+    """The broker away for more than two group sessions (10 s each) while every core is busy, and the load kept
     on ``after_s`` into the recovery: slow restarts and an expired group together, as on a loaded machine."""
     def inject(run: Run) -> dict:
         with cpu_load(os.cpu_count() or 2):
@@ -842,7 +842,7 @@ PIPELINE_CASES: dict[str, tuple[str, Callable]] = {
     "broker-kill": ("Kafka broker kill -9, down 10 s, restarted", lambda: _broker_outage(kill=True)),
     "broker-flap": ("Kafka broker stopped twice, the second time while the worker recovers from the first",
                     lambda: _broker_flap()),
-    "broker-outage-loaded": ("Kafka broker stopped for 35 s (the group session expires) while busy processes "
+    "broker-outage-loaded": ("Kafka broker stopped for 25 s (the group session expires) while busy processes "
                              "load every core", lambda: _broker_outage_loaded()),
     "redis-stop": ("Redis stopped for 15 s, restarted", lambda: _redis_outage()),
     "worker-kill": ("worker kill -9 mid-batch, restarted", lambda: _kill_service("worker")),
