@@ -14,7 +14,7 @@ EXTRAS := --extra dev --extra trainer --extra serving --extra worker
 # A new stamp, so a new install, whenever pyproject.toml or uv.lock changes.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha1sum | cut -c1-12)
 
-.PHONY: install lock demo test test-unit stack down clean
+.PHONY: install lock demo test check stack down clean
 
 install: $(STAMP)
 
@@ -44,18 +44,19 @@ stack: install
 demo: stack
 	$(BIN)/streamrec demo
 
-# The fault suite runs every case in `make test` with 3,000 events each (about 7.5 min); its
-# 50,000-event run is `streamrec bench faults` (about 25 min, figures in RELIABILITY.md).
-# Two pytest-xdist workers: the tests that share one local stack on one, the unit tests and
-# those with stacks of their own on the other (tests/conftest.py). `make test TEST_WORKERS=0`
-# runs everything in one process.
-TEST_WORKERS ?= 2
+# `make test` is the whole suite (tests/conftest.py says how it is spread). The fault suite runs each case
+# with 3,000 events there; its 50,000-event run is `streamrec bench faults` (figures in RELIABILITY.md).
+# `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 4
 test: export STREAMREC_FAULT_EVENTS ?= 3000
 test: install
 	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
-test-unit: install
-	$(BIN)/pytest -q tests/unit
+# The unit, contract and property tests: no Kafka, no Redis, about a minute. Use it while editing;
+# `make test` before a commit.
+CHECK_TESTS := tests/unit tests/fuzz/test_decoder_fuzz.py
+check: install
+	$(BIN)/pytest -q -n 2 $(CHECK_TESTS)
 
 down:
 	-$(BIN)/streamrec down

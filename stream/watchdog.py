@@ -29,11 +29,13 @@ Three states are stalls, each once it lasts longer than its limit:
   never answer.
 
 A stall is acted on only while the servers answer a fresh client (`ConsumerWatch`): during an outage a
-restart would only fail its start-up checks, and the outage is not the consumer's fault.
+restart would only fail its start-up checks, and the outage is not the consumer's fault; after one, every
+clock starts again.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -64,8 +66,9 @@ class StallWatchdog:
         """Seconds without a reading, since the last reading or progress."""
 
     def progressed(self) -> None:
-        """A batch started (or partitions were assigned: the full stall time to start fetching)."""
+        """A batch started (or partitions were assigned, or an outage ended): every clock starts again."""
         self.last_progress = self.clock()
+        self.waited = self.blind = 0.0
 
     def stall(self, lagging: bool | None) -> str | None:
         """Called every few seconds with whether records wait for this consumer (None: no reading); returns why
@@ -275,7 +278,10 @@ class ConsumerWatch:
         if reason is None:
             return None
         if not self.servers_answer():
+            # An outage: once the servers are back the consumer gets the full stall time again (a batch that
+            # waited for them through it finishes then, and need not be restarted).
             log.warning("%s, but the servers do not answer a fresh client either: waiting for them", reason)
+            self.watchdog.progressed()
             return None
         where = f"partitions {sorted(owned)}" if owned else "partitions no member takes"
         reason = f"{reason} on {where} ({self.setting}={self.watchdog.stall_s:g}): the Kafka consumer stalled"
@@ -348,9 +354,11 @@ def restarts_so_far() -> int:
 def restart_in_place(reason: str) -> None:
     """Replace this process with a fresh run of the same command line (same pid); does not return."""
     count = restarts_so_far() + 1
-    log.error("%s; restarting the process in place (restart %d since it was started)", reason, count)
+    log.error("%s; restarting the process in place (restart %d since it was started); its threads were:",
+              reason, count)
     for handler in logging.getLogger().handlers:
         handler.flush()
+    faulthandler.dump_traceback(all_threads=True)  # what the stall looked like from inside, for the post-mortem
     sys.stdout.flush()
     sys.stderr.flush()
     env = {**os.environ, RESTARTS_ENV: str(count)}

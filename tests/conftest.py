@@ -11,39 +11,61 @@ never see each other's data, and removes its topics and keys at the end.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import uuid
+import zlib
 
 import pytest
 
 from streamrec.settings import Settings
 
+# One OpenMP thread per process (inherited by the services the tests start): the suite runs four processes on
+# two cores, and torch's OpenMP threads spin while they wait, so with more threads than cores a small model
+# trains several times slower (the trainer tests' models: 309 s against 42 s, measured under the same load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# `make test` runs two pytest-xdist workers: one runs the tests that share the session's stack below, so that
-# only one process ever starts and stops that one; the other runs the modules that bring stacks of their own
-# (marked `stack`: the fault suite, `streamrec up/down`, SASL/TLS) and the unit tests, which need none. The
-# fault suite mostly waits on outages and recoveries, so the two fit on two cores (about 15 minutes of tests
-# each on the 2-core machine, 16 minutes in all, against 25 for the whole suite in one process).
-OWN_STACKS = ("tests/faults/", "tests/integration/test_local_stack.py", "tests/integration/test_security.py")
-NO_STACK = ("tests/unit/",)
+
+# `make test` runs four pytest-xdist workers on two cores: much of the suite waits (on outages, restarts,
+# answers), so two workers left the cores half idle. Every worker shares one local stack (`_shared_local_stack`);
+# the modules marked `stack` bring stacks of their own on free ports and folders, so they run beside it.
+# Work goes out by module, the costliest first (a long module started last would set the wall time alone); the
+# fault cases in FAULT_GROUPS groups, each with a fault stack of its own; the trainer's unit tests together,
+# since they share one session's trained models.
+COSTLIEST_FIRST = ("tests/faults/", "tests/unit/trainer/", "tests/integration/test_learner_closed_loop.py",
+                   "tests/integration/test_soak.py", "tests/unit/test_offline_loop.py",
+                   "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_worker.py", "tests/e2e/test_demo.py",
+                   "tests/integration/test_observability.py", "tests/integration/test_scorer.py")
+FAULT_GROUPS = 3
+EACH_TEST_APART = ("tests/unit/test_offline_loop.py",)  # minutes of independent replays
+
+
+def _cost_rank(nodeid: str) -> int:
+    return next((k for k, prefix in enumerate(COSTLIEST_FIRST) if nodeid.startswith(prefix)), len(COSTLIEST_FIRST))
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("stack") and not item.nodeid.startswith(OWN_STACKS):
-            raise pytest.UsageError(f"{item.nodeid} starts a stack of its own: add its module to OWN_STACKS "
-                                    "in tests/conftest.py, so that it never runs beside the shared stack's tests")
+    items.sort(key=lambda item: _cost_rank(item.nodeid))  # stable: the order within a module stays
 
 
 def pytest_xdist_make_scheduler(config, log):
-    # (not xdist's `--dist loadgroup`: with pytest 9.2 its group suffix never reaches the node ids)
     from xdist.scheduler import LoadScopeScheduling
 
-    class TwoStacks(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "own-or-no-stack" if nodeid.startswith(OWN_STACKS + NO_STACK) else "shared-stack"
+    config.option.loadscopereorder = False  # keep the costliest-first order above
 
-    return TwoStacks(config, log)
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/faults/"):
+                return f"faults-{zlib.crc32(nodeid.encode()) % FAULT_GROUPS}"
+            if nodeid.startswith("tests/unit/trainer/"):
+                return "tests/unit/trainer/"
+            if nodeid.startswith(EACH_TEST_APART):
+                return nodeid
+            return nodeid.split("::")[0]
+
+    return ByModule(config, log)
 
 
 def _docker_answers() -> bool:
@@ -73,14 +95,46 @@ def services() -> Settings:
             yield base.replace(kafka_bootstrap=kafka.get_bootstrap_server(),
                                redis_url=f"redis://{host}:{port}/0")
         return
+    with _shared_local_stack(base):
+        yield base
+
+
+@contextlib.contextmanager
+def _shared_local_stack(base: Settings):
+    """The local stack, shared by the pytest processes of a run: the first that needs it starts it, unless it was
+    running before the run; the last to finish stops it, if the run started it (the machine is left as found)."""
+    import psutil
+
     from streamrec.deploy.localstack import LocalStack
 
     stack = LocalStack(base)
-    was_running = stack.running("kafka") and stack.running("redis")
-    stack.up(log=lambda m: None)
-    yield base
-    if not was_running:  # leave the machine as we found it
-        stack.down()
+    base.home_path.mkdir(parents=True, exist_ok=True)
+    users = base.home_path / "test-stack-users.json"
+
+    def update(change):
+        with open(base.home_path / "test-stack-users.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = json.loads(users.read_text()) if users.exists() else {"pids": [], "started_by_tests": False}
+            state["pids"] = [pid for pid in state["pids"] if psutil.pid_exists(pid) and pid != os.getpid()]
+            change(state)
+            users.write_text(json.dumps(state))
+
+    def join(state):
+        if not state["pids"]:
+            state["started_by_tests"] = not (stack.running("kafka") and stack.running("redis"))
+        stack.up(log=lambda m: None)
+        state["pids"].append(os.getpid())
+
+    def leave(state):
+        if not state["pids"] and state["started_by_tests"]:
+            stack.down()
+            state["started_by_tests"] = False
+
+    update(join)
+    try:
+        yield
+    finally:
+        update(leave)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,22 @@ from streamrec.stream.synthetic import Record
 publish = _load
 
 
+def own_redis(settings: Settings, home, **changes) -> tuple[Settings, object]:
+    """A redis-server of the test's own under ``home`` on a free port, started, for tests that stop or pause
+    Redis (the shared one serves every other test): the settings that point at it, and the server."""
+    import socket
+
+    from streamrec.deploy.localstack import RedisService
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    own = settings.replace(home=str(home), redis_port=port, redis_url=f"redis://127.0.0.1:{port}/0", **changes)
+    server = RedisService(own)
+    server.start(timeout=30, log=lambda m: None)
+    return own, server
+
+
 def read_topic(s: Settings, name: str, timeout: float = 60.0) -> list:
     """Every record now on a topic (all partitions, up to the high watermark)."""
     return topics.read_all(s, name, timeout)

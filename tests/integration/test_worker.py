@@ -17,7 +17,7 @@ from streamrec.stream.features import decayed, expected_decayed
 from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.synthetic import Record, synthetic_stream
 
-from .helpers import (check_counters, check_outputs, output_count, publish, read_topic, reference,
+from .helpers import (check_counters, check_outputs, output_count, own_redis, publish, read_topic, reference,
                       set_consumer_quota, wait_outputs)
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ def test_features_equal_the_direct_computation(fresh_settings, redis, engine):
     assert json.loads(dead["too_late"])["event_id"] == "too-late"
 
 
-@pytest.mark.parametrize("engine,events", [("faust", 40_000), ("confluent", 40_000)])
+@pytest.mark.parametrize("engine,events", [("faust", 15_000), ("confluent", 15_000)])
 def test_kill_9_in_the_middle_of_a_stream(fresh_settings, redis, engine, events):
     s = fresh_settings
     records = list(synthetic_stream(events, users=5000, items=20000, seed=9))
@@ -254,13 +254,8 @@ def ready(port: int) -> bool:
 def test_redis_outage_makes_the_worker_wait_unready_and_resume(fresh_settings, tmp_path):
     import redis as redis_lib
 
-    from streamrec.deploy.localstack import RedisService
-
-    redis_port = free_port()
-    own = fresh_settings.replace(home=str(tmp_path), redis_port=redis_port,
-                                 redis_url=f"redis://127.0.0.1:{redis_port}/0")
-    server = RedisService(own)
-    server.start(timeout=30, log=lambda m: None)
+    own, server = own_redis(fresh_settings, tmp_path)
+    redis_port = own.redis_port
     records = list(synthetic_stream(4000, users=300, items=400, seed=3))
     first, second = records[:2000], records[2000:]
     exp_first = reference(first)
@@ -412,14 +407,8 @@ def test_a_batch_stuck_in_hand_restarts_the_worker_and_answers_everything_once(f
     every other test's writes.)"""
     import redis as redis_lib
 
-    from streamrec.deploy.localstack import RedisService
-
-    redis_port = free_port()
-    s = fresh_settings.replace(home=str(tmp_path), redis_port=redis_port, worker_stall_s=3.0,
-                               redis_url=f"redis://127.0.0.1:{redis_port}/0")
-    server = RedisService(s)
-    server.start(timeout=30, log=lambda m: None)
-    redis = redis_lib.Redis(port=redis_port)
+    s, server = own_redis(fresh_settings, tmp_path, worker_stall_s=3.0)
+    redis = redis_lib.Redis(port=s.redis_port)
     records = list(synthetic_stream(1500, users=150, items=300, seed=17))
     exp = reference(records)
     first, rest = records[:500], records[500:]

@@ -136,8 +136,11 @@ def test_the_watch_acts_on_a_stall_only_while_the_servers_answer():
     for t in range(5, 200, 5):  # records wait, no batch, and the servers are away: an outage, not a stall
         clock.t = float(t)
         assert watch.check() is None
-    answering[0] = True
-    clock.t = 205.0
+    answering[0] = True  # back at 200: the consumer gets the full stall time again
+    for t in range(200, 260, 5):
+        clock.t = float(t)
+        assert watch.check() is None
+    clock.t = 261.0
     reason = watch.check()
     assert reason and acted == [reason]
     assert "records waited" in reason and "partitions [0]" in reason and "X=60" in reason
