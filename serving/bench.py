@@ -94,11 +94,13 @@ def _start_scorer(s: Settings, registry_uri: str, cfg: ScorerConfig, port: int) 
             "from streamrec.serving.scorer import Scorer\n"
             "cfg = json.loads(os.environ.pop('STREAMREC_BENCH_SCORER'))\n"
             "sys.exit(Scorer(Settings.from_env(), ScorerConfig(**cfg)).run())\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # not a pipe: one nobody reads fills up and blocks the scorer's logging
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"scorer exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"scorer exited: {log.read().decode(errors='replace')[-2000:]}")
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
                 return proc

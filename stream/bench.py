@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -116,14 +117,17 @@ def start_worker(s: Settings, processes: int = 1, port: int | None = None, engin
     """Start `streamrec worker` as a child process and wait until it is ready."""
     port = port or _free_port()
     env = {**os.environ, **s.as_env(), "STREAMREC_WORKER_PORT": str(port), "STREAMREC_LOG_LEVEL": "WARNING"}
+    # Its log into a file, not a pipe: a pipe nobody reads fills up and blocks the worker's next log line.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--processes", str(processes),
                              "--engine", engine],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     ports = [port + i for i in range(processes)]
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"worker exited: {log.read().decode(errors='replace')[-2000:]}")
         if all(_ready(p) for p in ports):
             return proc
         time.sleep(0.2)

@@ -262,12 +262,15 @@ class ConsumerWatch:
         self.servers_answer = servers_answer or (lambda: self.lag.broker_answers())
         self.in_batch = False
         self.wanted = threading.Event()
+        self.stopping = threading.Event()
+        """Set when the service stops: a batch that waits out its shutdown is no stall to act on."""
 
     def start(self, stopping: threading.Event) -> None:
-        threading.Thread(target=self._run, args=(stopping,), name="consumer-watch", daemon=True).start()
+        self.stopping = stopping
+        threading.Thread(target=self._run, name="consumer-watch", daemon=True).start()
 
-    def _run(self, stopping: threading.Event) -> None:
-        while not stopping.wait(self.INTERVAL_S):
+    def _run(self) -> None:
+        while not self.stopping.wait(self.INTERVAL_S):
             if not self.wanted.is_set():
                 self.check()
 
@@ -283,6 +286,8 @@ class ConsumerWatch:
             log.warning("%s, but the servers do not answer a fresh client either: waiting for them", reason)
             self.watchdog.progressed()
             return None
+        if self.stopping.is_set():
+            return None  # a restart now would swallow the SIGTERM being handled
         where = f"partitions {sorted(owned)}" if owned else "partitions no member takes"
         reason = f"{reason} on {where} ({self.setting}={self.watchdog.stall_s:g}): the Kafka consumer stalled"
         log.error("%s", reason)

@@ -224,13 +224,15 @@ class StreamWorker(WorkerService):
         worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True,
                               redirect_stdouts=False, override_logging=False)
 
+        watching = threading.Event()
+
         def stopping(*_):
+            watching.set()
             self.http.stopping = True
             self.processor.store.stop_event.set()
 
         worker.on_worker_shutdown = stopping  # type: ignore[method-assign]
         worker.spinner = None  # a terminal spinner only garbles service logs
-        watching = threading.Event()
         self.watch.start(watching)  # a thread, not a faust timer: faust's loop is what may be stuck
         try:
             worker.execute_from_commandline()
