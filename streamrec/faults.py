@@ -146,6 +146,7 @@ class TopicCounter:
         self.topics = [s.topic(n) for n in names]
         self.partitions = s.topic_partitions
         self.consumer = self._new_consumer()
+        self._lock = threading.Lock()  # a case's sampler thread and its main thread both count
 
     def _new_consumer(self) -> Consumer:
         return Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "faults-count", **QUIET})
@@ -154,6 +155,10 @@ class TopicCounter:
         """None while the broker does not answer. A failed reading replaces the client: after a broker restart
         one can answer "Unknown partition" for many minutes while fresh ones read fine (RELIABILITY.md, fault 10:
         that stuck client, not the pipeline, held a case until pytest's time-out)."""
+        with self._lock:
+            return self._count()
+
+    def _count(self) -> int | None:
         total = 0
         try:
             for topic in self.topics:
@@ -167,7 +172,8 @@ class TopicCounter:
         return total
 
     def close(self) -> None:
-        self.consumer.close()
+        with self._lock:
+            self.consumer.close()
 
 
 def committed(s: Settings, group: str) -> int | None:

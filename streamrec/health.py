@@ -75,9 +75,12 @@ class HealthServer:
                 if status == 401:  # RFC 6750: say which scheme the route wants
                     self.send_header("WWW-Authenticate", 'Bearer realm="streamrec"')
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    if with_body:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a probe's short time-out): nothing to answer
 
             def parse_request(self):
                 if not self.raw_requestline.strip():  # http.server would hang up without a word

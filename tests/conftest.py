@@ -39,7 +39,9 @@ COSTLIEST_FIRST = ("tests/faults/", "tests/unit/trainer/", "tests/integration/te
                    "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_worker.py", "tests/e2e/test_demo.py",
                    "tests/integration/test_observability.py", "tests/integration/test_scorer.py")
 FAULT_GROUPS = 3
-EACH_TEST_APART = ("tests/unit/test_offline_loop.py",)  # minutes of independent replays
+# Modules of long, independent tests (no module-scoped fixture), spread test by test.
+EACH_TEST_APART = ("tests/unit/test_offline_loop.py", "tests/integration/test_worker.py",
+                   "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_scorer.py")
 
 
 def _cost_rank(nodeid: str) -> int:

@@ -179,6 +179,18 @@ def users_ci(per_user: dict[str, list[int]]) -> dict:
     return {"users": u, "ctr_se_users": se, "ctr_ci95_users": [p - 1.96 * se, p + 1.96 * se]}
 
 
+def _scrape(port: int, tries: int = 4) -> str:
+    """The learner's metrics. Patiently: while it trains, a loaded machine can keep its endpoint from answering
+    for seconds, and a missed scrape would read as nothing published ("" after every try)."""
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as r:
+                return r.read().decode()
+        except OSError:
+            time.sleep(1.0)
+    return ""
+
+
 def _metric(body: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")
                or line.startswith(name + "{"))
@@ -219,11 +231,7 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
         time.sleep(3)
         log(f"simulating {users} users at {rate} events/s for {seconds:.0f} s (arms: {ARMS})")
         report = Simulation(s, cfg).run()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                metrics = r.read().decode()
-        except OSError:
-            pass
+        metrics = _scrape(port)
     finally:
         scorer.stop()
         st.join(30)
