@@ -165,7 +165,7 @@ class TopicCounter:
                 for p in range(self.partitions):
                     low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=2, cached=False)
                     total += high - low
-        except KafkaException:
+        except (KafkaException, RuntimeError):  # RuntimeError: the client is closed
             stale, self.consumer = self.consumer, self._new_consumer()
             threading.Thread(target=stale.close, daemon=True).start()  # a stuck client may not even close
             return None
