@@ -345,6 +345,31 @@ def test_lag_reading_behind_the_stall_watchdog(fresh_settings, redis):
         svc.processor.close()
 
 
+def started_on_a_third(s, events: int, seed: int, engine: str):
+    """A worker that has answered the first third of a stream: the records, their reference, the rest to send,
+    the worker's port and process."""
+    records = list(synthetic_stream(events, users=events // 10, items=events // 6, seed=seed))
+    first, rest = records[:events // 3], records[events // 3:]
+    publish(s, first)
+    port = free_port()
+    proc = start_worker(s, port=port, engine=engine)
+    wait_outputs(s, reference(first).outputs, timeout=120)
+    return records, reference(records), rest, port, proc
+
+
+def wait_recovered(port: int, metric_name: str, timeout: float) -> float:
+    """The worker's recovery counter once it is at least 1 (or at the time-out); the process may be between its
+    old image and the new one meanwhile."""
+    deadline, count = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline and count < 1:
+        try:
+            count = metric(port, metric_name)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return count
+
+
 @pytest.mark.parametrize("engine, recovery", [("faust", "streamrec_worker_stall_restarts"),
                                               ("confluent", "streamrec_worker_consumer_renewals_total")])
 def test_a_stalled_consumer_recovers_and_answers_everything_once(fresh_settings, redis, engine, recovery):
@@ -354,33 +379,18 @@ def test_a_stalled_consumer_recovers_and_answers_everything_once(fresh_settings,
     answered exactly once."""
     import threading
 
-    from streamrec.stream.synthetic import synthetic_stream as stream
-
     s = fresh_settings.replace(worker_stall_s=4.0)
-    records = list(stream(3000, users=300, items=500, seed=13))
-    exp = reference(records)
-    first, rest = records[:1000], records[1000:]
-    publish(s, first)
-    port = free_port()
-    proc = start_worker(s, port=port, engine=engine)
+    records, exp, rest, port, proc = started_on_a_third(s, 3000, seed=13, engine=engine)
     client_id = f"{s.topic_prefix}streamrec-worker"  # the worker's Kafka client id (its group id)
     throttled = False
     try:
-        wait_outputs(s, reference(first).outputs, timeout=120)
         set_consumer_quota(s, client_id, 1)
         throttled = True
         # The rest arrives slowly, so records are always waiting while fetches are held back.
         feeder = threading.Thread(target=lambda: [publish(s, rest[i:i + 100]) or time.sleep(1.0)
                                                   for i in range(0, len(rest), 100)])
         feeder.start()
-        deadline, restarts = time.monotonic() + 120, 0.0
-        while time.monotonic() < deadline and restarts < 1:
-            try:
-                restarts = metric(port, recovery)
-            except OSError:
-                pass  # between the old process image and the new one
-            time.sleep(0.5)
-        assert restarts >= 1, "the watchdog did not recover the stalled worker"
+        assert wait_recovered(port, recovery, timeout=120) >= 1, "the watchdog did not recover the stalled worker"
         assert proc.poll() is None  # the same process (pid): re-executed (faust), or with a new consumer
         feeder.join()
         set_consumer_quota(s, client_id, None)
@@ -409,25 +419,13 @@ def test_a_batch_stuck_in_hand_restarts_the_worker_and_answers_everything_once(f
 
     s, server = own_redis(fresh_settings, tmp_path, worker_stall_s=3.0)
     redis = redis_lib.Redis(port=s.redis_port)
-    records = list(synthetic_stream(1500, users=150, items=300, seed=17))
-    exp = reference(records)
-    first, rest = records[:500], records[500:]
-    publish(s, first)
-    port = free_port()
-    proc = start_worker(s, port=port, engine=engine)
+    records, exp, rest, port, proc = started_on_a_third(s, 1500, seed=17, engine=engine)
     paused = False
     try:
-        wait_outputs(s, reference(first).outputs, timeout=120)
         redis.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
         paused = True
         publish(s, rest)
-        deadline, restarts = time.monotonic() + 60, 0.0
-        while time.monotonic() < deadline and restarts < 1:
-            try:
-                restarts = metric(port, "streamrec_worker_stall_restarts")
-            except OSError:
-                pass  # between the old process image and the new one
-            time.sleep(0.5)
+        restarts = wait_recovered(port, "streamrec_worker_stall_restarts", timeout=60)
         assert restarts >= 1, "the stall watch did not act on the batch stuck in hand"
         assert proc.poll() is None  # the same process, re-executed
         redis.execute_command("CLIENT", "UNPAUSE")
