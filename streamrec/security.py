@@ -195,17 +195,22 @@ def check_kafka(settings: Settings, timeout: float = 15.0) -> None:
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **kafka_options(settings)})
     deadline = time.monotonic() + timeout
-    while True:
-        # list_topics alone would wait out its timeout on a refused login: error_cb (which
-        # raises SecurityError) only runs from poll, so alternate short tries with polls.
-        admin.poll(0.05)
-        try:
-            admin.list_topics(timeout=0.5)
-            return
-        except KafkaException:
-            if time.monotonic() > deadline:
-                admin.poll(0.1)
-                raise
+    try:
+        while True:
+            # list_topics alone would wait out its timeout on a refused login: error_cb (which
+            # raises SecurityError) only runs from poll, so alternate short tries with polls.
+            admin.poll(0.05)
+            try:
+                admin.list_topics(timeout=0.5)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    admin.poll(0.1)
+                    raise
+    finally:
+        # The client has no close(): drop this frame's reference, which an error's traceback would keep (and
+        # with it a client reconnecting to a broker long gone).
+        admin = None  # noqa: F841
 
 
 # --------------------------------------------------------------------------- #

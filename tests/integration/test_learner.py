@@ -126,8 +126,8 @@ def test_learn_command_serves_health_and_metrics_and_stops_cleanly_on_sigterm(fr
     proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "learn", "--checkpoint-dir", str(tmp_path / "ck"),
                              "--dry-run"], env=env, stderr=subprocess.PIPE)
     try:
-        body = b""
-        deadline = time.monotonic() + 60
+        body = ""
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
@@ -144,6 +144,7 @@ def test_learn_command_serves_health_and_metrics_and_stops_cleanly_on_sigterm(fr
             bad.produce(s.topic(topics.EVENTS), raw, key=b"u")
         assert bad.flush(30) == 0
         produce(s, topics.EVENTS, evs, "user_id")
+        deadline = time.monotonic() + 120  # its own wait: a slow start on a loaded machine must not eat it
         while time.monotonic() < deadline:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                 body = r.read().decode()
