@@ -34,8 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Work goes out by module, the costliest first (a long module started last would set the wall time alone); the
 # fault cases in FAULT_GROUPS groups, each with a fault stack of its own; the trainer's unit tests together,
 # since they share one session's trained models.
-COSTLIEST_FIRST = ("tests/faults/", "tests/unit/trainer/", "tests/integration/test_learner_closed_loop.py",
-                   "tests/integration/test_soak.py", "tests/unit/test_offline_loop.py",
+COSTLIEST_FIRST = ("tests/faults/", "tests/unit/trainer/", "tests/integration/test_soak.py", "tests/unit/test_offline_loop.py",
                    "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_worker.py", "tests/e2e/test_demo.py",
                    "tests/integration/test_observability.py", "tests/integration/test_scorer.py")
 FAULT_GROUPS = 3
@@ -44,7 +43,15 @@ EACH_TEST_APART = ("tests/unit/test_offline_loop.py", "tests/integration/test_wo
                    "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_scorer.py")
 
 
+# Last, when the other workers are winding down: its online trainer must publish within 90 s of simulated traffic,
+# which it does in about 40 s on a calm machine but did not in two of three runs while the suite's busiest part
+# (three fault stacks starting, the trainer tests' training) ran beside it.
+CALMEST_LAST = ("tests/integration/test_learner_closed_loop.py",)
+
+
 def _cost_rank(nodeid: str) -> int:
+    if nodeid.startswith(CALMEST_LAST):
+        return len(COSTLIEST_FIRST) + 1
     return next((k for k, prefix in enumerate(COSTLIEST_FIRST) if nodeid.startswith(prefix)), len(COSTLIEST_FIRST))
 
 
