@@ -52,7 +52,7 @@ test: export STREAMREC_FAULT_EVENTS ?= 3000
 test: install
 	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
-# The unit, contract and property tests: no Kafka, no Redis, about a minute. Use it while editing;
+# The unit, contract and property tests: no Kafka, no Redis, under 2 minutes. Use it while editing;
 # `make test` before a commit.
 CHECK_TESTS := tests/unit tests/fuzz/test_decoder_fuzz.py
 check: install
