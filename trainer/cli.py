@@ -37,9 +37,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, metavar="PATH|kafka",
                    help="interaction history: a file or folder (events.jsonl, MovieLens u.data/ratings.dat/"
-                        "ratings.csv, RecBole .inter, CSV, Parquet), or 'kafka' to replay the events topic")
-    g.add_argument("--format", default="auto", choices=["auto", "events", "movielens", "recbole", "csv", "parquet"],
-                   help="input format (default: from the file name)")
+                        "ratings.csv, RecBole .inter, one user per line .txt, CSV, Parquet), or 'kafka' to replay the events topic")
+    g.add_argument("--format", default="auto",
+                   choices=["auto", "events", "movielens", "recbole", "sequences", "csv", "parquet"],
+                   help="input format (default: from the file name; sequences: 'user item item ...' per line)")
     g.add_argument("--items", metavar="PATH", help="item file with categories (CSV item_id,category); MovieLens "
                                                    "and RecBole item files next to the data are found by themselves")
     g.add_argument("--rating-threshold", type=float, default=None, metavar="R",
@@ -353,6 +354,20 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+def cmd_data_fetch(args) -> int:
+    """Download public data sets by name (checked by SHA-256)."""
+    from streamrec.trainer.datasets import FetchError, fetch
+
+    try:
+        for name in args.names:
+            console.print(f"[bold]{name}[/]")
+            fetch(name, Path(args.out), Path(args.local_copy) if args.local_copy else None, echo=console.print)
+    except FetchError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- #
 def cmd_models(args) -> int:
     """list | show | promote | rollback."""
@@ -475,6 +490,17 @@ def register(sub) -> None:
     s = dsub.add_parser("show", help="read a history and print its summary (users, items, time span)")
     _add_data_args(s)
     s.set_defaults(func=cmd_data_show)
+    s = dsub.add_parser("fetch", help="download public data sets (ml-100k, amazon-toys, amazon-sports, obd)",
+                        description="Each file is checked against its published SHA-256; what is already there "
+                                    "and intact is kept.")
+    s.add_argument("names", nargs="+", choices=["ml-100k", "amazon-toys", "amazon-sports", "obd"], metavar="NAME",
+                   help="ml-100k, amazon-toys, amazon-sports, obd")
+    s.add_argument("--out", default=".local/data", help="root folder; each set goes in a folder of its name "
+                                                        "(default .local/data)")
+    s.add_argument("--from", dest="local_copy", metavar="PATH",
+                   help="read from a local copy instead of the network: a checkout or bare git folder of the "
+                        "source repository, or (ml-100k) the RecBole wheel")
+    s.set_defaults(func=cmd_data_fetch)
 
     p = sub.add_parser("models", help="list, show, promote or roll back model versions in the registry",
                        description="Works on STREAMREC_REGISTRY_URI. promote and rollback verify the version "

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 from streamrec.trainer.data import DataError, Interactions
 
-FORMATS = ("auto", "events", "movielens", "recbole", "csv", "parquet", "kafka")
+FORMATS = ("auto", "events", "movielens", "recbole", "sequences", "csv", "parquet", "kafka")
 # MovieLens 100K's u.item ends with 19 genre flags in this order.
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
@@ -238,6 +238,26 @@ def read_recbole(path: Path, items: Path | None = None, rating_threshold: float 
 
 
 # --------------------------------------------------------------------------- #
+# One user per line, items in time order (the S3-Rec release of the Amazon sets)
+# --------------------------------------------------------------------------- #
+def read_sequences(path: Path, items: Path | None = None, rating_threshold: float | None = None) -> Interactions:
+    """``user item item ...`` per line, oldest first, as in the S3-Rec release of the Amazon 5-core sets.
+
+    The file has no times: an item's time is its position in the line (second 1, 2, ...), which
+    keeps the order, so leave-one-out splits are the published ones.
+    """
+    def rows() -> Iterator[dict]:
+        for n, line in _lines(path):
+            user, *seq = line.split()
+            if not seq:
+                raise DataError("a user with no items; expected 'user item item ...'", str(path), n)
+            for pos, item in enumerate(seq, 1):
+                yield {"user_id": user, "item_id": item, "type": "view", "ts": pos * 1000}
+
+    return _finish(rows(), read_item_csv(items) if items else {}, path, rating_threshold)
+
+
+# --------------------------------------------------------------------------- #
 # Generic CSV / Parquet
 # --------------------------------------------------------------------------- #
 def _mapped_rows(records: Iterable[tuple[int, dict]], cols: Columns, path: Path) -> Iterator[dict]:
@@ -294,7 +314,10 @@ def detect(path: Path) -> tuple[str, Path]:
         inter = sorted(path.glob("*.inter"))
         if inter:
             return "recbole", inter[0]
-        raise DataError("no known data layout here (events.jsonl, u.data, ratings.dat, ratings.csv, *.inter)",
+        seq = sorted(path.glob("*.txt"))
+        if seq:
+            return "sequences", seq[0]
+        raise DataError("no known data layout here (events.jsonl, u.data, ratings.dat, ratings.csv, *.inter, *.txt)",
                         str(path))
     name = path.name.lower()
     if name.endswith((".jsonl", ".ndjson")):
@@ -305,11 +328,13 @@ def detect(path: Path) -> tuple[str, Path]:
         return "movielens", path
     if name.endswith(".parquet"):
         return "parquet", path
+    if name.endswith(".txt"):
+        return "sequences", path
     if name == "ratings.csv":
         return "movielens", path
     if name.endswith(".csv"):
         return "csv", path
-    raise DataError("unknown format; pass --format (events, movielens, recbole, csv, parquet)", str(path))
+    raise DataError("unknown format; pass --format (events, movielens, recbole, sequences, csv, parquet)", str(path))
 
 
 def load(path: str | Path, fmt: str = "auto", items: str | Path | None = None,
@@ -324,7 +349,7 @@ def load(path: str | Path, fmt: str = "auto", items: str | Path | None = None,
     if fmt == "events" and items is None and path.with_name("items.csv").exists():
         items = path.with_name("items.csv")
     readers: dict[str, Callable[..., Interactions]] = {
-        "events": read_events, "movielens": read_movielens, "recbole": read_recbole}
+        "events": read_events, "movielens": read_movielens, "recbole": read_recbole, "sequences": read_sequences}
     if fmt in readers:
         return readers[fmt](path, items=items, rating_threshold=rating_threshold)
     reader = read_csv if fmt == "csv" else read_parquet
