@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,8 @@ NEVER_HOURS = 24 * 365.0
 DENSE_FEATURES = ("item_log_views", "item_ctr", "item_recency", "session_length", "category_affinity",
                   "seq_score", "content_sim")
 """Dense features this scorer can compute; a ranker asking for others is refused at load."""
+SESSION_READ = 50
+"""Newest members of a session's sequence read per request."""
 
 
 def _s(v) -> str:
@@ -122,10 +124,55 @@ class ItemStats:
                    np.zeros(n, bool))
 
 
+def request_context(request: ScoreRequest, session_members: Sequence[str], bought: Iterable[str],
+                    session_counts: Iterable[float], user_counts: Iterable[float], affinity: dict[str, float],
+                    recent: Sequence[str] | None = None, history_items: int = 0,
+                    segment: int | None = None) -> RequestContext:
+    """A request's context from its user's state as the worker stores it (`streamrec.stream.keys`).
+
+    ``session_members``: the item of each member of the session's sequence, oldest first (repeats
+    included); ``session_counts`` / ``user_counts``: the positive counts of the session and user hashes;
+    ``affinity``: decayed weight per category (any common scale); ``recent``: the user's recent items,
+    oldest first (None: no history read). Shared by the Redis reader and the in-memory one
+    (`streamrec.serving.memory_features`), so both build contexts by the same rules.
+    """
+    ctx = RequestContext(request)
+    items: dict[str, None] = {}
+    for item in session_members:
+        items.pop(item, None)
+        items[item] = None
+    ctx.session_items = list(items)
+    if recent is not None:
+        # Dropping the session's items from the newest h + len(session) leaves the newest h others.
+        h = history_items
+        ctx.history = [i for i in recent[-(h + len(items)):] if i not in items][-h:]
+    # Seen in this session or bought at any time: not recommended again.
+    ctx.seen = set(items) | set(bought)
+    ctx.session_positive = int(sum(session_counts))
+    ctx.user_positive = int(sum(user_counts))
+    ctx.known = ctx.user_positive > 0 or bool(items)
+    total = sum(affinity.values())
+    ctx.affinity = {c: v / total for c, v in affinity.items()} if total > 0 else {}
+    ctx.segment = segment
+    return ctx
+
+
+def stats_row(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """(views, clicks, impressions, last_ts) of an item from its ``STAT_FIELDS`` values (NaN: absent).
+
+    >>> stats_row([3.0, 1.0, float("nan"), 0.0, 2.0, 7.0, 1767225600000.0])
+    (6.0, 1.0, 7.0, 1767225600000.0)
+    """
+    counts = [0.0 if math.isnan(v) else v for v in values[:-2]]
+    # views = every positive interaction, as the trainer counts them
+    return (sum(counts), counts[POSITIVE.index("click")], 0.0 if math.isnan(values[-2]) else values[-2],
+            values[-1])
+
+
 class FeatureReader:
     """Reads features for batches of requests from Redis (a `redis.Redis` or cluster client)."""
 
-    def __init__(self, client, keys: Keys, config: FeatureConfig | None = None, seq_cap: int = 50,
+    def __init__(self, client, keys: Keys, config: FeatureConfig | None = None, seq_cap: int = SESSION_READ,
                  stats_ttl_s: float = 1.0, history_items: int = 0):
         self.client = client
         self.history_items = history_items
@@ -162,27 +209,11 @@ class FeatureReader:
         out = []
         for i, r in enumerate(requests):
             seq, *past, sess, user, aff, bought, segment = raw[per * i: per * i + per]
-            ctx = RequestContext(r)
-            items: dict[str, None] = {}
-            for member in seq:
-                item = _s(member).split(SEP, 1)[0]
-                items.pop(item, None)
-                items[item] = None
-            ctx.session_items = list(items)
-            if past:
-                # Dropping the session's items from the newest h + len(session) leaves the newest h others.
-                ctx.history = [i for i in map(_s, past[0][-(h + len(items)):]) if i not in items][-h:]
-            # Seen in this session or bought at any time: not recommended again.
-            ctx.seen = set(items) | {_s(b) for b in bought}
-            ctx.session_positive = int(sum(_f(v) for v in sess))
-            ctx.user_positive = int(sum(_f(v) for v in user))
-            ctx.known = ctx.user_positive > 0 or bool(items)
             # The worker writes one field ``a:<category>`` per category (beside the landmark ``_L``).
-            shares = {_s(c)[2:]: _f(v) for c, v in aff.items() if _s(c).startswith("a:")}
-            total = sum(shares.values())
-            ctx.affinity = {c: v / total for c, v in shares.items()} if total > 0 else {}
-            ctx.segment = _segment(segment)
-            out.append(ctx)
+            affinity = {_s(c)[2:]: _f(v) for c, v in aff.items() if _s(c).startswith("a:")}
+            out.append(request_context(
+                r, [_s(m).split(SEP, 1)[0] for m in seq], map(_s, bought), map(_f, sess), map(_f, user),
+                affinity, list(map(_s, past[0])) if past else None, h, _segment(segment)))
         trending = [(_s(m), s) for m, s in _pairs(raw[-1])]
         return out, trending
 
@@ -268,11 +299,7 @@ class FeatureReader:
             row = None
             cat = ""
             if with_stats:
-                values = [_f(v, np.nan) for v in raw[1 + 2 * j]]
-                counts = [0.0 if math.isnan(v) else v for v in values[:-2]]
-                # views = every positive interaction, as the trainer counts them
-                row = (sum(counts), counts[POSITIVE.index("click")],
-                       0.0 if math.isnan(values[-2]) else values[-2], values[-1])
+                row = stats_row([_f(v, np.nan) for v in raw[1 + 2 * j]])
                 meta = raw[2 + 2 * j]
                 cat = _s(meta) if meta is not None else ""
                 self.categories[item] = cat

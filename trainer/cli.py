@@ -231,7 +231,18 @@ def _train_and_report(args):
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         return None
+    served = None
+    if getattr(args, "served", False):  # evaluate --served: the scorer's engine on the replayed history
+        from streamrec.trainer.served_eval import ROW, evaluate_served
+
+        try:
+            trained.loo_metrics[ROW], served = evaluate_served(trained, inter, args.settings, args.k)
+        except (ValueError, RuntimeError, RegistryError) as exc:
+            console.print(f"[red]error:[/] served slates: {exc}")
+            return None
     print_wide(loo_table(trained.loo_metrics, args.k, _loo_title(split, catalog)))
+    if served is not None:
+        out.print(served.describe())
     out.print(metrics_table(trained))
     if args.top10:
         _write_top10(args.top10, trained.split.users, trained.top10, trained.catalog)
@@ -291,6 +302,10 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Train on the leave-one-out split and print the table, or score a published sequence model (``--model``)."""
+    if args.served and (args.model or args.cold or args.content):
+        console.print("[red]error:[/] --served scores the models it trains, without the content tower; "
+                      "drop --model, --cold and --content")
+        return 2
     if getattr(args, "cold", False):  # content tower on items held out of training (streamrec.trainer.cold_eval)
         from streamrec.trainer.cold_eval import cmd_evaluate_cold
         return cmd_evaluate_cold(args, load_data, console, print_wide)
@@ -468,6 +483,10 @@ def register(sub) -> None:
                         "+ category + tags) vs popularity and random; needs the catalog text (--items CSV/JSONL)")
     p.add_argument("--cold-share", type=float, default=0.2, metavar="S",
                    help="--cold: share of the items held out as cold (default 0.2)")
+    p.add_argument("--served", action="store_true",
+                   help="also score the slate the scorer would serve (a row 'served'): its engine with the "
+                        "models just trained (all candidate sources, the ranker, the greedy policy, slates of "
+                        "the largest --k) on features replayed from the history as the worker writes them")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="synthetic data and input checks")

@@ -101,14 +101,57 @@ def list_metrics(tops: np.ndarray, k: int, n_catalog: int, popularity: np.ndarra
     """coverage@k (share of the catalog in someone's top k) and, given per-item ``popularity``,
     pop@k (mean popularity of the recommended items, every slot counted).
 
+    A slot of -1 is empty (a list shorter than k) and counts for neither.
+
     >>> list_metrics(np.array([[0, 1], [0, 2]]), 2, 4, np.array([10.0, 2.0, 0.0, 5.0]))
     {'coverage@2': 0.75, 'pop@2': 5.5}
+    >>> list_metrics(np.array([[0, 1], [3, -1]]), 2, 4, np.array([10.0, 2.0, 0.0, 5.0]))
+    {'coverage@2': 0.75, 'pop@2': 5.666666666666667}
     """
     top = np.asarray(tops)[:, :k]
-    out = {f"coverage@{k}": len(np.unique(top)) / max(n_catalog, 1)}
+    shown = top[top >= 0]
+    out = {f"coverage@{k}": len(np.unique(shown)) / max(n_catalog, 1)}
     if popularity is not None:
-        out[f"pop@{k}"] = float(popularity[top].mean()) if top.size else 0.0
+        out[f"pop@{k}"] = float(popularity[shown].mean()) if shown.size else 0.0
     return out
+
+
+def _cutoffs(k: int | Sequence[int]) -> list[int]:
+    ks = [k] if isinstance(k, int) else sorted(set(int(x) for x in k))
+    if not ks or min(ks) < 1:
+        raise ValueError(f"k: cutoffs must be positive integers, got {k!r}")
+    return ks
+
+
+def _table_row(ranks: np.ndarray, tops: np.ndarray, ks: Sequence[int], n_catalog: int,
+               popularity: np.ndarray | None) -> dict[str, float]:
+    """Every metric of the module docstring at each cutoff, from target ranks and top lists."""
+    metrics: dict[str, float] = {}
+    for cut in ks:
+        metrics.update(ranking_metrics(ranks, cut, extended=True))
+        metrics.update(list_metrics(tops, cut, n_catalog, popularity))
+    return metrics
+
+
+def slate_metrics(slates: Sequence[Sequence[str]], targets: Sequence[str], catalog: list[str],
+                  k: Sequence[int] = (10,), popularity: np.ndarray | None = None) -> dict[str, float]:
+    """The metrics of `evaluate_scorer` for lists fixed in advance (e.g. the slates a scorer served):
+    a target's rank is its position in its list; a target not in the list is a miss.
+
+    >>> m = slate_metrics([["a", "b"], ["c"]], ["b", "a"], ["a", "b", "c"], k=[2])
+    >>> m["HR@2"], m["MRR@2"], m["coverage@2"]
+    (0.5, 0.25, 1.0)
+    """
+    ks = _cutoffs(k)
+    width = max(ks)
+    index = {item: j for j, item in enumerate(catalog)}
+    ranks = np.array([list(s[:width]).index(t) if t in s[:width] else width for s, t in zip(slates, targets)],
+                     dtype=np.int64)
+    tops = np.full((len(slates), width), -1, dtype=np.int64)
+    for r, s in enumerate(slates):
+        row = [index.get(i, -1) for i in s[:width]]
+        tops[r, :len(row)] = row
+    return _table_row(ranks, tops, ks, len(catalog), popularity)
 
 
 def evaluate_scorer(score: ScoreFn, histories: list[list[str]], targets: list[str], catalog: list[str],
@@ -121,9 +164,7 @@ def evaluate_scorer(score: ScoreFn, histories: list[list[str]], targets: list[st
     pop@K (``popularity``: per catalog item, e.g. `Popularity.counts`), and
     lists of the largest cutoff.
     """
-    ks = [k] if isinstance(k, int) else sorted(set(int(x) for x in k))
-    if not ks or min(ks) < 1:
-        raise ValueError(f"k: cutoffs must be positive integers, got {k!r}")
+    ks = _cutoffs(k)
     width = max(ks)
     index = {item: j for j, item in enumerate(catalog)}
     ranks, tops = [], []
@@ -139,11 +180,7 @@ def evaluate_scorer(score: ScoreFn, histories: list[list[str]], targets: list[st
     tops = np.array(tops, dtype=np.int64).reshape(len(tops), -1)
     if isinstance(k, int):
         return ranking_metrics(all_ranks, k), tops
-    metrics: dict[str, float] = {}
-    for cut in ks:
-        metrics.update(ranking_metrics(all_ranks, cut, extended=True))
-        metrics.update(list_metrics(tops, cut, len(catalog), popularity))
-    return metrics, tops
+    return _table_row(all_ranks, tops, ks, len(catalog), popularity), tops
 
 
 def leave_one_out_table(scorers: dict[str, ScoreFn], split: "LeaveOneOut", catalog: list[str],
