@@ -21,7 +21,7 @@ console = make_console(stderr=True)
 # Packages whose cli module registers subcommands; a package whose optional
 # dependencies are missing (torch in the serving image) is skipped quietly.
 SUBCOMMAND_MODULES = ("streamrec.stream.cli", "streamrec.serving.cli", "streamrec.trainer.cli",
-                      "streamrec.trainer.online_cli", "streamrec.trainer.segments",
+                      "streamrec.trainer.online_cli", "streamrec.trainer.segments", "streamrec.trainer.ope_bench",
                       "streamrec.demo", "streamrec.soak",
                       "streamrec.faults")
 

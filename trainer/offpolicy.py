@@ -1,5 +1,5 @@
 """Off-policy learning and evaluation from logged slates: capped importance weights,
-self-normalised IPS with a confidence interval, and the top-K off-policy corrected
+IPS and self-normalised IPS with a confidence interval, and the top-K off-policy corrected
 REINFORCE loss (Chen et al., 2019, "Top-K Off-Policy Correction for a REINFORCE
 Recommender System").
 
@@ -44,6 +44,32 @@ class Estimate:
                 f"{prefix}ess": self.ess}
 
 
+def ips(rewards: np.ndarray, target: np.ndarray, logging: np.ndarray, cap: float = 10.0) -> Estimate:
+    """Inverse propensity estimate ``mean(w r)`` and a normal 95% CI; unbiased when ``cap=math.inf``.
+
+    Unlike `snips` it does not divide by the weights' own mean, so it keeps the target's scale when the
+    weights average far from one (a few samples, or a target that favours rare actions), at more variance.
+
+    >>> round(ips(np.array([1.0, 0.0]), np.array([0.5, 0.5]), np.array([0.25, 0.5])).value, 6)
+    1.0
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    w = capped_weights(target, logging, cap)
+    n = len(r)
+    if n == 0:
+        return Estimate(0.0, 0.0, 0.0, 0, 0.0)
+    terms = w * r
+    v = float(terms.mean())
+    half = 1.96 * float(terms.std()) / math.sqrt(n)
+    return Estimate(v, v - half, v + half, n, effective_sample_size(w))
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """``sum(w)^2 / sum(w^2)``: how many equally weighted samples the weights are worth (0 when all are 0)."""
+    square = float((weights * weights).sum())
+    return float(weights.sum()) ** 2 / square if square > 0 else 0.0
+
+
 def snips(rewards: np.ndarray, target: np.ndarray, logging: np.ndarray, cap: float = 10.0) -> Estimate:
     """Self-normalised inverse propensity estimate ``sum(w r) / sum(w)`` and a delta-method 95% CI."""
     r = np.asarray(rewards, dtype=np.float64)
@@ -54,8 +80,7 @@ def snips(rewards: np.ndarray, target: np.ndarray, logging: np.ndarray, cap: flo
     v = float((w * r).sum() / w.sum())
     var = float((w * w * (r - v) ** 2).sum() / w.sum() ** 2)
     half = 1.96 * math.sqrt(var)
-    ess = float(w.sum() ** 2 / (w * w).sum())
-    return Estimate(v, v - half, v + half, n, ess)
+    return Estimate(v, v - half, v + half, n, effective_sample_size(w))
 
 
 def slate_softmax(scores: np.ndarray, slate_of: np.ndarray, temperature: float = 1.0) -> np.ndarray:
