@@ -116,10 +116,13 @@ class SASRec(RecModel):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the next item at every non-padding position, over the whole catalog."""
-        h = self.encode_all(batch["seq_items"], batch["seq_cats"])
-        logits = h @ self.catalog_vectors().T
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["target"].reshape(-1),
-                                           ignore_index=-100)
+        items, cats, target = _trim_padding(batch["seq_items"], batch["seq_cats"], batch["target"])
+        h = self.encode_all(items, cats)
+        # Logits only where there is a target: most positions of short histories are padding, and the
+        # catalog-wide product is most of the cost.
+        scored = target >= 0
+        logits = h[scored] @ self.catalog_vectors().T
+        return nn.functional.cross_entropy(logits, target[scored])
 
     # -- data preparation --------------------------------------------------------- #
     def encode_sequences(self, seqs: list[list[str]], categories: dict[str, str],
@@ -168,6 +171,17 @@ class SASRec(RecModel):
         items[0, : length // 2] = 0
         cats[0, : length // 2] = 0
         return items, cats
+
+
+def _trim_padding(items: torch.Tensor, cats: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the leading columns that are padding in every row of the batch.
+
+    Exact: positions count back from the newest item and padded keys are masked, so the
+    states of real positions do not depend on how much padding precedes them.
+    """
+    present = (items[..., 0] > 0).any(0)
+    first = int(present.float().argmax()) if bool(present.any()) else items.shape[1] - 1
+    return items[:, first:], cats[:, first:], target[:, first:]
 
 
 class ItemEncoder(nn.Module):
