@@ -127,17 +127,20 @@ class ServedEngine:
         from streamrec.serving.memory_features import MemoryFeatureReader
         from streamrec.serving.models import ModelStore
 
+        cfg = self.config
         self._tmp = tempfile.TemporaryDirectory(prefix="streamrec-served-")
         settings = self.settings.replace(registry_uri=self._tmp.name)
-        _publish(self.trained, settings, self.config)
-        self.models = ModelStore(settings, self.config)
-        cfg = self.config
-        for ann in announcements(settings.registry_uri, (cfg.seq_model, cfg.ranker_model, cfg.graph_model)):
-            if not self.models.offer(ann):
-                raise RuntimeError(f"the scorer refused {ann.name}/{ann.version}: {self.models.refused[-1][2]}")
+        self.models = ModelStore(settings, cfg)
+        try:
+            _publish(self.trained, settings, cfg)
+            for ann in announcements(settings.registry_uri, (cfg.seq_model, cfg.ranker_model, cfg.graph_model)):
+                if not self.models.offer(ann):
+                    raise RuntimeError(f"the scorer refused {ann.name}/{ann.version}: {self.models.refused[-1][2]}")
+        except BaseException:
+            self.__exit__()
+            raise
         self.models.swap_pending()
-        reader = MemoryFeatureReader(self.store, history_items=cfg.history_items)
-        self.engine = Engine(reader, self.models, cfg)
+        self.engine = Engine(MemoryFeatureReader(self.store, history_items=cfg.history_items), self.models, cfg)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -155,9 +158,9 @@ def _publish(trained, settings: Settings, cfg: ScorerConfig) -> None:
 
     publish_trained(settings, trained, cfg.seq_model, cfg.ranker_model, send=False)
     if getattr(trained, "graph", None) is not None:
-        publish_graph(settings, trained.graph, trained.catalog, metrics=trained.loo_metrics.get("graph", {}),
-                      data_window=trained.window, real_histories=trained.split.test_history,
-                      name=cfg.graph_model, send=False)
+        metrics = getattr(trained, "loo_metrics", {}).get("graph", {})
+        publish_graph(settings, trained.graph, trained.catalog, metrics=metrics, data_window=trained.window,
+                      real_histories=trained.split.test_history, name=cfg.graph_model, send=False)
 
 
 def _full_slate(rec: Recommendation) -> None:
