@@ -160,6 +160,7 @@ class Engine:
                     content_used.add(i)
         cands: list[Candidates] = []
         all_sources: list[list[Source]] = []
+        covis_weights: list[dict[str, float]] = [{} for _ in requests]  # the ranker's covis_score input
         for i, ctx in enumerate(contexts):
             exclude = ctx.seen | {ctx.request.item_id}
             if arms[i].trending:  # the popularity baseline: the crowd only
@@ -167,6 +168,7 @@ class Engine:
                 cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
                 continue
             cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
+            covis_weights[i] = dict(zip(cv.items, cv.scores))
             # Priority of reasons: the session's own co-visitation, then the models, then the crowd.
             all_sources.append([cv, *sources[i], trend_src])
             cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
@@ -218,7 +220,12 @@ class Engine:
                                                 [c.recent(cfg.content_profile_items) for c in contexts])
                     unique_vecs = self.content_index.vectors_of(unique)[0]
                 content_sim = np.einsum("nd,nd->n", profiles[np.asarray(idx)][owner], unique_vecs[rows])
-            dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score, content_sim)
+            covis_score = None
+            if "covis_score" in ranker.dense_features:
+                weights = [covis_weights[i] for i in idx]
+                covis_score = np.fromiter((weights[o].get(it, 0.0) for o, it in zip(owner.tolist(), items)),
+                                          dtype=np.float64, count=len(items))
+            dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score, content_sim, covis_score)
             bounds = np.cumsum([0] + sizes)
             if not rank:
                 for k, i in enumerate(idx):

@@ -120,6 +120,10 @@ def _seq(up: bool, v, f: ItemFacts) -> str:
     return "follows on from what you viewed" if up else "does not follow on from what you viewed"
 
 
+def _covis(up: bool, v, f: ItemFacts) -> str:
+    return "often chosen right after what you viewed" if up else "seldom chosen right after what you viewed"
+
+
 def _user(up: bool, v, f: ItemFacts) -> str:
     return "matches your taste as learnt from your past" if up else "unlike your taste as learnt from your past"
 
@@ -166,6 +170,7 @@ FEATURES: dict[str, Feature] = {
     "session_length": Feature(_session_length, 0.0),               # a new session
     "category_affinity": Feature(_affinity, 0.1),                  # a user with no history
     "seq_score": Feature(_seq, 0.0),                               # no sequence model
+    "covis_score": Feature(_covis, 0.0),                           # never co-visited with the session's items
 }
 """Dense features by name. Serving's `features.DENSE_FEATURES` and the trainer's (`trainer/dcn.py`) list the
 same names: the trainer's is what a version is trained on (copied into its meta), serving's what the scorer can

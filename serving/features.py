@@ -31,7 +31,7 @@ POSITIVE = ("view", "click", "add_to_cart", "purchase", "rating")
 STAT_FIELDS = tuple(f"n:{t}" for t in POSITIVE) + ("n:impression", "last_ts")
 NEVER_HOURS = 24 * 365.0
 DENSE_FEATURES = ("item_log_views", "item_ctr", "item_recency", "session_length", "category_affinity",
-                  "seq_score", "content_sim")
+                  "seq_score", "content_sim", "covis_score")
 """Dense features this scorer can compute; a ranker asking for others is refused at load."""
 SESSION_READ = 50
 """Newest members of a session's sequence read per request."""
@@ -308,13 +308,14 @@ class FeatureReader:
 
 def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, contexts: Sequence[RequestContext],
                  owner: np.ndarray, seq_score: np.ndarray | None = None,
-                 content_sim: np.ndarray | None = None) -> np.ndarray:
+                 content_sim: np.ndarray | None = None, covis_score: np.ndarray | None = None) -> np.ndarray:
     """The ranker's dense input ``[pairs, len(names)]`` for (request, candidate) pairs.
 
     ``rows``: each pair's row in ``stats``; ``owner``: each pair's index in
     ``contexts``; ``seq_score``: the sequence model's score per pair (0 without one);
     ``content_sim``: cosine of the item's content vector and the session's content profile (0 without
-    a content model, `streamrec.serving.content`).
+    a content model, `streamrec.serving.content`); ``covis_score``: log1p of the item's summed co-visitation
+    weight from the session's recent items, as the co-visitation source sums it (0 where not co-visited).
     """
     m = rows.shape[0]
     now = np.array([c.request.ts for c in contexts], dtype=np.float64)[owner] if m else np.zeros(0)
@@ -347,6 +348,8 @@ def dense_matrix(names: Sequence[str], stats: ItemStats, rows: np.ndarray, conte
             cols[name] = seq_score if seq_score is not None else np.zeros(m)
         elif name == "content_sim":
             cols[name] = content_sim if content_sim is not None else np.zeros(m)
+        elif name == "covis_score":
+            cols[name] = np.log1p(covis_score) if covis_score is not None else np.zeros(m)
         else:
             raise KeyError(f"dense feature {name!r} is not computed by the scorer; known: {', '.join(DENSE_FEATURES)}")
     if not names:

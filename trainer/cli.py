@@ -201,7 +201,7 @@ def _train_and_report(args):
             items = args.items or (Path(args.data) / "items.csv" if Path(args.data).is_dir()
                                    else Path(args.data).with_name("items.csv"))
             content = catalog_vectors(items, progress=not args.no_progress, seed=args.seed)
-        trained = train_all(inter, _config(args), content[2] if content else None)
+        trained = train_all(inter, _config(args), content[2] if content else None, settings=args.settings)
         trained.content = content
     except (DataError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -24,6 +24,7 @@ DENSE_FEATURES = (
     "category_affinity",  # share of the user's history in the item's category (smoothed)
     "seq_score",          # the sequence model's score of the item for the user
     "content_sim",        # content: cosine of the item's content vector and the session's content profile
+    "covis_score",        # log1p of the item's co-visitation weight from the session's recent items (0: none)
 )
 """Appended only at the end: a ranker trained on the first N (``config["n_dense"]``) keeps working."""
 SPARSE_FIELDS = ("user_h1", "user_h2", "item_h1", "item_h2", "category")

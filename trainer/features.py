@@ -76,7 +76,7 @@ def build_samples(inter: Interactions, negatives: int = 4, max_prefix: int = 50,
         counts = user_cats.get(user)
         affinity = ((counts[cat] if counts else 0) + 0.1) / (user_len[user] + 1.0)
         out_x.append((np.log1p(views[item]), (clicks[item] + 1.0) / (imps[item] + 10.0), np.log1p(max(hours, 0.0)),
-                      np.log1p(session_len[user_session.get(user, "")]), affinity, 0.0, 0.0))
+                      np.log1p(session_len[user_session.get(user, "")]), affinity, 0.0, 0.0, 0.0))
         if user not in prefix_of:
             prefix_of[user] = len(prefixes)
             prefixes.append(list(recent.get(user, ())))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -106,13 +107,32 @@ def sasrec_scorer(model: SASRec, categories: dict[str, str]):
     return score
 
 
+def ranker_samples(inter: Interactions, sasrec: SASRec, cfg: TrainConfig, split: LeaveOneOut | None = None,
+                   catalog: Sequence[str] = (), settings=None) -> RankerSamples:
+    """The ranker's labelled candidates: the history's own impressions when it has them, else each chosen item
+    against what the scorer would have proposed instead (`streamrec.trainer.replayed_samples`), never
+    from ``split``'s held-out items."""
+    if np.any(inter.kind == "impression"):
+        return build_samples(inter, negatives=cfg.negatives, max_prefix=sasrec.max_len, seed=cfg.seed)
+    from streamrec.settings import Settings
+    from streamrec.trainer.replayed_samples import SampleConfig, replayed_samples
+
+    split = split or LeaveOneOut.split(inter.sequences())  # the sequence model's split: same held-out items
+    lengths = {u: len(h) + 1 for u, h in zip(split.users, split.test_history)}
+    held_out = {(u, n - k) for u, n in lengths.items() for k in (1, 2)}
+    return replayed_samples(inter, settings or Settings.from_env(), held_out, sasrec, catalog or inter.catalog(),
+                            SampleConfig(seed=cfg.seed))
+
+
 def train_ranker(inter: Interactions, sasrec: SASRec, cfg: TrainConfig,
-                 content_vectors: dict[str, np.ndarray] | None = None) -> tuple[DCNRanker, tuple, FitResult]:
-    """Fit DCN-V2 on a time split of labelled candidates; returns the model, (train, val, test), history.
+                 content_vectors: dict[str, np.ndarray] | None = None, split: LeaveOneOut | None = None,
+                 catalog: Sequence[str] = (), settings=None) -> tuple[DCNRanker, tuple, FitResult]:
+    """Fit DCN-V2 on a time split of labelled candidates (`ranker_samples`); returns the model,
+    (train, val, test), history.
 
     ``content_vectors`` (item -> content vector, `streamrec.trainer.content`) fill the ``content_sim``
     feature; without them it is 0 and the scorer feeds 0 too."""
-    samples = build_samples(inter, negatives=cfg.negatives, max_prefix=sasrec.max_len, seed=cfg.seed)
+    samples = ranker_samples(inter, sasrec, cfg, split, catalog, settings)
     if len(samples) < 10 or samples.label.min() == samples.label.max():
         raise ValueError(f"only {len(samples)} ranker samples with one label value; the ranker needs both "
                          "clicked and not-clicked candidates")
@@ -139,8 +159,10 @@ def ranker_predict(model: DCNRanker, s: RankerSamples) -> np.ndarray:
     return model(torch.from_numpy(arrays["sparse"]), torch.from_numpy(arrays["dense"])).numpy()
 
 
-def train_all(inter: Interactions, cfg: TrainConfig, content_vectors: dict[str, np.ndarray] | None = None) -> Trained:
-    """Train both models and evaluate them side by side with the baselines."""
+def train_all(inter: Interactions, cfg: TrainConfig, content_vectors: dict[str, np.ndarray] | None = None,
+              settings=None) -> Trained:
+    """Train both models and evaluate them side by side with the baselines (``settings``: the worker's and
+    scorer's, which shape the ranker's samples; default: from the environment)."""
     sasrec, split, seq_result, catalog = train_sequence_model(inter, cfg)
     args = (split.test_history, split.test_target, catalog)
     seq_metrics, top10 = {}, None
@@ -148,7 +170,7 @@ def train_all(inter: Interactions, cfg: TrainConfig, content_vectors: dict[str, 
     seq_metrics["popularity"], _ = evaluate_scorer(Popularity(split.train, catalog), *args)
     seq_metrics["co-visitation"], _ = evaluate_scorer(CoVisitation(split.train, catalog), *args)
 
-    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg, content_vectors)
+    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg, content_vectors, split, catalog, settings)
     lr = LogisticRegression().fit(train.dense, train.label)
     p_dcn, p_lr = ranker_predict(dcn, test), lr.predict(test.dense)
     ranker_metrics = {"dcn-v2": {"AUC": auc(test.label, p_dcn), "logloss": logloss(test.label, p_dcn)},

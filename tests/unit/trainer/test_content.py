@@ -134,9 +134,9 @@ def test_the_ranker_feature_content_sim_is_informative_and_its_export_says_so(to
     with_content = DCNRanker(**small)
     with_content.set_dense_stats(samples.dense)
     exported = export_dcn(with_content, tmp_path / "with")
-    assert exported.extra["dense_features"][-1] == "content_sim" and exported.extra["content_sim_trained"] is True
+    assert "content_sim" in exported.extra["dense_features"] and exported.extra["content_sim_trained"] is True
     without = DCNRanker(**small)  # trained without vectors: a constant 0 the scorer must not replace
-    without.set_dense_stats(np.where(np.arange(7) == CONTENT_SIM, 0.0, samples.dense))
+    without.set_dense_stats(np.where(np.arange(samples.dense.shape[1]) == CONTENT_SIM, 0.0, samples.dense))
     assert export_dcn(without, tmp_path / "without").extra["content_sim_trained"] is False
     old = DCNRanker(**small, n_dense=6)  # a ranker of the six older features keeps its list
     assert export_dcn(old, tmp_path / "old").extra["dense_features"] == list(DENSE_FEATURES[:6])
