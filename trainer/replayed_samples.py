@@ -10,16 +10,22 @@ place, with the features the scorer would have computed then:
    read through the scorer's own `MemoryFeatureReader`;
 2. before each sampled positive event, the context of the user's previous event
    (the score request the scorer answered just before the choice) is read;
-3. negatives come from the candidate sources at that moment: the session's
+3. the candidates are the top of each source at that moment: the session's
    co-visitation list, the sequence model's top items for the user (when a
-   model is given), trending, and a few drawn by popularity;
+   model is given) and trending. A choice outside them is no sample: the
+   ranker orders the candidates and cannot serve what is not among them.
+   Negatives are drawn from the same candidates;
 4. the dense features of the chosen item and of every negative come from
    `streamrec.serving.features.dense_matrix` on the same reads, with the
    co-visitation weights the engine would pass (``covis_score``).
 
-Training on popularity-drawn negatives alone taught the ranker that popular
-items are unlikely choices, and its slate lost half the hits of either source
-alone (`streamrec evaluate --served` on ML-100K, 2026-12-07).
+Both shortcuts tried first failed on ML-100K (`streamrec evaluate --served`,
+2026-12-07). Negatives drawn by popularity alone taught the ranker that popular
+items are unlikely choices: the slate lost half the hits of either source alone.
+Negatives from the top of each source, set against choices from anywhere,
+taught it that a strong co-visitation or sequence score means "not chosen"
+(the best candidates look better than a choice the sources missed): worse
+still. Sampling is conditional on the candidates, as serving is.
 
 Held-out events (each evaluated user's last two positives) are applied to the
 state, as time passes for everyone, but never become samples.
@@ -43,15 +49,12 @@ from streamrec.trainer.features import RankerSamples
 class SampleConfig:
     """How many samples, and which negatives."""
 
-    max_positives: int = 60_000
+    max_positives: int = 40_000
     """Positive events sampled at most (evenly at random); the replay itself covers every event."""
-    candidate_negatives: int = 4
-    """Negatives drawn from the candidate sources (co-visitation, sequence model, trending)."""
-    popular_negatives: int = 2
-    """Negatives drawn by popularity among the items seen so far."""
-    source_top: int = 20
-    """Candidate negatives come from the top this many of each source: the slate is decided among the best
-    candidates, so that is where the ranker must tell the chosen item apart."""
+    candidate_negatives: int = 6
+    """Negatives drawn from the candidates."""
+    source_top: int = 50
+    """The candidates: the top this many of each source that the scorer could serve."""
     seed: int = 0
 
 
@@ -80,17 +83,16 @@ def replayed_samples(inter: Interactions, settings, held_out: set[tuple[str, int
     if seq_model is not None:
         retrieve = _retriever(seq_model, list(catalog), inter.categories, scorer.seq_candidates)
     out = _Collector()
-    last_request, count, popular = {}, {}, []
+    last_request, count = {}, {}
     for ev in events:
         positive = ev.type in POSITIVE_TYPES
         n = count.get(ev.user_id, 0)
         request = last_request.get(ev.user_id)
         if positive and request is not None and (ev.user_id, n) not in held_out and rng.random() < keep:
-            _emit(out, reader, request, ev.item_id, popular, retrieve, scorer, cfg, rng)
+            _emit(out, reader, request, ev.item_id, retrieve, scorer, cfg, rng)
         last_request[ev.user_id] = store.apply(ev)
         if positive:
             count[ev.user_id] = n + 1
-            popular.append(ev.item_id)
     return out.samples()
 
 
@@ -113,22 +115,24 @@ def _retriever(model, catalog: list[str], categories: dict[str, str], k: int):
     return top
 
 
-def _emit(out: "_Collector", reader, request, chosen: str, popular: Sequence[str], retrieve, scorer,
-          cfg: SampleConfig, rng: np.random.Generator) -> None:
+def _emit(out: "_Collector", reader, request, chosen: str, retrieve, scorer, cfg: SampleConfig,
+          rng: np.random.Generator) -> None:
     """The chosen item and its negatives, with the features as of ``request`` (``scorer``: a `ScorerConfig`)."""
     (ctx,), trending = reader.contexts([request], scorer.trending_candidates)
     recent = ctx.recent(scorer.recent_items)
     table = CovisTable(reader.covisitation(recent, scorer.covis_candidates, request.ts))
     cv = covisitation(table, recent, scorer.covis_candidates)
-    exclude = ctx.seen | {request.item_id, chosen}
+    exclude = ctx.seen | {request.item_id}  # what the scorer never serves
     sources = [cv.items, [i for i, _ in trending]]
     if retrieve is not None and ctx.sequence:
         sources.append(retrieve(ctx.sequence))
-    pool = list(dict.fromkeys(i for items in sources for i in _top_unseen(items, exclude, cfg.source_top)))
+    candidates = dict.fromkeys(i for items in sources for i in _top_unseen(items, exclude, cfg.source_top))
+    if chosen not in candidates:
+        return
+    pool = [i for i in candidates if i != chosen]
+    if not pool:
+        return
     negatives = [pool[j] for j in rng.permutation(len(pool))[:cfg.candidate_negatives]]
-    if popular:
-        drawn = (popular[j] for j in rng.integers(len(popular), size=cfg.popular_negatives))
-        negatives += [i for i in drawn if i not in exclude and i not in negatives]
     items = [chosen, *negatives]
     stats = reader.item_stats(list(dict.fromkeys(items)))
     rows = np.array([stats.index[i] for i in items], dtype=np.int64)
