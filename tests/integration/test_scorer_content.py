@@ -116,7 +116,8 @@ def test_new_catalog_item_is_recommended_by_content_before_anyone_clicked_it(sta
             rec = recs.wait_for(eid, timeout=30)
             assert "ranker@vc" in rec.models
             users, items, _, dense = running.scorer.models.samples["dcn"]
-            sim = dict(zip(items, dense[:, -1].tolist()))
+            from streamrec.trainer.dcn import DENSE_FEATURES
+            sim = dict(zip(items, dense[:, DENSE_FEATURES.index("content_sim")].tolist()))
             assert sim["k5"] > 0.5 and sim["k5"] > max(v for i, v in sim.items() if not i.startswith("k")), sim
     finally:
         assert running.stop() == 0
