@@ -1,4 +1,4 @@
-"""Subcommands of the serving package: `streamrec serve` and `streamrec bench serve`."""
+"""Subcommands of the serving package: `streamrec serve`."""
 
 from __future__ import annotations
 
@@ -32,36 +32,3 @@ def register(sub) -> None:
                                    "Health, readiness, metrics and GET /v1/recommendations/{user_id} on "
                                    "STREAMREC_SCORER_PORT; the device on STREAMREC_DEVICE.")
     p.set_defaults(func=cmd_serve)
-
-
-def cmd_bench_serve(args) -> int:
-    from streamrec.serving.bench import run
-
-    return run(args)
-
-
-def register_bench(bench) -> None:
-    # Arguments only: the benchmark's imports (onnxruntime...) load when it runs, so every other
-    # `streamrec` command, the worker's included, starts without them.
-    p = bench.add_parser("serve", help="scorer throughput and event-to-recommendation latency "
-                                       "(through real Kafka/Redis), and the scorer core alone")
-    p.add_argument("--only", choices=["core", "kafka"], default=None, help="run one part (default: all)")
-    p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
-    p.add_argument("--batch", type=int, default=256, help="requests per batch (default 256)")
-    p.add_argument("--core-seconds", type=float, default=10.0, help="length of the core run (default 10)")
-    p.add_argument("--requests", type=int, default=20_000, help="score requests for the throughput run")
-    p.add_argument("--rate", type=int, default=500, help="offered requests/s for the latency run (default 500)")
-    p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")
-    p.add_argument("--events", type=int, default=50_000, help="events applied to Redis first (default 50000)")
-    p.add_argument("--swaps", type=int, default=5,
-                   help="rounds of fresh versions of both models announced during a second latency run; "
-                        "0: no swap run (default 5)")
-    p.add_argument("--swap-seconds", type=int, default=30, help="length of the swap run (default 30)")
-    p.add_argument("--with-worker", action="store_true",
-                   help="also measure event -> recommendation with a real worker in front (same rate)")
-    p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")
-    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
-    p.set_defaults(func=cmd_bench_serve)
-    from streamrec.serving import bench_gpu
-
-    bench_gpu.register_bench(bench)

@@ -1,19 +1,52 @@
-"""Subcommands of the stream package: worker, forget, dlq, publish; bench features."""
+"""Subcommands of the stream package: worker, forget, dlq."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 
 from streamrec.console import make_console
+from streamrec.settings import Settings
 
 console = make_console(stderr=True)
 
 
+ENGINES = ("faust", "confluent")
+
+
+def run_processes(settings: Settings, processes: int, engine: str = "faust") -> int:
+    """Run N worker processes in one consumer group, each with its own HTTP port."""
+    if processes <= 1:
+        if engine == "confluent":
+            from streamrec.stream.confluent_worker import ConfluentWorker
+
+            return ConfluentWorker(settings).run()
+        from streamrec.stream.worker import StreamWorker
+
+        return StreamWorker(settings).run()
+    children = []
+    for i in range(processes):
+        env = {**os.environ, **settings.as_env(), "STREAMREC_WORKER_PORT": str(settings.worker_port + i)}
+        children.append(subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--engine", engine],
+                                         env=env))
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)
+
+
 def cmd_worker(args) -> int:
     from streamrec.health import PortInUse
-    from streamrec.stream.worker import run_processes
 
     logging.basicConfig(level=args.settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -73,7 +106,7 @@ def register(sub) -> None:
                                    "dead-letter bad ones. Health/metrics on STREAMREC_WORKER_PORT.")
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes in one consumer group (ports WORKER_PORT, +1, ...); default 1")
-    p.add_argument("--engine", choices=["faust", "confluent"], default="faust",
+    p.add_argument("--engine", choices=ENGINES, default="faust",
                    help="consuming engine: faust-streaming (default) or a plain confluent-kafka consumer")
     p.set_defaults(func=cmd_worker)
 
@@ -87,10 +120,3 @@ def register(sub) -> None:
     p = sub.add_parser("dlq", help="print the newest dead letters with their reasons")
     p.add_argument("--last", type=int, default=20, help="records per partition (default 20)")
     p.set_defaults(func=cmd_dlq)
-
-
-def register_bench(bench) -> None:
-    from streamrec.stream.bench import add_arguments
-
-    p = bench.add_parser("features", help="worker throughput and event-to-feature latency through real Kafka/Redis")
-    add_arguments(p)

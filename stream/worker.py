@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -245,28 +242,3 @@ class StreamWorker(WorkerService):
         return int(code)
 
 
-ENGINES = ("faust", "confluent")
-
-
-def run_processes(settings: Settings, processes: int, engine: str = "faust") -> int:
-    """Run N worker processes in one consumer group, each with its own HTTP port."""
-    if processes <= 1:
-        if engine == "confluent":
-            from streamrec.stream.confluent_worker import ConfluentWorker
-
-            return ConfluentWorker(settings).run()
-        return StreamWorker(settings).run()
-    children = []
-    for i in range(processes):
-        env = {**os.environ, **settings.as_env(), "STREAMREC_WORKER_PORT": str(settings.worker_port + i)}
-        children.append(subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--engine", engine],
-                                         env=env))
-
-    def forward(signum, _frame):
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)

@@ -21,9 +21,9 @@ console = make_console(stderr=True)
 # Packages whose cli module registers subcommands; a package whose optional
 # dependencies are missing (torch in the serving image) is skipped quietly.
 SUBCOMMAND_MODULES = ("streamrec.stream.cli", "streamrec.serving.cli", "streamrec.trainer.cli",
-                      "streamrec.trainer.online_cli", "streamrec.trainer.segments", "streamrec.trainer.ope_bench",
-                      "streamrec.demo", "streamrec.soak",
-                      "streamrec.faults")
+                      "streamrec.online.cli", "streamrec.trainer.segments", "streamrec.harness.cli",
+                      "streamrec.harness.bench.ope", "streamrec.harness.demo", "streamrec.harness.soak",
+                      "streamrec.harness.faults")
 
 
 def _settings(args) -> Settings:
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and exc.name.startswith("streamrec") and exc.name != module:
                 raise
             continue  # optional dependency (torch, faust) missing in this install
-        if hasattr(mod, "register"):  # some only add benchmarks (streamrec.soak)
+        if hasattr(mod, "register"):  # some only add benchmarks (streamrec.harness.soak)
             mod.register(sub)
         if hasattr(mod, "register_bench"):
             mod.register_bench(bench_sub)

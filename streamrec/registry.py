@@ -402,3 +402,17 @@ class Registry:
         if not versions:
             raise RegistryError(f"no versions of {name!r} in {self.uri}; train and publish one first")
         return versions[-1]
+
+    def announcements(self, names=("sasrec", "ranker")) -> list[Announcement]:
+        """The current version of each named model that has one, as `model-versions` records (what a scorer
+        started beside this registry would have been told)."""
+        out = []
+        for name in names:
+            try:
+                version = self.resolve(name) if name in self.models() else None
+            except RegistryError:
+                version = None
+            if version:
+                out.append(Announcement(name=name, version=version, uri=self.location(name, version),
+                                        sha256=self.digest(name, version), metrics=self.meta(name, version).metrics))
+        return out

@@ -13,37 +13,24 @@ the `Settings`:
   instead of a service retrying forever;
 - `pull_token` / `bearer_matches`: the scorer's pull API token, compared in
   constant time;
-- `redact_settings` / `redact_url`: what may be printed or logged.
 
 Secrets (passwords, the token) come from their ``STREAMREC_*`` variable or,
 better, from a file named by its ``*_FILE`` twin (a mounted secret); they are
 read when a client is built and never logged. CAs are a PEM file path or the
-PEM text itself (so either a mounted file or an environment variable works).
+PEM text itself (so either a mounted file or an environment variable works). What of the settings
+may be printed or logged is `streamrec.settings.redact_settings`.
 
->>> s = Settings(redis_url="rediss://app:hunter2@cache:6380/0", redis_password="pw", kafka_sasl_password="kpw")
->>> r = redact_settings(s)
->>> r["redis_url"], r["redis_password"], r["kafka_sasl_password"], r["kafka_sasl_username"]
-('rediss://app:***@cache:6380/0', '***', '***', '')
->>> "hunter2" in repr(s) or "kpw" in repr(s)
-False
 """
 
 from __future__ import annotations
 
 import hmac
-import re
 import ssl
 from pathlib import Path
 from typing import Any, Mapping
 
 from streamrec.settings import Settings, env_name
 
-SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_password", "scorer_pull_token"})
-"""Settings whose values are secrets: masked wherever settings are shown."""
-URL_FIELDS = ("redis_url", "kafka_bootstrap", "registry_uri")
-"""Settings that may carry `user:password@` in a URL: their password part is masked."""
-MASK = "***"
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]*)@")
 
 
 class SecurityError(RuntimeError):
@@ -314,24 +301,3 @@ def bearer_matches(headers: Mapping[str, str], token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
-
-
-# --------------------------------------------------------------------------- #
-# What may be shown
-# --------------------------------------------------------------------------- #
-def redact_url(url: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://user:***@host`` (anything else unchanged)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", url)
-
-
-def redact_settings(settings: Settings) -> dict[str, Any]:
-    """Every setting by field name, secrets masked (empty secrets stay empty: "not set" is not secret)."""
-    out: dict[str, Any] = {}
-    for name in settings.__struct_fields__:
-        value = getattr(settings, name)
-        if name in SECRET_FIELDS and value:
-            value = MASK
-        elif name in URL_FIELDS and isinstance(value, str):
-            value = redact_url(value)
-        out[name] = value
-    return out

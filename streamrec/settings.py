@@ -9,13 +9,23 @@ passed in; nothing deeper reads the environment.
 >>> s = Settings.from_env({"STREAMREC_TOPIC_PREFIX": "shop1.", "STREAMREC_WORKER_PORT": "9201"})
 >>> s.topic_prefix, s.worker_port
 ('shop1.', 9201)
+
+Secrets never show: `repr`, `redacted_env` and `streamrec config` mask them.
+
+>>> s = Settings(redis_url="rediss://app:hunter2@cache:6380/0", redis_password="pw", kafka_sasl_password="kpw")
+>>> r = redact_settings(s)
+>>> r["redis_url"], r["redis_password"], r["kafka_sasl_password"], r["kafka_sasl_username"]
+('rediss://app:***@cache:6380/0', '***', '***', '')
+>>> "hunter2" in repr(s) or "kpw" in repr(s)
+False
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
 
@@ -272,21 +282,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The settings as environment variables, for child processes."""
         return {env_name(k): str(v) for k, v in msgspec.structs.asdict(self).items()}
 
-    # --- security: secrets stay out of reprs and printed settings (streamrec.security) ---
+    # --- secrets stay out of reprs and printed settings (`redact_settings` below) ---
     def redacted_env(self) -> dict[str, str]:
         """Like `as_env`, with every secret masked: what may be printed or logged."""
-        from streamrec.security import redact_settings
-
         return {env_name(k): v for k, v in redact_settings(self).items()}
 
     def __repr__(self) -> str:
-        from streamrec.security import redact_settings
-
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in redact_settings(self).items()) + ")"
 
     def __rich_repr__(self):
-        from streamrec.security import redact_settings
-
         yield from redact_settings(self).items()
 
 
@@ -307,3 +311,32 @@ def _explain(exc: msgspec.ValidationError) -> str:
         field = path.rstrip("`").split(".")[0].split("[")[0]
         return f"{env_name(field)}: {text}; fix the variable or unset it to use the default"
     return msg
+
+
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_password", "scorer_pull_token"})
+"""Settings whose values are secrets: masked wherever settings are shown."""
+URL_FIELDS = ("redis_url", "kafka_bootstrap", "registry_uri")
+"""Settings that may carry `user:password@` in a URL: their password part is masked."""
+MASK = "***"
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]*)@")
+
+
+# --------------------------------------------------------------------------- #
+# What may be shown: secrets masked
+# --------------------------------------------------------------------------- #
+def redact_url(url: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host`` (anything else unchanged)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", url)
+
+
+def redact_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting by field name, secrets masked (empty secrets stay empty: "not set" is not secret)."""
+    out: dict[str, Any] = {}
+    for name in settings.__struct_fields__:
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS and value:
+            value = MASK
+        elif name in URL_FIELDS and isinstance(value, str):
+            value = redact_url(value)
+        out[name] = value
+    return out

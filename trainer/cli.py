@@ -1,4 +1,4 @@
-"""`streamrec train | evaluate | data | models` (and `streamrec bench train`).
+"""`streamrec train | evaluate | data | models`.
 
 Registered by `streamrec.cli` through `register(subparsers)`; each handler
 gets the Settings object as ``args.settings`` and returns an exit code.
@@ -529,10 +529,3 @@ def register(sub) -> None:
     p.add_argument("version", nargs="?", help="version (show: default current; promote: required)")
     p.add_argument("--no-announce", action="store_true", help="promote/rollback without announcing")
     p.set_defaults(func=cmd_models)
-
-
-def register_bench(bench_sub) -> None:
-    """Add `streamrec bench train` and `streamrec bench explain`."""
-    from streamrec.trainer.bench import register as register_train_bench, register_explain
-    register_train_bench(bench_sub)
-    register_explain(bench_sub)

@@ -23,15 +23,13 @@ interactions, ties broken at random), and random.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from streamrec.trainer.data import DataError, Interactions
+from streamrec.trainer.data import DataError, Interactions, read_catalog
 from streamrec.trainer.evaluate import ranking_metrics, target_ranks
 
 PROFILE_ITEMS = 20
@@ -162,27 +160,6 @@ def cold_table(inter: Interactions, items: Sequence[dict], share: float = 0.2, s
                "random": random_scorer(seed)}
     return split, evaluate_cold(split, scorers, k)
 
-
-def read_catalog(path: str | Path) -> list[dict]:
-    """Catalog records from a CSV (item_id, category, title, description, tags joined by ``|``) or JSONL file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError("catalog file not found", str(path))
-    if path.suffix in (".jsonl", ".json"):
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"not JSON: {exc}", str(path), n) from None
-        return out
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if "item_id" not in (reader.fieldnames or []):
-            raise DataError(f"missing column; the header has {reader.fieldnames}", str(path), 1, "item_id")
-        return [{**r, "tags": [t for t in (r.get("tags") or "").split("|") if t]} for r in reader]
 
 
 def cmd_evaluate_cold(args, load_data, console, print_table) -> int:

@@ -220,7 +220,7 @@ def profile_vectors(vectors: np.ndarray, histories: Sequence[Sequence[int]], dec
 def catalog_vectors(items_path, progress: bool = False, seed: int = 0):
     """The tower, the catalog records of ``items_path`` (CSV or JSONL with text) and their vectors by item id:
     what `streamrec train --content` trains the ranker's ``content_sim`` on and publishes."""
-    from streamrec.trainer.cold_eval import read_catalog
+    from streamrec.trainer.data import read_catalog
 
     items = read_catalog(items_path)
     tower = ContentTower(seed=seed)

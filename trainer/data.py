@@ -16,8 +16,11 @@ items were clicked (a click carries the impression's ``rec_id``).
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -146,3 +149,25 @@ class Interactions:
         for u, i in zip(pos.user, pos.item):
             out.setdefault(u, []).append(i)
         return out
+
+
+def read_catalog(path: str | Path) -> list[dict]:
+    """Catalog records from a CSV (item_id, category, title, description, tags joined by ``|``) or JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("catalog file not found", str(path))
+    if path.suffix in (".jsonl", ".json"):
+        out = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"not JSON: {exc}", str(path), n) from None
+        return out
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "item_id" not in (reader.fieldnames or []):
+            raise DataError(f"missing column; the header has {reader.fieldnames}", str(path), 1, "item_id")
+        return [{**r, "tags": [t for t in (r.get("tags") or "").split("|") if t]} for r in reader]

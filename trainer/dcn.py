@@ -76,7 +76,7 @@ class DCNRanker(RecModel):
         for emb in (self.users, self.items, self.cats):
             nn.init.normal_(emb.weight, std=0.01)
         # Optional first-order term: one logit offset per item (both hash rows summed), starting at 0. The
-        # online trainer sets it from rewards (`streamrec.trainer.attraction`): how each item sells when shown.
+        # online trainer sets it from rewards (`streamrec.online.attraction`): how each item sells when shown.
         self.item_bias = nn.Embedding(item_buckets, 1) if item_bias else None
         if self.item_bias is not None:
             nn.init.zeros_(self.item_bias.weight)

@@ -122,7 +122,7 @@ class ServedEngine:
         self.trained, self.settings, self.config, self.store = trained, settings, config, store
 
     def __enter__(self):
-        from streamrec.serving.bench_core import announcements
+        from streamrec.registry import Registry
         from streamrec.serving.engine import Engine
         from streamrec.serving.memory_features import MemoryFeatureReader
         from streamrec.serving.models import ModelStore
@@ -133,7 +133,7 @@ class ServedEngine:
         self.models = ModelStore(settings, cfg)
         try:
             _publish(self.trained, settings, cfg)
-            for ann in announcements(settings.registry_uri, (cfg.seq_model, cfg.ranker_model, cfg.graph_model)):
+            for ann in Registry(settings.registry_uri).announcements((cfg.seq_model, cfg.ranker_model, cfg.graph_model)):
                 if not self.models.offer(ann):
                     raise RuntimeError(f"the scorer refused {ann.name}/{ann.version}: {self.models.refused[-1][2]}")
         except BaseException:

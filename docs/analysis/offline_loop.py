@@ -1,7 +1,7 @@
 """An offline closed loop of the simulator's world: how much can re-ranking by learned item attraction earn?
 
 Not part of the product: an analysis that runs in seconds what `streamrec bench online` runs in minutes,
-to compare ways of using the attraction estimate (`streamrec.trainer.attraction`) without Kafka, Redis or
+to compare ways of using the attraction estimate (`streamrec.online.attraction`) without Kafka, Redis or
 the learner. Same hidden world (`World`), same pre-trained sequence model (`pretrained_sasrec`), three arms
 of fixed user groups (user index mod 3), one slate per organic view:
 
@@ -48,10 +48,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from streamrec.simulator import SimConfig, World
-from streamrec.trainer.attraction import ItemEvidence, attraction_offsets, calibrate
-from streamrec.trainer.online_bench import PRETRAIN_STEPS, pretrained_sasrec
-from streamrec.trainer.online_models import OnlineModels
+from streamrec.harness.simulator import SimConfig, World
+from streamrec.online.attraction import ItemEvidence, attraction_offsets, calibrate
+from streamrec.harness.bench.online import PRETRAIN_STEPS, pretrained_sasrec
+from streamrec.online.models import OnlineModels
 
 ARMS = ("popularity", "frozen", "online")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.stream.bench import _free_port
+from streamrec.harness.bench.features import _free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from streamrec.stream.bench import _free_port, start_worker, stop_worker
+from streamrec.harness.bench.features import _free_port, start_worker, stop_worker
 from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""The fault suite under pytest: the same cases as `streamrec bench faults` (streamrec/faults.py).
+"""The fault suite under pytest: the same cases as `streamrec bench faults` (harness/faults.py).
 
 One Kafka broker and one Redis of the suite's own serve every case (the broker
 and Redis cases stop and kill them); each case has its own topics and keys.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec import faults
+from streamrec.harness import faults
 from streamrec.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.stack]

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from streamrec.stream import topics
-from streamrec.stream.bench import _free_port, start_worker, stop_worker
+from streamrec.harness.bench.features import _free_port, start_worker, stop_worker
 from streamrec.stream.keys import Keys
 from streamrec.stream.schemas import _printable
 from streamrec.stream.synthetic import Record

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
-from streamrec.stream.bench import _load
+from streamrec.harness.bench.features import _load
 from streamrec.stream.keys import TYPE_WEIGHTS, FeatureConfig
 from streamrec.stream.ledger import SOURCE_OFFSET, SOURCE_PARTITION
 from streamrec.stream.synthetic import Record

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from streamrec.registry import Registry
-from streamrec.serving.bench import through_kafka
-from streamrec.serving.bench_core import bench_config
+from streamrec.harness.bench.serve import through_kafka
+from streamrec.harness.bench.core import bench_config
 
 from .test_scorer import build_models
 

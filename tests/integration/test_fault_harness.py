@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec.faults import TopicCounter
+from streamrec.harness.faults import TopicCounter
 from streamrec.stream import topics
 from streamrec.stream.synthetic import synthetic_stream
 

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 
 from streamrec.stream import topics
-from streamrec.trainer.joiner import Joiner
-from streamrec.trainer.learner import LearnerConfig, OnlineLearner
+from streamrec.online.joiner import Joiner
+from streamrec.online.learner import LearnerConfig, OnlineLearner
 from tests.unit.trainer.test_online_learning import ITEMS, publish_models
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def test_learn_command_serves_health_and_metrics_and_stops_cleanly_on_sigterm(fr
     import sys
     import urllib.request
 
-    from streamrec.stream.bench import _free_port
+    from streamrec.harness.bench.features import _free_port
 
     s = fresh_settings.replace(registry_uri=str(tmp_path / "registry"))
     publish_models(s, tmp_path)

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from streamrec.trainer.online_bench import run_bench
+from streamrec.harness.bench.online import run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -16,7 +16,7 @@ import pytest
 
 from streamrec.deploy.localstack import PrometheusService
 from streamrec.deploy.observability import ALERTS, panel_queries
-from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.harness.bench.features import start_worker, stop_worker
 from streamrec.stream.sdk import EventPublisher
 
 from .test_scorer import build_models

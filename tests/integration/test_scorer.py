@@ -16,7 +16,7 @@ import pytest
 from streamrec.serving.config import ScorerConfig
 from streamrec.serving.scorer import Scorer
 from streamrec.stream import topics
-from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.harness.bench.features import start_worker, stop_worker
 from streamrec.stream.sdk import EventPublisher, RecommendationConsumer
 
 from .helpers import read_topic
@@ -60,9 +60,16 @@ class Running:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.code = None
         self.thread.start()
-        deadline = time.monotonic() + 60
+        # Ready: consuming, and the models announced before the start are loaded (or refused). Slow on a loaded
+        # machine; a scorer that never gets ready fails here, not as a slate without models later.
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and self.get("/readyz")[0] != 200:
+            if not self.thread.is_alive():
+                raise AssertionError(f"the scorer stopped before it was ready (exit code {self.code})")
             time.sleep(0.2)
+        if self.get("/readyz")[0] != 200:
+            self.stop()
+            raise AssertionError(f"the scorer was not ready after 180 s: {self.get('/readyz')}")
 
     def _run(self):
         self.code = self.scorer.run(install_signals=False)

@@ -180,7 +180,7 @@ def test_pull_api_requires_the_bearer_token_and_probes_stay_open(services):
 
 
 def test_online_trainer_joins_a_click_to_its_recommendation_over_sasl_tls(secure, services, tmp_path):
-    from streamrec.trainer.learner import LearnerConfig, OnlineLearner
+    from streamrec.online.learner import LearnerConfig, OnlineLearner
 
     with RecommendationConsumer(secure) as recs, EventPublisher(secure) as events:
         rec = recs.wait_for(events.view("clicker", "sku-1"), timeout=60)

@@ -24,7 +24,7 @@ from streamrec.serving.features import FeatureReader
 from streamrec.serving.memory_features import MemoryFeatureReader
 from streamrec.serving.scorer import redis_client
 from streamrec.stream import schemas, topics
-from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.harness.bench.features import start_worker, stop_worker
 from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.memory_store import MemoryFeatureStore
 from streamrec.stream.synthetic import Record

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from streamrec.simulator import SimConfig, Simulation
+from streamrec.harness.simulator import SimConfig, Simulation
 from streamrec.stream import topics
-from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.harness.bench.features import start_worker, stop_worker
 
 from .helpers import read_topic
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from streamrec.soak import BOUNDED, GROWING, TOO_SHORT, SoakConfig, run_soak
+from streamrec.harness.soak import BOUNDED, GROWING, TOO_SHORT, SoakConfig, run_soak
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from streamrec.stream import topics
-from streamrec.stream.bench import start_worker, stop_worker
+from streamrec.harness.bench.features import start_worker, stop_worker
 from streamrec.stream.features import decayed, expected_decayed
 from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.synthetic import Record, synthetic_stream
@@ -139,7 +139,7 @@ def test_two_workers_share_partitions_and_one_takes_over(fresh_settings, redis, 
 def test_wait_drained_returns_once_the_worker_has_read_everything_sent(fresh_settings, redis):
     """What the demo's last frame waits for: a count of records read that stands still, then the counters are
     final (every record read, every bad one dead-lettered), not a snapshot of a worker still reading."""
-    from streamrec.loop import metric_sum, metrics, wait_drained
+    from streamrec.harness.loop import metric_sum, metrics, wait_drained
 
     s = fresh_settings
     records = list(synthetic_stream(3000, users=100, items=200, seed=7))

@@ -79,9 +79,14 @@ def test_dockerfile_references_exist():
     for name, svc in APP_SERVICES.items():
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert svc["build"]["target"] in stages, f"{name}: no stage {svc['build']['target']}"
+    copied = set()
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M):
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+            copied.add(source)
+    # The wheel is built from the copies: every folder pyproject.toml maps to a package must be among them.
+    folders = set(re.findall(r'"streamrec[.\w]*" = "(\w+)"', (ROOT / "pyproject.toml").read_text()))
+    assert folders and folders <= copied, f"the Dockerfile does not copy {sorted(folders - copied)}"
     extras = re.findall(r"streamrec-\*\.whl\)\[([a-z,]+)\]", text)
     pyproject = (ROOT / "pyproject.toml").read_text()
     for group in extras:

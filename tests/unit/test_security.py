@@ -13,8 +13,8 @@ import streamrec.security
 from streamrec.health import HealthServer
 from streamrec.registry import Announcement, Registry, RegistryError, check_name, check_version
 from streamrec.security import (SecurityError, bearer_matches, faust_credentials, kafka_error_message,
-                                kafka_options, redact_url, redis_kwargs, secret)
-from streamrec.settings import Settings
+                                kafka_options, redis_kwargs, secret)
+from streamrec.settings import Settings, redact_url
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 SASL = dict(kafka_security_protocol="SASL_SSL", kafka_sasl_username="app")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamrec.simulator import SimConfig, World
+from streamrec.harness.simulator import SimConfig, World
 
 
 def test_a_new_item_retires_the_oldest_which_can_no_longer_be_found_or_clicked():

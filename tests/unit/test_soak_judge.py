@@ -1,11 +1,11 @@
-"""The soak's boundedness rule (`streamrec.soak.judge`) on synthetic series: plateau, leak, noise."""
+"""The soak's boundedness rule (`streamrec.harness.soak.judge`) on synthetic series: plateau, leak, noise."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from streamrec.soak import BOUNDED, GROWING, TOO_SHORT, SoakConfig, flatten, judge, summarise
+from streamrec.harness.soak import BOUNDED, GROWING, TOO_SHORT, SoakConfig, flatten, judge, summarise
 
 
 def _samples(value, seconds: float = 1800, every: float = 10, seed: int = 0) -> list[dict]:
@@ -91,7 +91,7 @@ def test_defaults_scale_with_the_run_and_bad_flags_name_themselves():
 
 
 def test_markdown_report_has_a_row_and_a_verdict_per_measure_and_latency_over_time():
-    from streamrec.soak import markdown
+    from streamrec.harness.soak import markdown
 
     samples = _samples(lambda t, rng: 20_000 * min(t / 500, 1.0))
     for s in samples:

@@ -1,6 +1,6 @@
 """The core benchmark runs without Kafka, Redis or models (shape of its report only; no timing asserted)."""
 
-from streamrec.serving.bench_core import bench_config, core
+from streamrec.harness.bench.core import bench_config, core
 from streamrec.settings import Settings
 
 

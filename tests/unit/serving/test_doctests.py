@@ -4,7 +4,8 @@ import doctest
 
 import pytest
 
-from streamrec.serving import ab, bench, candidates, config, exploration, providers
+from streamrec.serving import ab, candidates, config, exploration, providers
+from streamrec.harness.bench import serve as bench
 
 
 @pytest.mark.parametrize("module", [ab, bench, candidates, config, exploration, providers])

@@ -7,7 +7,7 @@ import sys
 def test_serving_imports_without_torch():
     code = ("import sys\n"
             "sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
-            "import streamrec.serving.scorer, streamrec.serving.bench, streamrec.serving.cli\n"
+            "import streamrec.serving.scorer, streamrec.harness.bench.serve, streamrec.serving.cli\n"
             "import streamrec.cli\n"
             "streamrec.cli.build_parser().parse_args(['serve'])\n"
             "print('ok')\n")

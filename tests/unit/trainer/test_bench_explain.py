@@ -1,6 +1,6 @@
 """`streamrec bench explain` measures what it says: the ranking run and the explanation run it reports."""
 
-from streamrec.trainer.bench import explain_cost
+from streamrec.harness.bench.train import explain_cost
 
 
 def test_explain_cost_times_the_ranking_and_the_explanation_of_each_request_size():

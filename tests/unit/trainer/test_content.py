@@ -10,9 +10,9 @@ from streamrec.registry import Registry
 from streamrec.serving.content import ContentModel, fingerprint, item_text
 from streamrec.settings import Settings
 from streamrec.trainer.cold_eval import (ColdSplit, category_popularity, cold_table, content_scorer, evaluate_cold,
-                                         random_scorer, read_catalog)
+                                         random_scorer)
 from streamrec.trainer.content import TEXT_DIM, ContentTower, export_content, metas_of, publish_content
-from streamrec.trainer.data import DataError, Interactions
+from streamrec.trainer.data import DataError, Interactions, read_catalog
 from streamrec.trainer.dcn import DENSE_FEATURES
 from streamrec.trainer.synth import SynthConfig, synthesize
 

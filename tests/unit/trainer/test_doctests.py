@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["streamrec.hashing", "streamrec.registry", "streamrec.trainer.data", "streamrec.trainer.synth",
            "streamrec.trainer.importers", "streamrec.trainer.evaluate", "streamrec.trainer.train",
-           "streamrec.trainer.online_bench", "streamrec.trainer.attraction", "streamrec.trainer.learner"]
+           "streamrec.harness.bench.online", "streamrec.online.attraction", "streamrec.online.learner"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamrec.trainer.evaluate import auc
-from streamrec.trainer.gate import Gate, GateConfig, weighted_auc
+from streamrec.online.gate import Gate, GateConfig, weighted_auc
 
 SLATES = 200
 EXAMINATION = np.array([1.0, 0.2, 0.2, 0.2])

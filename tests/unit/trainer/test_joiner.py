@@ -6,8 +6,8 @@ import doctest
 import json
 import random
 
-from streamrec.trainer import joiner
-from streamrec.trainer.joiner import JoinConfig, Joiner
+from streamrec.online import joiner
+from streamrec.online.joiner import JoinConfig, Joiner
 
 
 def rec(rid: str, ts: int, items=("a", "b", "c"), variant="v"):

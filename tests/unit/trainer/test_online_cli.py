@@ -19,8 +19,8 @@ def test_subcommands_parse_with_their_flags():
 
 
 def test_registering_the_commands_does_not_import_torch():
-    code = ("import sys, argparse; import streamrec.trainer.online_cli as c; "
-            "p = argparse.ArgumentParser(); s = p.add_subparsers(); c.register(s); c.register_bench(s); "
+    code = ("import sys, argparse; import streamrec.online.cli as c, streamrec.harness.cli as h; "
+            "p = argparse.ArgumentParser(); s = p.add_subparsers(); c.register(s); h.register(s); h.register_bench(s); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -34,8 +34,8 @@ def test_a_bad_impressions_mode_is_refused_with_the_flag_named():
 
 
 def test_the_demo_and_the_bench_simulate_the_same_world_and_its_flags_change_it():
-    from streamrec.simulator import SimConfig
-    from streamrec.trainer.online_cli import BENCH_WORLD, world_of
+    from streamrec.harness.simulator import SimConfig
+    from streamrec.harness.simulator import BENCH_WORLD, world_of
 
     p = build_parser()
     demo, bench = world_of(p.parse_args(["demo"])), world_of(p.parse_args(["bench", "online"]))

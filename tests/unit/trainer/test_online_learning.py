@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from streamrec.settings import Settings
-from streamrec.trainer.attraction import attraction_offsets
+from streamrec.online.attraction import attraction_offsets
 from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
 from streamrec.trainer.export import export_dcn, export_sasrec
-from streamrec.trainer.joiner import Slate
-from streamrec.trainer.learner import LearnerConfig, OnlineLearner
+from streamrec.online.joiner import Slate
+from streamrec.online.learner import LearnerConfig, OnlineLearner
 from streamrec.trainer.publish import publish
 from streamrec.trainer.sasrec import SASRec
 from streamrec.trainer.weights import WEIGHTS, save_weights

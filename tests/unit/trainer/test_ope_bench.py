@@ -13,8 +13,8 @@ import pytest
 
 from streamrec.cli import main
 from streamrec.trainer.obd import BTS_PRIOR, BetaPrior, OBDError, bts_action_dist, log_path, read_logs
-from streamrec.trainer.offpolicy import ips, snips
-from streamrec.trainer.ope_bench import GATE_CAP, relative_error, run
+from streamrec.online.offpolicy import ips, snips
+from streamrec.harness.bench.ope import GATE_CAP, relative_error, run
 
 HEADER = ",timestamp,item_id,position,click,propensity_score,user_feature_0,user-item_affinity_0"
 
@@ -149,8 +149,8 @@ def test_a_file_of_another_format_is_refused_by_column(tmp_path):
         read_logs(path)
 
 
-@pytest.mark.parametrize("name", ["streamrec.trainer.obd", "streamrec.trainer.ope_bench",
-                                  "streamrec.trainer.offpolicy"])
+@pytest.mark.parametrize("name", ["streamrec.trainer.obd", "streamrec.harness.bench.ope",
+                                  "streamrec.online.offpolicy"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0

@@ -133,8 +133,8 @@ def test_bad_options_name_the_option_and_the_fix():
 def test_learner_counts_reward_and_clicks_per_arm_and_segment():
     from prometheus_client import REGISTRY
 
-    from streamrec.trainer import learner_metrics as m
-    from streamrec.trainer.joiner import JoinConfig, Joiner
+    from streamrec.online import metrics as m
+    from streamrec.online.joiner import JoinConfig, Joiner
 
     def value(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0

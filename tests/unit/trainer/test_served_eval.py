@@ -68,7 +68,7 @@ def test_evaluate_served_prints_the_engines_row_beside_each_source(tmp_path, mon
 def test_the_served_row_is_the_engines_slates_at_each_test_users_last_history_event(small_trained,
                                                                                     small_interactions):
     """Direct `Engine.recommend` calls on the replayed features, made here, give the same slates and row."""
-    from streamrec.serving.bench_core import announcements
+    from streamrec.registry import Registry
     from streamrec.serving.engine import Engine
     from streamrec.serving.memory_features import MemoryFeatureReader
     from streamrec.serving.models import ModelStore
@@ -93,7 +93,7 @@ def test_the_served_row_is_the_engines_slates_at_each_test_users_last_history_ev
         publish_trained(own, trained, send=False)
         publish_graph(own, trained.graph, trained.catalog, metrics={}, data_window={}, send=False)
         models = ModelStore(own, cfg)
-        for ann in announcements(registry, ("sasrec", "ranker", "graph")):
+        for ann in Registry(registry).announcements(("sasrec", "ranker", "graph")):
             assert models.offer(ann)
         models.swap_pending()
         engine = Engine(MemoryFeatureReader(store, history_items=cfg.history_items), models, cfg)

@@ -7,8 +7,8 @@ import doctest
 import numpy as np
 import pytest
 
-from streamrec import simulator
-from streamrec.simulator import SimConfig, Tally, World
+from streamrec.harness import simulator
+from streamrec.harness.simulator import SimConfig, Tally, World
 
 
 def test_doctests():
@@ -72,7 +72,7 @@ def test_tally_reports_per_variant_with_ci():
 
 def test_intervals_with_users_as_the_unit_are_wider_when_users_differ():
     """Two users, one who always clicks and one who never does: 40 slates look certain, 2 users do not."""
-    from streamrec.trainer.online_bench import summarise
+    from streamrec.harness.bench.online import summarise
 
     t = Tally(bucket_s=10, t0=0.0)
     for i in range(40):
@@ -90,7 +90,7 @@ def test_intervals_with_users_as_the_unit_are_wider_when_users_differ():
 def test_bench_online_refuses_bad_salts_before_starting_anything(salt, capsys):
     from argparse import Namespace
 
-    from streamrec.trainer.online_bench import cmd_bench_online
+    from streamrec.harness.bench.online import cmd_bench_online
 
     assert cmd_bench_online(Namespace(out="/nonexistent-never-created", settings=None, salt=salt)) == 2
     assert "--salt" in capsys.readouterr().err
@@ -100,7 +100,7 @@ def test_bench_online_refuses_bad_salts_before_starting_anything(salt, capsys):
 def test_bench_online_refuses_bad_seeds_before_starting_anything(seed, capsys):
     from argparse import Namespace
 
-    from streamrec.trainer.online_bench import cmd_bench_online
+    from streamrec.harness.bench.online import cmd_bench_online
 
     assert cmd_bench_online(Namespace(out="/nonexistent-never-created", settings=None, salt="s2", seed=seed)) == 2
     assert "--seed" in capsys.readouterr().err
@@ -152,7 +152,7 @@ def test_best_slate_beats_any_other_and_leaves_out_the_session_and_retired_items
 
 
 def test_summary_reports_each_arm_against_the_best_slates_and_the_share_of_the_gap_closed():
-    from streamrec.trainer.online_bench import pooled, summarise
+    from streamrec.harness.bench.online import pooled, summarise
 
     t = Tally(bucket_s=10, t0=0.0)
     for i in range(40):
@@ -170,7 +170,7 @@ def test_summary_reports_each_arm_against_the_best_slates_and_the_share_of_the_g
 def test_demo_view_rows_show_each_arm_against_the_best_slates():
     from types import SimpleNamespace
 
-    from streamrec.demo import _arm_rows
+    from streamrec.harness.demo import _arm_rows
 
     t = Tally(bucket_s=10, t0=0.0)
     t.add("frozen", 1, realised=1.0, expected=0.6, clicked=True, user="u1", best=1.2)

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from streamrec.trainer.attraction import ItemEvidence, attraction_offsets, write_offsets
-from streamrec.trainer.online_bench import feature_ranker
-from streamrec.trainer.online_models import DenseAdamSparseSGD
+from streamrec.online.attraction import ItemEvidence, attraction_offsets, write_offsets
+from streamrec.harness.bench.online import feature_ranker
+from streamrec.online.models import DenseAdamSparseSGD
 
 
 def test_embeddings_take_plain_sgd_steps_in_per_sample_units():

@@ -11,7 +11,7 @@ from streamrec.settings import Settings
 
 from dataclasses import dataclass
 
-from streamrec.trainer.joiner import JoinConfig
+from streamrec.online.joiner import JoinConfig
 
 
 # Defaults live in one place, the settings object (STREAMREC_*); these follow it.
@@ -84,13 +84,13 @@ class LearnerConfig:
                           purchase=self.reward_purchase, skip=self.reward_skip, max_closed=self.max_closed_slates)
 
     def train(self):
-        from streamrec.trainer.online_models import TrainConfig
+        from streamrec.online.models import TrainConfig
 
         return TrainConfig(lr=self.lr, seq_lr=self.seq_lr, embedding_lr=self.embedding_lr, rl_mix=self.rl_mix, weight_cap=self.weight_cap,
                            topk=self.topk, batch=self.batch)
 
     def gate(self):
-        from streamrec.trainer.gate import GateConfig
+        from streamrec.online.gate import GateConfig
 
         return GateConfig(min_samples=self.min_gate_samples, auc_tolerance=self.auc_tolerance,
                           reward_tolerance=self.reward_tolerance, next_item_tolerance=self.next_item_tolerance,

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamrec.trainer.evaluate import auc
-from streamrec.trainer.offpolicy import Estimate, normalised_propensity, slate_softmax, snips
+from streamrec.online.offpolicy import Estimate, normalised_propensity, slate_softmax, snips
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from streamrec.console import make_console
-from streamrec.loop import ClosedLoop, LiveStats, Service, metric_sum, metrics, wait_drained
+from streamrec.harness.loop import ClosedLoop, LiveStats, Service, metric_sum, metrics, wait_drained
 from streamrec.settings import Settings
 
 console = make_console()
@@ -125,8 +125,8 @@ def _plot(report: dict, path: Path) -> None:
 
 def cmd_demo(args) -> int:
     from streamrec.deploy.localstack import StackError
-    from streamrec.simulator import SimConfig
-    from streamrec.trainer.online_cli import world_of
+    from streamrec.harness.simulator import SimConfig
+    from streamrec.harness.simulator import world_of
 
     sys.setswitchinterval(0.0005)  # the simulator, the readers and the live view share the GIL
     cfg = SimConfig(users=args.users, items=300, seed=args.seed, rate=args.rate, seconds=args.seconds,
@@ -175,7 +175,7 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
-    from streamrec.trainer.online_cli import add_world_args
+    from streamrec.harness.simulator import add_world_args
 
     p = sub.add_parser("demo", help="run the whole product locally, closed loop, and show it live",
                        description="Starts the local stack, trains and publishes initial models, runs the worker, "

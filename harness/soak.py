@@ -1,6 +1,6 @@
 """`streamrec bench soak`: the whole loop at a steady rate for N minutes; does anything grow without bound?
 
-It starts the closed loop (`streamrec.loop.ClosedLoop`: simulator, worker,
+It starts the closed loop (`streamrec.harness.loop.ClosedLoop`: simulator, worker,
 scorer, online trainer, on their own topics, Redis prefix and free ports) and
 every few seconds records:
 
@@ -52,9 +52,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from streamrec.console import make_console
-from streamrec.loop import ClosedLoop, metric_sum, metrics
+from streamrec.harness.loop import ClosedLoop, metric_sum, metrics
 from streamrec.settings import Settings
-from streamrec.stream.bench import _free_port
+from streamrec.harness.bench.features import _free_port
 from streamrec.stream.keys import glob_escape
 
 console = make_console()
@@ -448,7 +448,7 @@ def plot(samples: list[dict], warmup_s: float, path: Path) -> None:
 
 def run_soak(base: Settings, cfg: SoakConfig, out_root: Path | None = None, live: bool = True) -> dict:
     """Run the soak; returns the report (also written as soak.json next to soak.png)."""
-    from streamrec.simulator import SimConfig
+    from streamrec.harness.simulator import SimConfig
 
     cfg = cfg.resolved()
     sys.setswitchinterval(0.0005)  # the simulator, the reader and the sampler share the GIL

@@ -4,7 +4,7 @@
 never sees another run's data), trains and publishes the initial models (the
 same code as `streamrec bench online`), starts the worker, the scorer (three
 A/B arms) and the online trainer as child processes, then drives them with
-the simulated population (`streamrec.simulator`) through Kafka only, while a
+the simulated population (`streamrec.harness.simulator`) through Kafka only, while a
 reader thread times every recommendation from its event's publish time.
 Callers add their own view (the demo's table, the soak's sampler) and stop it
 all with `ClosedLoop.stop`, which also stops the services cleanly; `stop_traffic`
@@ -145,7 +145,7 @@ class ClosedLoop:
 
     def __init__(self, base: Settings, cfg, kind: str = "demo", console: Console | None = None,
                  learner_flags: tuple[str, ...] = (), **changes):
-        from streamrec.simulator import Simulation
+        from streamrec.harness.simulator import Simulation
 
         self.base, self.cfg, self.kind, self.learner_flags = base, cfg, kind, tuple(learner_flags)
         self.console = console or make_console()
@@ -176,7 +176,7 @@ class ClosedLoop:
     def start_services(self, seed: int, pretrain_steps: int | None = None) -> None:
         """Initial models (``pretrain_steps`` of the sequence model; default the bench's), then the worker, the
         scorer and the online trainer, waited until ready."""
-        from streamrec.trainer.online_bench import ARMS, LEARNER_FLAGS, PRETRAIN_STEPS, initial_models
+        from streamrec.harness.bench.online import ARMS, LEARNER_FLAGS, PRETRAIN_STEPS, initial_models
 
         s, logdir = self.settings, self.logdir
         with self.console.status("training the initial models (SASRec on organic sessions) and publishing them..."):

@@ -35,12 +35,13 @@ ATOL = 1e-4
 
 
 def _store(registry_uri: str, device: str, candidates: int = 200, batch: int = 256):
-    from streamrec.serving.bench_core import announcements, bench_config
+    from streamrec.harness.bench.core import bench_config
+    from streamrec.registry import Registry
     from streamrec.serving.models import ModelStore
     from streamrec.settings import Settings
 
     store = ModelStore(Settings(registry_uri=registry_uri, device=device), bench_config(candidates, batch))
-    for ann in announcements(registry_uri):
+    for ann in Registry(registry_uri).announcements():
         store.offer(ann)
     store.swap_pending()
     if store.refused:
@@ -54,7 +55,7 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def parity(registry_uri: str, device: str, seed: int = 0) -> dict:
     """Largest absolute difference between ``device`` and the CPU for each graph, retrieval and the engine."""
-    from streamrec.serving.bench_core import MemoryFeatures, bench_config
+    from streamrec.harness.bench.core import MemoryFeatures, bench_config
     from streamrec.serving.engine import Engine
     from streamrec.serving.index import ExactIndex
     from streamrec.stream.schemas import ScoreRequest
@@ -159,7 +160,7 @@ def memory_with_catalog(registry_uri: str, device: str, items: int) -> dict:
     """
     code = ("import json, sys\n"
             "try:\n    import torch\nexcept ImportError:\n    pass\n"
-            "from streamrec.serving.bench_gpu import _memory_here\n"
+            "from streamrec.harness.bench.gpu import _memory_here\n"
             "print(json.dumps(_memory_here(sys.argv[1], sys.argv[2], int(sys.argv[3]))))")
     done = subprocess.run([sys.executable, "-c", code, registry_uri, device, str(items)], capture_output=True,
                           text=True, timeout=300)
@@ -200,7 +201,7 @@ def run(registry_uri: str, device: str, candidates: int, batch: int, seconds: fl
         catalog_sizes: tuple[int, ...]) -> dict:
     import onnxruntime as ort
 
-    from streamrec.serving.bench_core import core
+    from streamrec.harness.bench.core import core
     from streamrec.settings import Settings
 
     report: dict = {"bench": "gpu", "device": device, "onnxruntime": ort.__version__,

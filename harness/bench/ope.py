@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from streamrec.console import make_console
-from streamrec.trainer.gate import GateConfig
+from streamrec.online.gate import GateConfig
 from streamrec.trainer.obd import (BTS_PRIOR, DEFAULT_ROOT, OBP_SEED, OBP_SIMULATIONS, Logs, OBDError,
                                    bts_action_dist, log_path, present_campaigns, read_logs)
-from streamrec.trainer.offpolicy import Estimate, ips, snips
+from streamrec.online.offpolicy import Estimate, ips, snips
 
 console = make_console(stderr=True)
 ESTIMATORS = {"ips": ips, "snips": snips}
@@ -164,7 +164,7 @@ def cmd_bench_ope(args) -> int:
         return 2
     make_console().print(render(report))
     sources = sorted({pub["source"] for r in report["rows"] if (pub := r["published"])})
-    for source in sources or ["none for these campaigns (see streamrec.trainer.ope_bench.PUBLISHED)"]:
+    for source in sources or ["none for these campaigns (see streamrec.harness.bench.ope.PUBLISHED)"]:
         console.print(f"published rel. error: {source}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

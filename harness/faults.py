@@ -61,7 +61,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.table import Table
 
 from streamrec.console import make_console
-from streamrec.loop import Service, start_service, stop_service, wait_up
+from streamrec.harness.loop import Service, start_service, stop_service, wait_up
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
 from streamrec.stream.keys import Keys
@@ -883,7 +883,7 @@ def _export_ranker(workdir: Path, seed: int):
     import torch
 
     from streamrec.trainer.export import export_dcn
-    from streamrec.trainer.online_bench import feature_ranker
+    from streamrec.harness.bench.online import feature_ranker
 
     torch.manual_seed(seed)
     model = feature_ranker("item_log_views", buckets=2000)
@@ -891,7 +891,7 @@ def _export_ranker(workdir: Path, seed: int):
 
 
 def _publish_ranker(s: Settings, workdir: Path, version: str, send: bool = True):
-    from streamrec.trainer.online_bench import _publish
+    from streamrec.harness.bench.online import _publish
 
     model, exported = _export_ranker(workdir, seed=len(version))
     _publish(s, "ranker", model, exported, version)

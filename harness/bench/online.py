@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamrec.simulator import SimConfig, Simulation, World
+from streamrec.harness.simulator import SimConfig, Simulation, World
 from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
 from streamrec.trainer.sasrec import SASRec
 
@@ -205,7 +205,7 @@ def run_bench(settings, seconds: float, users: int, rate: float, warmup_s: float
     initial sequence model (fewer for a test of the mechanics)."""
     from streamrec.serving.config import ScorerConfig, parse_arms
     from streamrec.serving.scorer import Scorer
-    from streamrec.stream.bench import _free_port, start_worker, stop_worker
+    from streamrec.harness.bench.features import _free_port, start_worker, stop_worker
     from streamrec.stream.topics import create_topics, delete_topics
 
     run = uuid.uuid4().hex[:6]
@@ -328,7 +328,7 @@ def pooled(summaries: dict[str, dict]) -> dict:
 
 
 def cmd_bench_online(args) -> int:
-    from streamrec.trainer.online_cli import world_of
+    from streamrec.harness.simulator import world_of
 
     salts = args.salt.split(",")
     bad = [x for x in salts if not 0 < len(x.encode()) <= 16]

@@ -8,11 +8,11 @@ training slates:
   label = the item got a reward, weight = ``min(1 / propensity, cap)`` times
   the reward (a purchase counts more than a click), normalised per batch;
 - the sequence model with the top-K off-policy corrected REINFORCE loss
-  (`streamrec.trainer.offpolicy.reinforce_topk_loss`), mixed with the
+  (`streamrec.online.offpolicy.reinforce_topk_loss`), mixed with the
   supervised next-item loss (share ``rl_mix``) to keep it stable.
 
 A candidate is gated against the live copy on held-out slates
-(`streamrec.trainer.gate`); only an accepted one is exported (parity-checked),
+(`streamrec.online.gate`); only an accepted one is exported (parity-checked),
 published with its weights and announced, and becomes the new live copy.
 
 The ranker's dense features are those the scorer computes, read from Redis
@@ -33,11 +33,11 @@ import torch
 
 from streamrec.registry import Registry
 from streamrec.settings import Settings
-from streamrec.trainer import learner_metrics as m
-from streamrec.trainer.attraction import MIN_CLICKS, attraction_offsets, calibrate, write_offsets
-from streamrec.trainer.gate import Gate, GateConfig, GateDecision
-from streamrec.trainer.joiner import Slate
-from streamrec.trainer.offpolicy import reinforce_topk_loss
+from streamrec.online import metrics as m
+from streamrec.online.attraction import MIN_CLICKS, attraction_offsets, calibrate, write_offsets
+from streamrec.online.gate import Gate, GateConfig, GateDecision
+from streamrec.online.joiner import Slate
+from streamrec.online.offpolicy import reinforce_topk_loss
 from streamrec.trainer.weights import WEIGHTS, load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class DenseAdamSparseSGD:
 
     def __init__(self, model: torch.nn.Module, lr: float, embedding_lr: float):
         bias = getattr(model, "item_bias", None)
-        # The per-item bias is not trained by gradient: `streamrec.trainer.attraction` sets it.
+        # The per-item bias is not trained by gradient: `streamrec.online.attraction` sets it.
         owned = {id(bias.weight)} if bias is not None else set()
         sparse = [mod.weight for mod in model.modules()
                   if isinstance(mod, torch.nn.Embedding) and id(mod.weight) not in owned]

@@ -7,7 +7,7 @@ with the scorer's code), and hands closed slates to a training thread, so
 joining never waits on training. Every ``gate_every_samples`` shown items or
 ``gate_every_s`` seconds, the training thread gates the candidates on the
 held-out slates (one slate in five, by rec_id, never trained on) and
-publishes those that are not worse (`online_models.OnlineModels`).
+publishes those that are not worse (`online/models.py: OnlineModels`).
 
 Slates that look like a bot (rewards on most shown items, or a user whose
 history does) are left out of training and gating, and counted.
@@ -40,10 +40,10 @@ from streamrec.security import check_services
 from streamrec.settings import Settings
 from streamrec.stream.schemas import SERVED_SESSION, decode_event
 from streamrec.stream.topics import EVENTS, RECOMMENDATIONS, kafka_security
-from streamrec.trainer import learner_metrics as m
-from streamrec.trainer.attraction import ItemEvidence
-from streamrec.trainer.joiner import Joiner, Slate
-from streamrec.trainer.online_config import LearnerConfig
+from streamrec.online import metrics as m
+from streamrec.online.attraction import ItemEvidence
+from streamrec.online.joiner import Joiner, Slate
+from streamrec.online.config import LearnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class OnlineLearner:
         self.settings = settings
         self.cfg = cfg or LearnerConfig()
         self.port = settings.learner_port if port is None else port
-        from streamrec.trainer.online_models import OnlineModels
+        from streamrec.online.models import OnlineModels
 
         self.models = OnlineModels(settings, self.cfg.train(), self.cfg.gate(),
                                    (self.cfg.seq_model, self.cfg.ranker_model))

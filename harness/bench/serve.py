@@ -46,12 +46,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamrec.console import make_console
 from streamrec.registry import Announcement, Registry
-from streamrec.serving.bench_core import announcements, bench_config, core
+from streamrec.harness.bench.core import bench_config, core
 from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream.schemas import ScoreRequest, encode
-from streamrec.stream.bench import drop_namespace, fresh_namespace
+from streamrec.harness.bench.features import drop_namespace, fresh_namespace
 
 console = make_console(stderr=True)
 
@@ -217,7 +217,7 @@ def during_swaps(s: Settings, producer: Producer, port: int, rounds: list[list[A
     """Score requests at ``rate`` for ``seconds`` while each round of versions is announced, at even
     intervals. A swap window runs from the announcement until the scorer's swap counter shows every model of
     the round swapped in, plus 1 s for the requests queued meanwhile to drain."""
-    from streamrec.loop import metric_sum, metrics
+    from streamrec.harness.loop import metric_sum, metrics
 
     def scorer(name: str) -> float:
         return metric_sum(metrics(port), name)
@@ -278,7 +278,7 @@ def _summary(reader: "_Reader", rate: int, seconds: int, total: int) -> dict:
 
 def _with_worker(s: Settings, rate: int, seconds: int) -> dict:
     """Events (not score requests) at ``rate``: event time -> recommendation, through a real worker."""
-    from streamrec.stream.bench import start_worker, stop_worker
+    from streamrec.harness.bench.features import start_worker, stop_worker
     from streamrec.stream.synthetic import synthetic_stream
 
     worker = start_worker(s, 1)
@@ -325,13 +325,13 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
     try:
         with console.status(f"writing features of {events} events to Redis..."):
             triples = _features(s, events)
-        anns = announcements(registry_uri)
+        anns = Registry(registry_uri).announcements()
         producer = _producer(s)
         for ann in anns:
             producer.produce(s.topic(topics.MODEL_VERSIONS), ann.encode(), key=ann.name.encode())
         producer.flush(10)
         with console.status("starting the scorer..."):
-            from streamrec.stream.bench import _free_port
+            from streamrec.harness.bench.features import _free_port
             port = _free_port()
             proc = _start_scorer(s, registry_uri, cfg, port)
         rss = psutil.Process(proc.pid)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from streamrec.registry import Announcement, Registry, RegistryError
+from streamrec.registry import Registry
 from streamrec.serving import metrics
 from streamrec.serving.config import ScorerConfig
 from streamrec.serving.engine import Engine
@@ -26,22 +26,6 @@ def bench_config(candidates: int, batch: int) -> ScorerConfig:
     """Source sizes that fill ``candidates`` after de-duplication."""
     return ScorerConfig(batch_max=batch, max_candidates=candidates, seq_candidates=candidates // 2 + 20,
                         covis_candidates=min(50, candidates // 4), trending_candidates=candidates, seed=0)
-
-
-def announcements(registry_uri: str, names=("sasrec", "ranker")) -> list[Announcement]:
-    """The current version of each model in the registry, as `model-versions` records."""
-    reg = Registry(registry_uri)
-    out = []
-    for name in names:
-        try:
-            version = reg.resolve(name) if name in reg.models() else None
-        except RegistryError:
-            version = None
-        if version:
-            meta = reg.meta(name, version)
-            out.append(Announcement(name=name, version=version, uri=reg.location(name, version),
-                                    sha256=reg.digest(name, version), metrics=meta.metrics))
-    return out
 
 
 class MemoryFeatures:
@@ -91,7 +75,7 @@ def core(settings: Settings, registry_uri: str, candidates: int, batch: int, sec
     """Requests/s of the engine alone, features from memory."""
     cfg = bench_config(candidates, batch)
     store = ModelStore(settings, cfg)
-    for ann in announcements(registry_uri):
+    for ann in Registry(registry_uri).announcements():
         store.offer(ann)
     store.swap_pending()
     seq = store.live.get(cfg.seq_model)
