@@ -1,4 +1,4 @@
-"""Kafka topics of DESIGN.md: names, keys, configs, and their creation.
+"""Kafka topics (docs/architecture.md): names, keys, configs, and their creation.
 
 Every other module takes topic names from here (through `Settings.topic`), so
 a prefix change reaches everything.

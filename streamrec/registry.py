@@ -1,6 +1,6 @@
 """The model registry: layout, meta.json, atomic publish, verification, current pointer.
 
-This module is the registry contract of DESIGN.md, shared by the trainer
+This module is the registry contract of docs/architecture.md, shared by the trainer
 (writer) and the scorer (reader); it imports neither torch nor onnxruntime.
 
 Layout under the root (a local folder, or an fsspec URL such as ``s3://b/p``)::

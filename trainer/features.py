@@ -21,7 +21,7 @@ import numpy as np
 from streamrec.trainer.data import POSITIVE_TYPES, Interactions
 from streamrec.trainer.dcn import DENSE_FEATURES
 
-SESSION_GAP_MS = 30 * 60 * 1000  # DESIGN.md: a session ends after 30 min of inactivity
+SESSION_GAP_MS = 30 * 60 * 1000  # docs/architecture.md: a session ends after 30 min of inactivity
 NEVER_HOURS = 24 * 365.0
 SEQ_SCORE = DENSE_FEATURES.index("seq_score")
 CONTENT_SIM = DENSE_FEATURES.index("content_sim")
