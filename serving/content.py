@@ -407,28 +407,15 @@ class CatalogFollower:
         return len(upserts)
 
     def _follow(self) -> None:
-        from confluent_kafka import Consumer, KafkaError, TopicPartition
-
+        from streamrec.serving.follower import CompactedTopicReader
         from streamrec.stream import schemas, topics
 
-        s = self.settings
-        topic = s.topic(topics.CATALOG)
-        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}scorer-content",
-                             "enable.auto.commit": False, "enable.partition.eof": True, **topics.kafka_security(s)})
+        reader = None
         try:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-            consumer.assign([TopicPartition(topic, p, 0) for p in parts])  # the whole compacted catalog
-            eof = {p for p, h in ends.items() if h == 0}
+            reader = CompactedTopicReader(self.settings, topics.CATALOG, "scorer-content")  # the whole catalog
             while not self._stop.is_set():
-                msgs = consumer.consume(self.batch, timeout=0.05)
+                msgs = reader.consume(self.batch, timeout=0.05)
                 for msg in msgs:
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            eof.add(msg.partition())
-                        continue
-                    if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                        eof.add(msg.partition())
                     item = (msg.key() or b"").decode("utf-8", "replace")
                     if msg.value() is None:
                         if item:
@@ -441,25 +428,29 @@ class CatalogFollower:
                     self.pending[rec.item_id] = {"title": rec.title, "description": rec.description,
                                                  "tags": list(rec.tags), "category": rec.category}
                 if not msgs or len(self.pending) >= self.batch:
-                    try:
-                        self.apply_pending()
-                    except _NewVersion as new:
-                        log.info("content vectors: %s, %d catalog items from the version; re-reading %s",
-                                 new.model.name, len(new.model.item_ids), topic)
-                        self.index.clear()  # no vector of the old version may stay
-                        self.index.upsert(new.model.item_ids, new.model.vectors, new.model.item_keys, bulk=True)
-                        self.seeded, self.pending = new.model.name, {}
-                        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-                        eof = {p for p, h in ends.items() if h == 0}
-                    except Exception:  # noqa: BLE001 - keep following; the records are retried
-                        log.exception("embedding catalog items failed")
-                if len(eof) >= len(ends) and not self.pending:
+                    self._apply(reader)
+                if reader.read_all_at_start and not self.pending:
                     self.caught_up.set()
         except Exception:  # noqa: BLE001 - keep serving with the vectors in hand
-            log.exception("following %s for content vectors stopped", topic)
+            log.exception("following %s for content vectors stopped", self.settings.topic(topics.CATALOG))
         finally:
             self.caught_up.set()
-            consumer.close()
+            if reader is not None:
+                reader.close()
+
+    def _apply(self, reader) -> None:
+        """`apply_pending`; a new content version replaces the index and the catalog is read again."""
+        try:
+            self.apply_pending()
+        except _NewVersion as new:
+            log.info("content vectors: %s, %d catalog items from the version; re-reading %s",
+                     new.model.name, len(new.model.item_ids), reader.topic)
+            self.index.clear()  # no vector of the old version may stay
+            self.index.upsert(new.model.item_ids, new.model.vectors, new.model.item_keys, bulk=True)
+            self.seeded, self.pending = new.model.name, {}
+            reader.rewind()
+        except Exception:  # noqa: BLE001 - keep following; the records are retried
+            log.exception("embedding catalog items failed")
 
 
 class _NewVersion(Exception):

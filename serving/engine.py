@@ -1,20 +1,25 @@
 """The scoring core: a batch of score requests in, one recommendation per request out.
 
 No Kafka here (the service in `streamrec.serving.scorer` feeds it; the HTTP
-pull API and the core benchmark call it directly). Per batch:
+pull API and the core benchmark call it directly). `Engine._full` runs five
+stages per batch, each a method with a typed output:
 
-1. features round trip 1 (sessions, users' earlier items, trending) -> contexts;
-2. sequence model: user vectors for the batch in one ONNX run (input: the
-   user's earlier items, then the session's), exact top-K;
-   co-visitation of each session's recent items (round trip 2);
-   content: items whose content vectors (text, category, tags) are nearest the
-   session's recent items, new catalog items included (without a content
-   model: items nearest the trigger item in the sequence model, for cold users);
-3. merge, de-duplicate, filter (session items, removed items: round trip 3);
-4. ranker: every (request, candidate) pair of the batch in one ONNX run;
-5. the serving policy picks the slate and each item's propensity.
+1. context (`BatchContext`): sessions, users' earlier items, trending (Redis
+   round trip 1); each request's A/B arm and models; co-visitation of the
+   recent items (round trip 2);
+2. candidates (`BatchCandidates`): the sequence model's top-K (one ONNX run
+   per arm), the graph model's, content (items whose content vectors are
+   nearest the session's recent items, new catalog items included; without a
+   content model, items nearest the trigger item for cold users),
+   co-visitation and trending, merged and de-duplicated, seen items left out;
+3. item features (`BatchStats`): statistics and categories of the batch's
+   unique candidates, removed items dropped (round trip 3);
+4. ranking (`BatchRanking`): every (request, candidate) pair of an arm in one
+   ONNX run of the ranker;
+5. slate: the serving policy picks each slate and its propensities; with
+   ``explain``, the ranker's feature attributions are attached.
 
-An A/B arm marked ``trending`` (the popularity baseline) skips 2 and 4: its
+An A/B arm marked ``trending`` (the popularity baseline) skips the models: its
 slate is the trending items the user has not seen.
 
 Degraded modes: no model -> candidates scored by their source (co-visitation
@@ -29,6 +34,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Sequence
 
@@ -37,15 +43,88 @@ import numpy as np
 from streamrec.serving import ab, metrics
 from streamrec.serving.candidates import (CONTENT, GRAPH, SEQ, TRENDING, Candidates, ClickAttribution, CovisTable,
                                           Source, covisitation, merge, proposers)
-from streamrec.serving.config import ScorerConfig
-from streamrec.serving.content import ContentIndex, content_similar, session_profiles
+from streamrec.serving.config import Arm, ScorerConfig
+from streamrec.serving.content import ContentIndex, ContentModel, content_similar, session_profiles
 from streamrec.serving.exploration import choose
 from streamrec.serving.explain import RankedInputs, explain_slates
-from streamrec.serving.features import FeatureReader, RequestContext, dense_matrix
+from streamrec.serving.features import FeatureReader, ItemStats, RequestContext, dense_matrix
 from streamrec.serving.models import ModelStore
 from streamrec.stream.schemas import SERVED_SESSION, Recommendation, RecommendedItem, ScoreRequest, ServedFeatures
 
 log = logging.getLogger(__name__)
+
+
+
+# The stages' outputs: each stage of `Engine._full` reads the ones before it.
+@dataclass
+class BatchContext:
+    """Stage 1: what is known about each request before any model runs."""
+
+    requests: Sequence[ScoreRequest]
+    now_ms: int
+    contexts: list[RequestContext]
+    trending: list[tuple[str, float]]
+    arms: list[Arm]
+    groups: dict[str, list[int]]
+    """Request indices per A/B arm: each model runs once per arm."""
+    models: dict[str, tuple]
+    """(sequence model, ranker) per arm; None where the arm has none."""
+    covis: CovisTable
+
+
+@dataclass
+class BatchCandidates:
+    """Stage 2: each request's candidate sources, and their merge (what the ranker orders)."""
+
+    sources: list[list[Source]]
+    merged: list[Candidates] = field(default_factory=list)
+    covis_weights: list[dict[str, float]] = field(default_factory=list)
+    """Co-visitation weight per candidate, per request: the ranker's ``covis_score`` input."""
+    user_vecs: dict[int, np.ndarray] = field(default_factory=dict)
+    """The sequence model's user vector per request index: the ranker's ``seq_score`` input."""
+    graphs: dict[str, str] = field(default_factory=dict)
+    """The graph model's name per arm that used one."""
+    content_used: set[int] = field(default_factory=set)
+    content_model: ContentModel | None = None
+
+
+@dataclass
+class BatchStats:
+    """Stage 3: the batch's unique candidates with their statistics, and each arm's ranker."""
+
+    unique: list[str]
+    stats: ItemStats
+    rankers: dict[str, tuple]
+    """(ranker or None, whether it ranks) per arm: a trending arm's ranker only logs its inputs."""
+    profiles: np.ndarray | None = None
+    """Sessions' content profiles and the candidates' content vectors, computed once per batch if needed."""
+    unique_vecs: np.ndarray | None = None
+
+
+@dataclass
+class BatchRanking:
+    """Stage 4: each request's candidate scores, the ranker inputs to log, and those to explain."""
+
+    scores: list[np.ndarray]
+    served: list[tuple[list[str], np.ndarray] | None]
+    inputs: list[RankedInputs | None]
+
+
+class _Pairs:
+    """An arm's (request, candidate) pairs, flat: one row per pair, in request order."""
+
+    def __init__(self, idx: list[int], sizes: list[int], cands: BatchCandidates, stats: BatchStats):
+        self.idx = idx
+        self.owner = np.repeat(np.arange(len(idx)), sizes)
+        """The position in ``idx`` of each pair's request."""
+        self.items = list(chain.from_iterable(cands.merged[i].items for i in idx))
+        self.rows = np.fromiter(map(stats.stats.index.__getitem__, self.items), dtype=np.int64, count=len(self.items))
+        """Each pair's item row in the batch's statistics."""
+        self.bounds = np.cumsum([0] + sizes)
+
+    def rows_of(self, array: np.ndarray, k: int) -> np.ndarray:
+        """The rows of ``array`` that belong to the arm's ``k``-th request."""
+        return array[self.bounds[k]:self.bounds[k + 1]]
 
 
 class Engine:
@@ -98,179 +177,103 @@ class Engine:
     # ------------------------------------------------------------------ #
     def _full(self, requests: Sequence[ScoreRequest], now_ms: int, explain: bool = False,
               log_features: bool = False) -> list[Recommendation]:
-        cfg = self.config
+        """The request path, stage by stage; each stage's time goes to `streamrec_scorer_stage_seconds`."""
         t0 = time.perf_counter()
-        trending_n = max(cfg.trending_candidates, cfg.top_n * 5)
-        contexts, trending = self.reader.contexts(requests, trending_n)
+        ctx = self._read_context(requests, now_ms, explain)  # Redis round trips 1 and 2
+        t1 = _stage("redis_read", t0)
+        cands = self._candidates(ctx)  # sequence, graph, content, co-visitation, trending; merged
+        t2 = _stage("retrieval", t1)
+        stats = self._item_stats(ctx, cands, log_features)  # round trip 3; removed items leave the candidates
+        t3 = _stage("redis_read", t2)
+        ranking = self._rank(ctx, cands, stats, explain, log_features)  # the ranker, one ONNX run per arm
+        t4 = _stage("ranking", t3)
+        out = [self._answer(ctx, cands, ranking, i) for i in range(len(requests))]
+        if explain:
+            explain_slates(out, cands.merged, ranking.inputs, ctx.contexts, self.reader.categories,
+                           self.config.explain_top)
+            _stage("explain", t4)
+        return out
+
+    # -- stage 1: context ---------------------------------------------------- #
+    def _read_context(self, requests: Sequence[ScoreRequest], now_ms: int, explain: bool) -> BatchContext:
+        """Sessions, users and trending (round trip 1); each request's arm and models; co-visitation of the
+        recent items and categories of the sequence models' inputs (round trip 2)."""
+        cfg = self.config
+        contexts, trending = self.reader.contexts(requests, max(cfg.trending_candidates, cfg.top_n * 5))
         self.redis_ok = True
         metrics.redis_up.set(1)
         if trending:
             self.snapshot, self.snapshot_at = trending, time.monotonic()
         arms = [ab.arm_of(r.user_id, cfg.arms, cfg.ab_salt) for r in requests]
-        # Round trip 2: co-visitation of recent items (not for trending arms), categories of the sequence
-        # models' input items (the user's earlier items and the session's).
-        recent = list(dict.fromkeys(i for c, a in zip(contexts, arms) if not a.trending
-                                    for i in c.recent(cfg.recent_items)))
-        sequence_items = [i for c in contexts for i in c.sequence]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, arm in enumerate(arms):
             groups[arm.name].append(i)
         models = {arm.name: self.models.models_for(arm) for arm in arms}
         any_seq = any(m[0] is not None for m in models.values())
-        covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms,
-                                                    sequence_items if any_seq or explain else ()))
-        t1 = time.perf_counter()
-        metrics.observe_stage("redis_read", t1 - t0)
+        recent = list(dict.fromkeys(i for c, a in zip(contexts, arms) if not a.trending
+                                    for i in c.recent(cfg.recent_items)))
+        sequence_items = [i for c in contexts for i in c.sequence] if any_seq or explain else ()
+        covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms, sequence_items))
+        return BatchContext(requests, now_ms, contexts, trending, arms, groups, models, covis)
 
-        # Candidates per request.
-        trend_src = Source(TRENDING, [i for i, _ in trending], [s for _, s in trending])
-        sources: list[list[Source]] = [[] for _ in requests]
-        user_vecs: dict[int, np.ndarray] = {}
-        for arm_name, idx in groups.items():
-            seq, _ = models[arm_name]
+    # -- stage 2: candidates ------------------------------------------------- #
+    def _candidates(self, ctx: BatchContext) -> BatchCandidates:
+        """Every source's candidates per request, merged in priority order: the session's own co-visitation,
+        then the models, then the crowd. A trending arm (the popularity baseline) gets the crowd only."""
+        cfg = self.config
+        cands = BatchCandidates(sources=[[] for _ in ctx.requests], covis_weights=[{} for _ in ctx.requests])
+        self._sequence_sources(ctx, cands)
+        cands.graphs = self._graph_sources(ctx.contexts, ctx.groups, ctx.arms, cands.sources) \
+            if cfg.graph_candidates else {}
+        self._content_sources(ctx, cands)
+        trend_src = Source(TRENDING, [i for i, _ in ctx.trending], [s for _, s in ctx.trending])
+        for i, c in enumerate(ctx.contexts):
+            if ctx.arms[i].trending:
+                sources = [trend_src]
+            else:
+                cv = covisitation(ctx.covis, c.recent(cfg.recent_items), cfg.covis_candidates)
+                cands.covis_weights[i] = dict(zip(cv.items, cv.scores))
+                sources = [cv, *cands.sources[i], trend_src]
+            cands.sources[i] = sources
+            cands.merged.append(merge(sources, c.seen | {c.request.item_id}, cfg.max_candidates))
+        return cands
+
+    def _sequence_sources(self, ctx: BatchContext, cands: BatchCandidates) -> None:
+        """The sequence model's top-K per request (one ONNX run per arm). Without a content model, a cold
+        user's candidates are the items nearest the trigger item in the sequence model's space."""
+        cfg, cats = self.config, self.reader.categories
+        for arm_name, idx in ctx.groups.items():
+            seq = ctx.models[arm_name][0]
             if seq is None:
                 continue
-            cats = self.reader.categories
-            seqs = [contexts[i].sequence for i in idx]
+            seqs = [ctx.contexts[i].sequence for i in idx]
             vecs = seq.user_vectors(seqs, cats)
             self.models.samples["sasrec"] = (seqs[:64], cats)
-            extra = max(len(contexts[i].seen) for i in idx)
-            top, _scores = seq.retrieve(vecs, cfg.seq_candidates + extra)
-            ids = seq.item_array
+            top, _ = seq.retrieve(vecs, cfg.seq_candidates + max(len(ctx.contexts[i].seen) for i in idx))
             for j, i in enumerate(idx):
-                user_vecs[i] = vecs[j]
-                sources[i].append(Source(SEQ, ids[top[j]].tolist()))
-            cold = [i for i in idx if requests[i].item_id
-                    and (not contexts[i].known or len(contexts[i].session_items) <= 1)]
+                cands.user_vecs[i] = vecs[j]
+                cands.sources[i].append(Source(SEQ, seq.item_array[top[j]].tolist()))
+            cold = [i for i in idx if ctx.requests[i].item_id
+                    and (not ctx.contexts[i].known or len(ctx.contexts[i].session_items) <= 1)]
             if cold and cfg.content_candidates and not len(self.content_index):
-                trig = [requests[i].item_id for i in cold]
-                tv = seq.item_vectors(trig, [cats.get(t, "") for t in trig])
-                near, _ = seq.index.search(tv, cfg.content_candidates + 1)
+                trigger = [ctx.requests[i].item_id for i in cold]
+                near, _ = seq.index.search(seq.item_vectors(trigger, [cats.get(t, "") for t in trigger]),
+                                           cfg.content_candidates + 1)
                 for j, i in enumerate(cold):
-                    sources[i].append(Source(CONTENT, ids[near[j]].tolist()))
-        graphs = self._graph_sources(contexts, groups, arms, sources) if cfg.graph_candidates else {}
-        content_used: set[int] = set()
-        content_model = self.models.content() if len(self.content_index) else None
-        if cfg.content_candidates and content_model is not None:
-            similar = content_similar(self.content_index, [c.recent(cfg.content_profile_items) for c in contexts],
-                                      [cfg.content_candidates + len(c.seen) for c in contexts])
-            for i, (items, sims) in enumerate(similar):
-                if items and not arms[i].trending:
-                    sources[i].append(Source(CONTENT, items, sims))
-                    content_used.add(i)
-        cands: list[Candidates] = []
-        all_sources: list[list[Source]] = []
-        covis_weights: list[dict[str, float]] = [{} for _ in requests]  # the ranker's covis_score input
-        for i, ctx in enumerate(contexts):
-            exclude = ctx.seen | {ctx.request.item_id}
-            if arms[i].trending:  # the popularity baseline: the crowd only
-                all_sources.append([trend_src])
-                cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
-                continue
-            cv = covisitation(covis, ctx.recent(cfg.recent_items), cfg.covis_candidates)
-            covis_weights[i] = dict(zip(cv.items, cv.scores))
-            # Priority of reasons: the session's own co-visitation, then the models, then the crowd.
-            all_sources.append([cv, *sources[i], trend_src])
-            cands.append(merge(all_sources[i], exclude, cfg.max_candidates))
-        t2 = time.perf_counter()
-        metrics.observe_stage("retrieval", t2 - t1)
+                    cands.sources[i].append(Source(CONTENT, seq.item_array[near[j]].tolist()))
 
-        # Round trip 3: removed items, stats and categories for the ranker.
-        unique = list(dict.fromkeys(chain.from_iterable(c.items for c in cands)))
-        # A trending arm ranks nothing, but its slates train the online trainer too: with feature logging
-        # on, its candidates get the live ranker's inputs (logged only), so the trainer never has to read
-        # them back from Redis after the user reacted.
-        log_only = self.models.live.get(self.models.config.ranker_model) if log_features else None
-        rankers = {arm.name: (log_only, False) if arm.trending else (models[arm.name][1], True) for arm in arms}
-        any_ranker = any(r is not None for r, _ in rankers.values())
-        stats = self.reader.item_stats(unique, with_stats=any_ranker)
-        if stats.removed.any():
-            gone = {unique[j] for j in np.flatnonzero(stats.removed)}
-            cands = [_drop(c, gone) for c in cands]
-        t3 = time.perf_counter()
-        metrics.observe_stage("redis_read", t3 - t2)
-
-        scores: list[np.ndarray] = [_source_scores(c) for c in cands]
-        profiles = unique_vecs = None
-        ranked: list[RankedInputs | None] = [None] * len(requests)
-        served: list[tuple[list[str], np.ndarray] | None] = [None] * len(requests)
-        for arm_name, idx in groups.items():
-            seq = models[arm_name][0]
-            ranker, rank = rankers[arm_name]
-            if ranker is None:
-                continue
-            sizes = [len(cands[i]) for i in idx]
-            if not sum(sizes):
-                continue
-            owner = np.repeat(np.arange(len(idx)), sizes)
-            items = list(chain.from_iterable(cands[i].items for i in idx))
-            # Everything per pair is gathered from per-item and per-request arrays (no Python per pair).
-            rows = np.fromiter(map(stats.index.__getitem__, items), dtype=np.int64, count=len(items))
-            sub = [contexts[i] for i in idx]
-            seq_score = None
-            if seq is not None and "seq_score" in ranker.dense_features:
-                uv = np.stack([user_vecs[i] for i in idx])
-                iv = seq.item_vectors(unique, stats.categories)
-                seq_score = np.einsum("nd,nd->n", uv[owner], iv[rows])
-            content_sim = None
-            if content_model is not None and ranker.meta.extra.get("content_sim_trained") \
-                    and "content_sim" in ranker.dense_features:
-                if profiles is None:  # once per batch: sessions' content profiles, candidates' vectors
-                    profiles = session_profiles(self.content_index,
-                                                [c.recent(cfg.content_profile_items) for c in contexts])
-                    unique_vecs = self.content_index.vectors_of(unique)[0]
-                content_sim = np.einsum("nd,nd->n", profiles[np.asarray(idx)][owner], unique_vecs[rows])
-            covis_score = None
-            if "covis_score" in ranker.dense_features:
-                weights = [covis_weights[i] for i in idx]
-                covis_score = np.fromiter((weights[o].get(it, 0.0) for o, it in zip(owner.tolist(), items)),
-                                          dtype=np.float64, count=len(items))
-            dense = dense_matrix(ranker.dense_features, stats, rows, sub, owner, seq_score, content_sim, covis_score)
-            bounds = np.cumsum([0] + sizes)
-            if not rank:
-                for k, i in enumerate(idx):
-                    served[i] = (ranker.dense_features, dense[bounds[k]:bounds[k + 1]])
-                continue
-            users = [requests[i].user_id for i in idx]
-            sparse = np.concatenate([ranker.users(users)[owner], ranker.items(unique)[rows],
-                                     ranker.cats(stats.categories)[rows]], axis=1)
-            prob = ranker.score(sparse, dense)
-            cats = stats.categories
-            self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], items[:256],
-                                          [cats[r] for r in rows[:256].tolist()], dense[:256])
-            for k, i in enumerate(idx):
-                scores[i] = prob[bounds[k]:bounds[k + 1]]
-                if log_features:
-                    served[i] = (ranker.dense_features, dense[bounds[k]:bounds[k + 1]])
-                if explain:  # keep each request's ranker inputs for the explanation run
-                    b, e = bounds[k], bounds[k + 1]
-                    ranked[i] = RankedInputs(ranker, sparse[b:e], dense[b:e], [cats[r] for r in rows[b:e].tolist()])
-        t4 = time.perf_counter()
-        metrics.observe_stage("ranking", t4 - t3)
-
-        out = []
-        for i, r in enumerate(requests):
-            seq, ranker = models[arms[i].name]
-            used = [m.name for m in (seq, ranker) if m is not None]
-            if arms[i].name in graphs:
-                used.append(graphs[arms[i].name])
-            if i in content_used:
-                used.append(content_model.name)
-            if not used and not arms[i].trending:
-                metrics.degraded.labels("no_model").inc()
-            if not contexts[i].known:
-                metrics.degraded.labels("cold_start").inc()
-            if i % 8 == 0:  # a sample describes the distribution; counting every request costs throughput
-                for source, n in cands[i].counts().items():
-                    metrics.candidates.labels(source).observe(n)
-            rec = self._slate(r, cands[i], scores[i], used, arms[i].name, now_ms, degraded=False,
-                              segment=contexts[i].segment, served=served[i], context=contexts[i])
-            self.clicks.remember(rec.rec_id, proposers(all_sources[i], [it.item_id for it in rec.items]))
-            out.append(rec)
-        if explain:
-            explain_slates(out, cands, ranked, contexts, self.reader.categories, cfg.explain_top)
-            metrics.observe_stage("explain", time.perf_counter() - t4)
-        return out
+    def _content_sources(self, ctx: BatchContext, cands: BatchCandidates) -> None:
+        """Items whose content vectors are nearest each session's recent items, new catalog items included."""
+        cfg = self.config
+        cands.content_model = self.models.content() if len(self.content_index) else None
+        if not cfg.content_candidates or cands.content_model is None:
+            return
+        similar = content_similar(self.content_index, [c.recent(cfg.content_profile_items) for c in ctx.contexts],
+                                  [cfg.content_candidates + len(c.seen) for c in ctx.contexts])
+        for i, (items, sims) in enumerate(similar):
+            if items and not ctx.arms[i].trending:
+                cands.sources[i].append(Source(CONTENT, items, sims))
+                cands.content_used.add(i)
 
     def _graph_sources(self, contexts, groups: dict[str, list[int]], arms, sources) -> dict[str, str]:
         """Append the graph model's candidates (folded-in session vector, top-K) to each request's sources;
@@ -292,6 +295,104 @@ class Engine:
                 if vecs[j].any():  # no item of the session is in the graph: nothing to propose
                     sources[i].append(Source(GRAPH, ids[top[j]].tolist()))
         return used
+
+    # -- stage 3: item features ---------------------------------------------- #
+    def _item_stats(self, ctx: BatchContext, cands: BatchCandidates, log_features: bool) -> BatchStats:
+        """Statistics and categories of the batch's unique candidates (round trip 3); items removed from the
+        catalog leave every candidate list. Also settles each arm's ranker: a trending arm ranks nothing,
+        but with feature logging on its candidates get the live ranker's inputs (logged only), so the online
+        trainer never has to read them back from Redis after the user reacted."""
+        unique = list(dict.fromkeys(chain.from_iterable(c.items for c in cands.merged)))
+        log_only = self.models.live.get(self.models.config.ranker_model) if log_features else None
+        rankers = {arm.name: (log_only, False) if arm.trending else (ctx.models[arm.name][1], True)
+                   for arm in ctx.arms}
+        stats = self.reader.item_stats(unique, with_stats=any(r is not None for r, _ in rankers.values()))
+        if stats.removed.any():
+            gone = {unique[j] for j in np.flatnonzero(stats.removed)}
+            cands.merged = [_drop(c, gone) for c in cands.merged]
+        return BatchStats(unique, stats, rankers)
+
+    # -- stage 4: ranking ---------------------------------------------------- #
+    def _rank(self, ctx: BatchContext, cands: BatchCandidates, stats: BatchStats, explain: bool,
+              log_features: bool) -> BatchRanking:
+        """The ranker's probability for every (request, candidate) pair, one ONNX run per arm; without a
+        ranker the merge order is the ranking."""
+        n = len(ctx.requests)
+        ranking = BatchRanking([_source_scores(c) for c in cands.merged], [None] * n, [None] * n)
+        for arm_name, idx in ctx.groups.items():
+            ranker, rank = stats.rankers[arm_name]
+            sizes = [len(cands.merged[i]) for i in idx]
+            if ranker is None or not sum(sizes):
+                continue
+            pairs = _Pairs(idx, sizes, cands, stats)
+            dense = self._dense_inputs(ctx, cands, stats, ranker, ctx.models[arm_name][0], pairs)
+            for k, i in enumerate(idx):
+                if log_features or not rank:
+                    ranking.served[i] = (ranker.dense_features, pairs.rows_of(dense, k))
+            if rank:
+                self._score_pairs(ctx, stats, ranker, pairs, dense, ranking, explain)
+        return ranking
+
+    def _dense_inputs(self, ctx: BatchContext, cands: BatchCandidates, stats: BatchStats, ranker, seq,
+                      pairs: "_Pairs") -> np.ndarray:
+        """The ranker's dense features of every pair, gathered from per-item and per-request arrays."""
+        idx, owner, rows = pairs.idx, pairs.owner, pairs.rows
+        seq_score = content_sim = covis_score = None
+        if seq is not None and "seq_score" in ranker.dense_features:
+            uv = np.stack([cands.user_vecs[i] for i in idx])
+            seq_score = np.einsum("nd,nd->n", uv[owner], seq.item_vectors(stats.unique, stats.stats.categories)[rows])
+        if cands.content_model is not None and ranker.meta.extra.get("content_sim_trained") \
+                and "content_sim" in ranker.dense_features:
+            if stats.profiles is None:  # once per batch: sessions' content profiles, candidates' vectors
+                stats.profiles = session_profiles(self.content_index, [c.recent(self.config.content_profile_items)
+                                                                       for c in ctx.contexts])
+                stats.unique_vecs = self.content_index.vectors_of(stats.unique)[0]
+            content_sim = np.einsum("nd,nd->n", stats.profiles[np.asarray(idx)][owner], stats.unique_vecs[rows])
+        if "covis_score" in ranker.dense_features:
+            weights = [cands.covis_weights[i] for i in idx]
+            covis_score = np.fromiter((weights[o].get(it, 0.0) for o, it in zip(owner.tolist(), pairs.items)),
+                                      dtype=np.float64, count=len(pairs.items))
+        return dense_matrix(ranker.dense_features, stats.stats, rows, [ctx.contexts[i] for i in idx], owner,
+                            seq_score, content_sim, covis_score)
+
+    def _score_pairs(self, ctx: BatchContext, stats: BatchStats, ranker, pairs: "_Pairs", dense: np.ndarray,
+                     ranking: BatchRanking, explain: bool) -> None:
+        """One ONNX run over the arm's pairs; each request's slice of the probabilities becomes its scores."""
+        owner, rows, cats = pairs.owner, pairs.rows, stats.stats.categories
+        users = [ctx.requests[i].user_id for i in pairs.idx]
+        sparse = np.concatenate([ranker.users(users)[owner], ranker.items(stats.unique)[rows],
+                                 ranker.cats(cats)[rows]], axis=1)
+        prob = ranker.score(sparse, dense)
+        self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], pairs.items[:256],
+                                      [cats[r] for r in rows[:256].tolist()], dense[:256])
+        for k, i in enumerate(pairs.idx):
+            ranking.scores[i] = pairs.rows_of(prob, k)
+            if explain:  # keep each request's ranker inputs for the explanation run
+                b, e = pairs.bounds[k], pairs.bounds[k + 1]
+                ranking.inputs[i] = RankedInputs(ranker, sparse[b:e], dense[b:e],
+                                                 [cats[r] for r in rows[b:e].tolist()])
+
+    # -- stage 5: slate ------------------------------------------------------ #
+    def _answer(self, ctx: BatchContext, cands: BatchCandidates, ranking: BatchRanking, i: int) -> Recommendation:
+        """Request ``i``'s recommendation: its slate, the models that made it, its degraded modes counted."""
+        seq, ranker = ctx.models[ctx.arms[i].name]
+        used = [m.name for m in (seq, ranker) if m is not None]
+        if ctx.arms[i].name in cands.graphs:
+            used.append(cands.graphs[ctx.arms[i].name])
+        if i in cands.content_used:
+            used.append(cands.content_model.name)
+        if not used and not ctx.arms[i].trending:
+            metrics.degraded.labels("no_model").inc()
+        if not ctx.contexts[i].known:
+            metrics.degraded.labels("cold_start").inc()
+        if i % 8 == 0:  # a sample describes the distribution; counting every request costs throughput
+            for source, n in cands.merged[i].counts().items():
+                metrics.candidates.labels(source).observe(n)
+        rec = self._slate(ctx.requests[i], cands.merged[i], ranking.scores[i], used, ctx.arms[i].name, ctx.now_ms,
+                          degraded=False, segment=ctx.contexts[i].segment, served=ranking.served[i],
+                          context=ctx.contexts[i])
+        self.clicks.remember(rec.rec_id, proposers(cands.sources[i], [it.item_id for it in rec.items]))
+        return rec
 
     def _attribute_clicks(self, requests: Sequence[ScoreRequest]) -> None:
         """Count, per candidate source, the clicked items of remembered recommendations it proposed."""
@@ -340,6 +441,13 @@ class Engine:
                               trigger_event_id=r.event_id, items=items, models=models, variant=variant,
                               event_ts=r.ts, created_ts=int(time.time() * 1000), degraded=degraded,
                               segment=segment, features=features)
+
+
+def _stage(name: str, since: float) -> float:
+    """Record a stage's time since ``since``; returns now, the next stage's start."""
+    now = time.perf_counter()
+    metrics.observe_stage(name, now - since)
+    return now
 
 
 def _drop(c: Candidates, gone: set[str]) -> Candidates:

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streamrec.registry import Announcement, Registry, RegistryError, check_name, check_version
 from streamrec.serving import metrics
 from streamrec.serving.config import Arm, ScorerConfig
 from streamrec.serving.content import ContentModel
+from streamrec.serving.follower import CompactedTopicReader
 from streamrec.serving.graph import GraphModel
 from streamrec.serving.ranking import ModelError, Ranker, SeqModel
 from streamrec.settings import Settings
@@ -212,48 +212,26 @@ class ModelStore:
         return self
 
     def _follow(self) -> None:
-        s = self.settings
-        topic = s.topic(topics.MODEL_VERSIONS)
-        consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}scorer-models",
-                             "enable.auto.commit": False, "enable.partition.eof": True, **topics.kafka_security(s)})
+        reader = None
         try:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            ends = {}
-            for p in parts:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                ends[p] = high
-            consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+            reader = CompactedTopicReader(self.settings, topics.MODEL_VERSIONS, "scorer-models")
             # Catch up first, keeping only each model's newest announcement.
             latest: dict[str, Announcement] = {}
-            eof: set[int] = {p for p, h in ends.items() if h == 0}
-            while len(eof) < len(ends) and not self._stop.is_set():
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        eof.add(msg.partition())
-                    continue
-                ann = self._decode(msg)
-                if ann:
+            while not reader.read_all_at_start and not self._stop.is_set():
+                for ann in filter(None, map(self._decode, reader.consume(100, 0.5))):
                     latest[ann.name] = ann
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    eof.add(msg.partition())
             for ann in latest.values():
                 self.offer(ann)
             self.caught_up.set()
             while not self._stop.is_set():
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                ann = self._decode(msg)
-                if ann:
+                for ann in filter(None, map(self._decode, reader.consume(100, 0.5))):
                     self.offer(ann)
         except Exception:  # noqa: BLE001 - keep serving the models in hand
-            log.exception("following %s stopped", topic)
+            log.exception("following %s stopped", self.settings.topic(topics.MODEL_VERSIONS))
             self.caught_up.set()
         finally:
-            consumer.close()
+            if reader is not None:
+                reader.close()
 
     @staticmethod
     def _decode(msg) -> Announcement | None:
