@@ -395,7 +395,8 @@ class Recommendation(msgspec.Struct, kw_only=True):
     event_ts: int = 0
     created_ts: int = 0
     degraded: bool = False
-    """True when served without a full feature read or without models."""
+    """True when served from the scorer's trending snapshot (Redis unreachable, or scoring failed); an answer
+    without models is not degraded: ``models`` is empty."""
     segment: Union[Segment, None] = None
     """The user's customer segment when one is stored (`streamrec segments`); optional, so
     consumers written before it keep working."""

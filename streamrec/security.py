@@ -29,7 +29,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Mapping
 
-from streamrec.settings import Settings, env_name
+from streamrec.settings import Settings, env_name, redact_url
 
 
 
