@@ -3,12 +3,12 @@
 `streamrec segments` reads each user's history (a data file through the
 trainer's importers, or Redis's per-user recent items), encodes it with the
 sequence model (the ONNX encoder of a registry version as the scorer runs it,
-or a torch `SASRec`), clusters the unit-length vectors with k-means (numpy,
+or a torch `SASRec`), clusters the unit-length vectors with k-means (scikit-learn,
 k-means++ seeding, best of several starts), and then:
 
 - describes each segment: size, activity, click rate, conversion, top
   categories (with their lift over everyone) and top items;
-- scores the clustering with the silhouette (numpy) and compares it with the
+- scores the clustering with the silhouette (scikit-learn) and compares it with the
   obvious baseline, segments by quantiles of the users' interaction counts,
   measured in the same vector space;
 - writes ``segments.json`` and ``segments.png`` (a PCA projection of the
@@ -50,10 +50,13 @@ import numpy as np
 
 from streamrec.stream.schemas import MAX_SEGMENTS
 
-# The command reads data through the trainer's importers: without the trainer extra (the serving
-# image) `streamrec.cli` skips it quietly, as it does the other trainer commands.
-if importlib.util.find_spec("torch") is None:
-    raise ImportError("streamrec segments needs the trainer extra: pip install 'streamrec[trainer]'", name="torch")
+# The command reads data through the trainer's importers and clusters with scikit-learn (imported where
+# used: every `streamrec` command imports this module): without the trainer extra (the serving image)
+# `streamrec.cli` skips it quietly, as it does the other trainer commands.
+for _needed in ("torch", "sklearn"):
+    if importlib.util.find_spec(_needed) is None:
+        raise ImportError("streamrec segments needs the trainer extra: pip install 'streamrec[trainer]'",
+                          name=_needed)
 
 log = logging.getLogger(__name__)
 
@@ -212,65 +215,38 @@ class KMeansResult:
     iterations: int
 
 
-def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return np.maximum((x * x).sum(1)[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
-
-
 def kmeans(x: np.ndarray, k: int, seed: int = 0, restarts: int = 4, max_iter: int = 100) -> KMeansResult:
-    """Lloyd's k-means with k-means++ seeding; the best of ``restarts`` runs by inertia."""
+    """scikit-learn's k-means (Lloyd, k-means++ seeding); the best of ``restarts`` runs by inertia."""
+    from sklearn.cluster import KMeans
+
     x = np.asarray(x, dtype=np.float64)
-    n = len(x)
-    if k < 1 or k > n:
-        raise SegmentError(f"--k: {k} segments need at least {k} users with a history; got {n}. "
+    if k < 1 or k > len(x):
+        raise SegmentError(f"--k: {k} segments need at least {k} users with a history; got {len(x)}. "
                            "Lower --k or give more data")
-    rng = np.random.default_rng(seed)
-    best: KMeansResult | None = None
-    for _ in range(max(1, restarts)):
-        centroids = x[[rng.integers(n)]]
-        for _ in range(1, k):  # k-means++: the next centre far from the ones chosen, by d^2
-            d = _sq_dist(x, centroids).min(1)
-            p = d / d.sum() if d.sum() > 0 else np.full(n, 1.0 / n)
-            centroids = np.vstack([centroids, x[rng.choice(n, p=p)]])
-        labels = np.full(n, -1)
-        for it in range(1, max_iter + 1):
-            new = _sq_dist(x, centroids).argmin(1)
-            if np.array_equal(new, labels):
-                break
-            labels = new
-            for j in range(k):
-                members = x[labels == j]
-                # An empty cluster takes the point farthest from its centre (keeps k segments).
-                centroids[j] = members.mean(0) if len(members) else x[_sq_dist(x, centroids).min(1).argmax()]
-        inertia = float(_sq_dist(x, centroids)[np.arange(n), labels].sum())
-        if best is None or inertia < best.inertia:
-            best = KMeansResult(labels, centroids.copy(), inertia, it)
-    return best
+    km = KMeans(n_clusters=k, init="k-means++", n_init=max(1, restarts), max_iter=max_iter,
+                random_state=seed).fit(x)
+    return KMeansResult(km.labels_.astype(np.int64), km.cluster_centers_, float(km.inertia_), int(km.n_iter_))
 
 
 def silhouette(x: np.ndarray, labels: Sequence[int], max_points: int = 3000, seed: int = 0) -> float:
-    """Mean silhouette (Euclidean), exact on up to ``max_points`` users sampled without replacement.
+    """Mean silhouette (Euclidean, scikit-learn), exact on up to ``max_points`` users sampled without
+    replacement.
 
     A point alone in its cluster scores 0; with fewer than two clusters the score is NaN.
     """
+    from sklearn.metrics import silhouette_score
+
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)
     if len(x) > max_points:
         pick = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
         x, labels = x[pick], labels[pick]
-    ids, lab = np.unique(labels, return_inverse=True)
-    if len(ids) < 2:
+    clusters = len(np.unique(labels))
+    if clusters < 2:
         return float("nan")
-    d = np.sqrt(_sq_dist(x, x))
-    onehot = np.eye(len(ids))[lab]                      # [n, clusters]
-    sums = d @ onehot                                   # distance of each point to each cluster, summed
-    sizes = onehot.sum(0)
-    own = sizes[lab]
-    a = sums[np.arange(len(x)), lab] / np.maximum(own - 1, 1)
-    mean_other = sums / sizes[None, :]
-    mean_other[np.arange(len(x)), lab] = np.inf
-    b = mean_other.min(1)
-    s = np.where(own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
-    return float(s.mean())
+    if clusters == len(x):  # every point alone (scikit-learn refuses this case)
+        return 0.0
+    return float(silhouette_score(x, labels, metric="euclidean"))
 
 
 def activity_segments(activity: np.ndarray, k: int) -> np.ndarray:
@@ -282,20 +258,10 @@ def activity_segments(activity: np.ndarray, k: int) -> np.ndarray:
 
 
 def adjusted_rand_index(a: Sequence, b: Sequence) -> float:
-    """Agreement of two partitions corrected for chance: 1 identical, about 0 independent."""
-    _, ai = np.unique(np.asarray(a), return_inverse=True)
-    _, bi = np.unique(np.asarray(b), return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(table, (ai, bi), 1)
+    """Agreement of two partitions corrected for chance (scikit-learn): 1 identical, about 0 independent."""
+    from sklearn.metrics import adjusted_rand_score
 
-    def pairs(v):
-        return (v * (v - 1) / 2).sum()
-
-    n = len(ai)
-    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
-    expected = rows * cols / (n * (n - 1) / 2) if n > 1 else 0.0
-    top = (rows + cols) / 2
-    return 1.0 if top == expected else float((index - expected) / (top - expected))
+    return float(adjusted_rand_score(np.asarray(a), np.asarray(b)))
 
 
 def purity(labels: Sequence, truth: Sequence) -> float:
@@ -308,14 +274,15 @@ def purity(labels: Sequence, truth: Sequence) -> float:
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
-    """The two leading principal components of ``x`` (SVD of the centred matrix)."""
+    """The two leading principal components of ``x`` (scikit-learn's PCA; zeros where there are fewer)."""
+    from sklearn.decomposition import PCA
+
     x = np.asarray(x, dtype=np.float64)
-    centred = x - x.mean(0)
     if len(x) < 2:
         return np.zeros((len(x), 2))
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[:2].T
-    return proj if proj.shape[1] == 2 else np.pad(proj, ((0, 0), (0, 2 - proj.shape[1])))
+    n = min(2, *x.shape)
+    proj = PCA(n_components=n, random_state=0).fit_transform(x)
+    return np.pad(proj, ((0, 0), (0, 2 - n)))
 
 
 # --------------------------------------------------------------------------- #

@@ -1,4 +1,4 @@
-"""Customer segments: the numpy clustering and its quality measures, planted segments recovered
+"""Customer segments: the clustering (scikit-learn) and its quality measures, planted segments recovered
 from a trained sequence model, the description, the command's errors and its per-segment metrics."""
 
 from __future__ import annotations
