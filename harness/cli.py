@@ -9,11 +9,10 @@ register their own subcommands.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from streamrec.arguments import add_dataclass_args, from_args
-from streamrec.console import make_console
+from streamrec.console import log_to_stderr, make_console
 from streamrec.harness.simulator import add_world_args
 
 console = make_console(stderr=True)
@@ -24,7 +23,7 @@ def cmd_simulate(args) -> int:
 
     from streamrec.harness.simulator import SimConfig, Simulation
 
-    logging.basicConfig(level=args.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(args.settings.log_level)
     cfg = from_args(SimConfig, args)
     sim = Simulation(args.settings, cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,11 +7,10 @@ Settings object as ``args.settings`` and return an exit code. Heavy imports
 
 from __future__ import annotations
 
-import logging
 from dataclasses import fields
 
 from streamrec.arguments import add_dataclass_args
-from streamrec.console import make_console
+from streamrec.console import log_to_stderr, make_console
 
 console = make_console(stderr=True)
 
@@ -21,7 +20,7 @@ def cmd_learn(args) -> int:
     from streamrec.online.learner import OnlineLearner
     from streamrec.online.config import LearnerConfig
 
-    logging.basicConfig(level=args.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(args.settings.log_level)
     # Settings (STREAMREC_LEARNER_*) first, flags given on the command line over them.
     from_settings = {f.name: getattr(args.settings, "learner_" + f.name) for f in fields(LearnerConfig)
                      if hasattr(args.settings, "learner_" + f.name)}

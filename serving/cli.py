@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 
-from streamrec.console import make_console
+from streamrec.console import log_to_stderr, make_console
 
 console = make_console(stderr=True)
 
@@ -14,7 +13,7 @@ def cmd_serve(args) -> int:
     from streamrec.serving.config import ConfigError, ScorerConfig
     from streamrec.serving.scorer import Scorer
 
-    logging.basicConfig(level=args.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(args.settings.log_level)
     try:
         config = ScorerConfig.from_settings(args.settings)
         return Scorer(args.settings, config).run()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from streamrec.console import make_console
+from streamrec.console import log_to_stderr, make_console
 from streamrec.settings import Settings
 
 console = make_console(stderr=True)
@@ -48,8 +47,7 @@ def run_processes(settings: Settings, processes: int, engine: str = "faust") -> 
 def cmd_worker(args) -> int:
     from streamrec.health import PortInUse
 
-    logging.basicConfig(level=args.settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(args.settings.log_level)
     try:
         return run_processes(args.settings, args.processes, args.engine)
     except PortInUse as exc:

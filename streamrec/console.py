@@ -1,4 +1,4 @@
-"""The one way to make a Rich console for the command line.
+"""The one way to make a Rich console for the command line, and the one way a service logs.
 
 On a terminal Rich fits text to the window. Without one (a log file, CI, a pipe)
 it would wrap at 80 columns and split a file path or an error across lines, so
@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import os
 
 from rich.console import Console
@@ -26,3 +27,11 @@ def make_console(*, stderr: bool = False, **options) -> Console:
         if "width" not in options and not os.environ.get("COLUMNS"):
             console.width = UNWRAPPED_WIDTH
     return console
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_stderr(level: str) -> None:
+    """How every service logs: plain lines on stderr (a log collector's input) at ``level``."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
