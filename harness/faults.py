@@ -61,6 +61,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.table import Table
 
 from streamrec.console import make_console
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.harness.loop import Service, start_service, stop_service, wait_up
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
@@ -1113,8 +1114,7 @@ def cmd_bench_faults(args) -> int:
     if args.events < 1000:
         console.print("[red]error:[/] --events: at least 1000 so a fault lands in the middle of the stream")
         return 2
-    out = Path(args.out) if args.out else base.home_path / "bench"
-    out.mkdir(parents=True, exist_ok=True)
+    out, run = output_folder(args), run_started()
     results: list[CaseResult] = []
     stamp = time.strftime('%Y%m%dT%H%M%S')
     logs = out / f"faults-{stamp}"  # each case's service logs and registry, kept for a post-mortem
@@ -1133,9 +1133,8 @@ def cmd_bench_faults(args) -> int:
         finally:
             stack.down()
     make_console(width=200).print(table(results))
-    path = out / f"faults-{stamp}.json"
-    path.write_text(json.dumps({"events": args.events, "rate": args.rate, "cases": [r.as_dict() for r in results]},
-                               indent=2))
+    path = write_report(out, f"faults-{stamp}.json", {"events": args.events, "rate": args.rate,
+                                                      "cases": [r.as_dict() for r in results]}, run)
     console.print(f"results: {path}; service logs: {logs}")
     return 0 if all(r.passed for r in results) else 1
 

@@ -34,6 +34,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamrec.console import make_console
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream.synthetic import synthetic_stream
@@ -354,10 +355,8 @@ def _plot(result: dict, path: Path) -> None:
 
 def run(args) -> int:
     s = args.settings
-    out = Path(args.out) if args.out else s.home_path / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                "load_before": os.getloadavg()[0]}, "throughput": [], "latency": []}
+    out, started = output_folder(args), run_started()
+    result: dict = {"throughput": [], "latency": []}
     for engine in args.engines:
         for p in args.processes:
             with console.status(f"throughput, {engine}, {p} worker process(es), {args.events} records..."):
@@ -378,9 +377,8 @@ def run(args) -> int:
         console.print(f"latency ({engine}) at {args.rate}/s: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
                       f"p99 {lat['p99_ms']} ms ({lat['answered']}/{lat['sent']} answered)")
         result["latency"].append(lat)
-    result["machine"]["load_after"] = os.getloadavg()[0]
     _plot(result, out / "features.png")
-    (out / "features.json").write_text(json.dumps(result, indent=2))
+    write_report(out, "features.json", result, started)
     console.print(f"wrote {out / 'features.json'} and {out / 'features.png'}")
     print(json.dumps(result, indent=2))
     return 0

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from streamrec.console import make_console
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 
 console = make_console(stderr=True)
 ATOL = 1e-4
@@ -267,6 +268,7 @@ def cmd_bench_gpu(args) -> int:
     from streamrec.serving.providers import CUDA
 
     registry = args.registry or Settings.from_env().registry_uri
+    started = run_started()
     if args.device == "cuda" and CUDA not in ort.get_available_providers():
         console.print(f"[red]--device cuda: this onnxruntime offers {ort.get_available_providers()}, no CUDA. "
                       "Install the `gpu` extra (onnxruntime-gpu) on a machine with an NVIDIA GPU, or run "
@@ -274,9 +276,8 @@ def cmd_bench_gpu(args) -> int:
         return 2
     report = run(registry, args.device, args.candidates, args.batch, args.seconds,
                  tuple(int(n) for n in args.catalog_sizes))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-gpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = output_folder(args)
+    write_report(out, "bench-gpu.json", report, started)
     plot(report, out / "bench-gpu.png")
     print(json.dumps(report, indent=2))
     ok = report["parity"]["within_atol"]

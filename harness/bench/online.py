@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.harness.simulator import SimConfig, Simulation, World
 from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
 from streamrec.trainer.sasrec import SASRec
@@ -344,11 +345,11 @@ def cmd_bench_online(args) -> int:
         print(f"error: --seed {args.seed!r}: give one whole number or several distinct ones, comma-separated "
               "(e.g. 0,1,2,3)", file=sys.stderr)
         return 2
-    out = Path(args.out or Path(args.settings.home) / "bench")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args)
     results = {}
     runs = [(seed, salt) for seed in seeds for salt in salts]
     for seed, salt in runs:
+        started = run_started()
         result = run_bench(args.settings, args.seconds, args.users, args.rate, args.warmup_s, seed, out,
                            bots=args.bots, exploration=args.exploration, epsilon=args.epsilon, salt=salt,
                            log=lambda m: print(m, file=sys.stderr),
@@ -356,7 +357,7 @@ def cmd_bench_online(args) -> int:
                            world=world_of(args))
         key = salt if len(seeds) == 1 else f"seed{seed}" if len(salts) == 1 else f"seed{seed}-{salt}"
         name = "online" if len(runs) == 1 else f"online-{key}"
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        write_report(out, f"{name}.json", result, started)
         plot(result, out / f"{name}.png")
         print(json.dumps({k: result[k] for k in ("salt", "summary", "learner", "counts")}, indent=2))
         print(f"wrote {out / (name + '.json')} and {out / (name + '.png')}", file=sys.stderr)

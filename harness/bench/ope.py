@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from streamrec.console import make_console
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.online.gate import GateConfig
 from streamrec.trainer.obd import (BTS_PRIOR, DEFAULT_ROOT, OBP_SEED, OBP_SIMULATIONS, Logs, OBDError,
                                    bts_action_dist, log_path, present_campaigns, read_logs)
@@ -155,6 +155,7 @@ def _mean_sd(mean: float | None, sd: float | None) -> str:
 def cmd_bench_ope(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    started = run_started()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console,
                       transient=True) as progress:
@@ -166,9 +167,8 @@ def cmd_bench_ope(args) -> int:
     sources = sorted({pub["source"] for r in report["rows"] if (pub := r["published"])})
     for source in sources or ["none for these campaigns (see streamrec.harness.bench.ope.PUBLISHED)"]:
         console.print(f"published rel. error: {source}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-ope.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = output_folder(args)
+    write_report(out, "bench-ope.json", report, started)
     console.print(f"wrote {out / 'bench-ope.json'}")
     return 0
 

@@ -45,6 +45,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamrec.console import make_console
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.registry import Announcement, Registry
 from streamrec.harness.bench.core import bench_config, core
 from streamrec.serving.config import ScorerConfig
@@ -437,9 +438,8 @@ def _plot(result: dict, path: Path) -> None:
 def run(args) -> int:
     s = args.settings
     registry_uri = args.registry or s.registry_uri
-    out = Path(args.out) if args.out else s.home_path / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "device": s.device}}
+    out, started = output_folder(args), run_started()
+    result: dict = {"device": s.device}
     if args.only in (None, "core"):
         with console.status(f"core: {args.candidates} candidates, batches of {args.batch}..."):
             result["core"] = core(s, registry_uri, args.candidates, args.batch, args.core_seconds)
@@ -470,6 +470,6 @@ def run(args) -> int:
             console.print(f"event -> recommendation through the worker at {w['rate']}/s: p50 {w['p50_ms']} ms, "
                           f"p95 {w['p95_ms']} ms, p99 {w['p99_ms']} ms ({w['answered']}/{w['sent']})")
     _plot(result, out / "serve.png")
-    (out / "serve.json").write_text(json.dumps(result, indent=2))
+    write_report(out, "serve.json", result, started)
     console.print(f"wrote {out / 'serve.json'} and {out / 'serve.png'}")
     return 0

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from streamrec.console import make_console
+from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.trainer.cli import positive_int
 
 console = make_console(stderr=True)
@@ -114,15 +115,15 @@ def plot(report: dict, path: Path) -> None:
 
 def cmd_bench_train(args) -> int:
     """Run the benchmark and write JSON and PNG."""
+    started = run_started()
     try:
         report = run(args.users, args.items, args.epochs, args.seed, args.dim, device=args.device,
                      seq_batch=args.seq_batch, ranker_batch=args.ranker_batch)
     except ValueError as exc:  # e.g. --device cuda without a GPU
         console.print(f"[red]error:[/] {exc}")
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-train.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = output_folder(args)
+    write_report(out, "bench-train.json", report, started)
     plot(report, out / "bench-train.png")
     print(json.dumps(report, indent=2))
     console.print(f"wrote {out / 'bench-train.json'} and {out / 'bench-train.png'}")
@@ -211,6 +212,7 @@ def explain_cost(repeats: int = 30, seed: int = 0) -> dict:
 def cmd_bench_explain(args) -> int:
     from rich.table import Table
 
+    started = run_started()
     result = explain_cost(args.repeats, args.seed)
     table = Table(title=f"explanations vs ranking (default DCN-V2, CPU, {result['groups']} feature groups)")
     for col in ("requests", "ranking rows", "ranking best / median ms", "explaining rows",
@@ -220,9 +222,7 @@ def cmd_bench_explain(args) -> int:
         table.add_row(str(r["requests"]), f"{r['rank_rows']:,}", f"{r['rank_best_ms']:.2f} / {r['rank_median_ms']:.2f}",
                       f"{r['explain_rows']:,}", f"{r['explain_best_ms']:.2f} / {r['explain_median_ms']:.2f}")
     make_console().print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-explain.json").write_text(json.dumps(result, indent=2))
+    write_report(output_folder(args), "bench-explain.json", result, started)
     return 0
 
 
