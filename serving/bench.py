@@ -24,7 +24,8 @@ The measurements:
    per second for ``--seconds``, for users whose features are in Redis, from
    ``--pull-connections`` keep-alive clients; latency runs from the moment a
    request was due to its last byte read (a slow answer delays the next
-   request of its connection, and that wait counts).
+   request of its connection, and that wait counts), and the scorer process's
+   CPU time per request.
 
 Models are the current versions of ``sasrec`` and ``ranker`` in
 ``--registry`` (default STREAMREC_REGISTRY_URI), announced on the benchmark's
@@ -499,14 +500,20 @@ def pull_api(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: i
         with console.status(f"pull API: warming up, {warm} requests..."):
             load(0, warm, False)
         failures.clear()
+        import psutil
+
+        scorer = psutil.Process(proc.pid)
+        cpu0 = sum(scorer.cpu_times()[:2])
         with console.status(f"pull API: {rate} requests/s for {seconds} s over {connections} connections..."):
             took = load(warm, total, True)
+        cpu_ms = (sum(scorer.cpu_times()[:2]) - cpu0) * 1000
         values = [v for per in latencies for v in per]
         p = _percentiles(values)
         return {"rate": rate, "seconds": seconds, "connections": connections, "sent": total,
                 "answered_200": total - len(failures), "failures": failures[:5],
                 "achieved_per_s": round(total / took, 1), "p50_ms": p["p50_ms"], "p95_ms": p["p95_ms"],
                 "p99_ms": p["p99_ms"], "max_ms": round(max(values), 1) if values else None,
+                "scorer_cpu_ms_per_request": round(cpu_ms / total, 2),
                 "models": [f"{a.name}@{a.version}" for a in anns]}
     finally:
         if proc is not None and proc.poll() is None:
@@ -559,7 +566,8 @@ def run(args) -> int:
                                   args.pull_connections)
         p = result["pull"]
         console.print(f"pull API at {p['rate']}/s over {p['connections']} connections: p50 {p['p50_ms']} ms, "
-                      f"p95 {p['p95_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms "
+                      f"p95 {p['p95_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms, scorer CPU "
+                      f"{p['scorer_cpu_ms_per_request']} ms/request "
                       f"({p['answered_200']}/{p['sent']} answered 200; {p['models'] or 'no models'})")
         for failure in p["failures"]:
             console.print(f"[red]failed:[/] {failure}")
