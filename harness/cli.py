@@ -62,7 +62,8 @@ def _register_bench_serve(bench) -> None:
     # `streamrec` command, the worker's included, starts without them.
     p = bench.add_parser("serve", help="scorer throughput and event-to-recommendation latency "
                                        "(through real Kafka/Redis), and the scorer core alone")
-    p.add_argument("--only", choices=["core", "kafka"], default=None, help="run one part (default: all)")
+    p.add_argument("--only", choices=["core", "kafka", "pull"], default=None,
+                   help="run one part (default: all); pull: GET /v1/recommendations/{user_id} over HTTP")
     p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
     p.add_argument("--batch", type=int, default=256, help="requests per batch (default 256)")
     p.add_argument("--core-seconds", type=float, default=10.0, help="length of the core run (default 10)")
@@ -74,6 +75,10 @@ def _register_bench_serve(bench) -> None:
                    help="rounds of fresh versions of both models announced during a second latency run; "
                         "0: no swap run (default 5)")
     p.add_argument("--swap-seconds", type=int, default=30, help="length of the swap run (default 30)")
+    p.add_argument("--pull-rate", type=int, default=100,
+                   help="offered requests/s for the pull API run, length --seconds (default 100)")
+    p.add_argument("--pull-connections", type=int, default=4,
+                   help="keep-alive client connections of the pull API run (default 4)")
     p.add_argument("--with-worker", action="store_true",
                    help="also measure event -> recommendation with a real worker in front (same rate)")
     p.add_argument("--registry", default=None, help="registry with the models (default STREAMREC_REGISTRY_URI)")

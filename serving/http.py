@@ -63,6 +63,8 @@ class ScorerHttp:
         self.http.stop()
 
     def pull(self, rest: str, query, headers) -> tuple[int, str, bytes]:
+        """One slate for the user. Blocks on Redis and ONNX Runtime: the HTTP server runs it in its thread pool,
+        never on its event loop (`streamrec.health`)."""
         if self.token and not security.bearer_matches(headers, self.token):
             return json_error(401, "this endpoint needs the header `Authorization: Bearer <token>` with the token "
                                    "the scorer was given (STREAMREC_SCORER_PULL_TOKEN or _FILE); the request "
@@ -89,7 +91,7 @@ class ScorerHttp:
         rest = rest.strip("/")
         if _BAD_PERCENT.search(rest):
             return None
-        try:  # http.server hands the path over as latin-1; undo that, then decode strictly
+        try:  # the path comes as latin-1 (`streamrec.health.Route`); undo that, then decode strictly
             user_id = unquote_to_bytes(rest.encode("latin-1")).decode("utf-8")
             if "/" in user_id:
                 return None

@@ -1,6 +1,6 @@
 """`streamrec bench serve`: the scorer through real Kafka and Redis, and its core alone.
 
-Three measurements:
+The measurements:
 
 1. core: the scoring engine without Kafka or Redis (features from memory),
    batches of ``--batch`` requests, ``--candidates`` per request, on the
@@ -20,6 +20,12 @@ Three measurements:
    latency of the requests sent while a version loads and swaps in (and 1 s
    after) against the others of the same run, plus any request failed,
    degraded or unanswered: DESIGN's swap target.
+5. pull: ``GET /v1/recommendations/{user_id}`` over HTTP at ``--pull-rate``
+   per second for ``--seconds``, for users whose features are in Redis, from
+   ``--pull-connections`` keep-alive clients; latency runs from the moment a
+   request was due to its last byte read (a slow answer delays the next
+   request of its connection, and that wait counts), and the scorer process's
+   CPU time per request.
 
 Models are the current versions of ``sasrec`` and ``ranker`` in
 ``--registry`` (default STREAMREC_REGISTRY_URI), announced on the benchmark's
@@ -37,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import http.client
 import urllib.request
 import uuid
 from pathlib import Path
@@ -435,6 +442,90 @@ def _plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def pull_api(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: int, rate: int, seconds: int,
+             connections: int = 4) -> dict:
+    """The scorer's pull API: ``rate`` GETs per second for ``seconds`` over ``connections`` keep-alive
+    connections (a client reconnects when the server closes); latency from each request's due time."""
+    s = fresh_namespace(settings, "spull")
+    proc = None
+    try:
+        with console.status(f"writing features of {events} events to Redis..."):
+            users = sorted({user for user, _, _ in _features(s, events)})
+        anns = announcements(registry_uri)
+        producer = _producer(s)
+        for ann in anns:
+            producer.produce(s.topic(topics.MODEL_VERSIONS), ann.encode(), key=ann.name.encode())
+        producer.flush(10)
+        with console.status("starting the scorer..."):
+            from streamrec.stream.bench import _free_port
+            port = _free_port()
+            proc = _start_scorer(s, registry_uri, cfg, port)
+        rng = np.random.default_rng(0)
+        total = rate * seconds
+        warm = min(total, rate * 2)
+        paths = [f"/v1/recommendations/{users[int(k)]}" for k in rng.integers(len(users), size=warm + total)]
+        latencies: list[list[float]] = [[] for _ in range(connections)]
+        failures: list[str] = []
+
+        def client(c: int, first: int, n: int, t0: float, record: bool) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for k in range(c, n, connections):
+                due = t0 + k / rate
+                while (wait := due - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                try:
+                    conn.request("GET", paths[first + k])
+                    response = conn.getresponse()
+                    body = response.read()
+                    if response.status != 200:
+                        failures.append(f"{response.status} {body[:200]!r}")
+                    if response.will_close:
+                        conn.close()
+                except (OSError, http.client.HTTPException) as exc:
+                    failures.append(repr(exc))
+                    conn.close()
+                if record:
+                    latencies[c].append((time.perf_counter() - due) * 1000)
+            conn.close()
+
+        def load(first: int, n: int, record: bool) -> float:
+            t0 = time.perf_counter() + 0.05
+            threads = [threading.Thread(target=client, args=(c, first, n, t0, record), daemon=True)
+                       for c in range(connections)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return time.perf_counter() - t0
+
+        with console.status(f"pull API: warming up, {warm} requests..."):
+            load(0, warm, False)
+        failures.clear()
+        import psutil
+
+        scorer = psutil.Process(proc.pid)
+        cpu0 = sum(scorer.cpu_times()[:2])
+        with console.status(f"pull API: {rate} requests/s for {seconds} s over {connections} connections..."):
+            took = load(warm, total, True)
+        cpu_ms = (sum(scorer.cpu_times()[:2]) - cpu0) * 1000
+        values = [v for per in latencies for v in per]
+        p = _percentiles(values)
+        return {"rate": rate, "seconds": seconds, "connections": connections, "sent": total,
+                "answered_200": total - len(failures), "failures": failures[:5],
+                "achieved_per_s": round(total / took, 1), "p50_ms": p["p50_ms"], "p95_ms": p["p95_ms"],
+                "p99_ms": p["p99_ms"], "max_ms": round(max(values), 1) if values else None,
+                "scorer_cpu_ms_per_request": round(cpu_ms / total, 2),
+                "models": [f"{a.name}@{a.version}" for a in anns]}
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_namespace(s)
+
+
 def run(args) -> int:
     s = args.settings
     registry_uri = args.registry or s.registry_uri
@@ -469,6 +560,17 @@ def run(args) -> int:
             w = k["latency_with_worker"]
             console.print(f"event -> recommendation through the worker at {w['rate']}/s: p50 {w['p50_ms']} ms, "
                           f"p95 {w['p95_ms']} ms, p99 {w['p99_ms']} ms ({w['answered']}/{w['sent']})")
+    if args.only in (None, "pull"):
+        cfg = bench_config(args.candidates, args.batch)
+        result["pull"] = pull_api(s, registry_uri, cfg, args.events, args.pull_rate, args.seconds,
+                                  args.pull_connections)
+        p = result["pull"]
+        console.print(f"pull API at {p['rate']}/s over {p['connections']} connections: p50 {p['p50_ms']} ms, "
+                      f"p95 {p['p95_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms, scorer CPU "
+                      f"{p['scorer_cpu_ms_per_request']} ms/request "
+                      f"({p['answered_200']}/{p['sent']} answered 200; {p['models'] or 'no models'})")
+        for failure in p["failures"]:
+            console.print(f"[red]failed:[/] {failure}")
     _plot(result, out / "serve.png")
     write_report(out, "serve.json", result, started)
     console.print(f"wrote {out / 'serve.json'} and {out / 'serve.png'}")

@@ -158,9 +158,9 @@ def test_http_endpoints_bind_to_loopback_by_default():
     assert Settings().http_host == "127.0.0.1"
     server = HealthServer(Settings().http_host, 0)
     try:
-        assert server._httpd.server_address[0] == "127.0.0.1"
+        assert server.address[0] == "127.0.0.1"
     finally:
-        server._httpd.server_close()
+        server.stop()
 
 
 # --- registry paths ------------------------------------------------------------------ #
