@@ -71,8 +71,21 @@ class EventProcessor:
             return
         started = time.perf_counter()
         self._check_replays(batch)
+        outputs: list[tuple[str, bytes | None, bytes | None, int, list]] = []  # (topic, key, value, partition, headers)
+        decoded = self._decode(batch, outputs)  # unreadable or future events: dead letters
+        write_started = time.perf_counter()
+        outcomes = self.store.apply(decoded)  # one Redis round trip: the features, exactly once in effect
+        metrics.redis_write.observe(time.perf_counter() - write_started)
+        self._answer(decoded, outcomes, outputs)  # score requests; too late or forgotten: dead letters
+        self._produce(outputs)  # returns once the broker has acknowledged every output
+        for src in batch:
+            self.last_offsets[src.partition] = src.offset
+        metrics.batch_size.observe(len(batch))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _decode(self, batch: list[SourceEvent], outputs: list) -> list[DecodedEvent]:
+        """The batch's readable events; each unreadable one, or one stamped in the future, is dead-lettered."""
         decoded: list[DecodedEvent] = []
-        outputs: list[tuple[str, bytes | None, bytes | None, int, list]] = []
         now_ms = time.time() * 1000
         for src in batch:
             metrics.events_in.inc()
@@ -88,9 +101,11 @@ class EventProcessor:
                 continue
             metrics.event_lag.observe(max(0.0, (now_ms - ev.ts_ms) / 1000))
             decoded.append(DecodedEvent(src, ev))
-        write_started = time.perf_counter()
-        outcomes = self.store.apply(decoded)
-        metrics.redis_write.observe(time.perf_counter() - write_started)
+        return decoded
+
+    def _answer(self, decoded: list[DecodedEvent], outcomes: list, outputs: list) -> None:
+        """A score request for each applied event not answered before; a dead letter for one too late or of a
+        forgotten user; nothing for a duplicate."""
         for d, outcome in zip(decoded, outcomes):
             ev, status = d.event, outcome.effective
             if outcome.status == "dup":
@@ -114,11 +129,6 @@ class EventProcessor:
                 self._dead(outputs, d.source, "forgotten_user",
                            "the user was forgotten; their older events are dropped", field="user_id",
                            keep_value=False)
-        self._produce(outputs)
-        for src in batch:
-            self.last_offsets[src.partition] = src.offset
-        metrics.batch_size.observe(len(batch))
-        metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _dead(self, outputs: list, src: SourceEvent, reason: str, detail: str, field: str | None = None,
               keep_value: bool = True) -> None:
