@@ -323,6 +323,25 @@ def _with_worker(s: Settings, rate: int, seconds: int) -> dict:
         stop_worker(worker)
 
 
+def _scorer_on_features(s: Settings, registry_uri: str, cfg: ScorerConfig, events: int):
+    """Features of ``events`` events in Redis, the registry's models announced, a scorer started on them;
+    returns (the events' (user, session, item) triples, the announcements, the producer, the scorer's
+    process, its HTTP port)."""
+    from streamrec.harness.bench.features import _free_port
+
+    with console.status(f"writing features of {events} events to Redis..."):
+        triples = _features(s, events)
+    anns = Registry(registry_uri).announcements()
+    producer = _producer(s)
+    for ann in anns:
+        producer.produce(s.topic(topics.MODEL_VERSIONS), ann.encode(), key=ann.name.encode())
+    producer.flush(10)
+    with console.status("starting the scorer..."):
+        port = _free_port()
+        proc = _start_scorer(s, registry_uri, cfg, port)
+    return triples, anns, producer, proc, port
+
+
 def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: int, n: int, rate: int,
                   seconds: int, with_worker: bool = False, swaps: int = 0, swap_seconds: int = 30) -> dict:
     import psutil
@@ -331,17 +350,7 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
     s = fresh_namespace(settings, "sbench")
     proc = None
     try:
-        with console.status(f"writing features of {events} events to Redis..."):
-            triples = _features(s, events)
-        anns = Registry(registry_uri).announcements()
-        producer = _producer(s)
-        for ann in anns:
-            producer.produce(s.topic(topics.MODEL_VERSIONS), ann.encode(), key=ann.name.encode())
-        producer.flush(10)
-        with console.status("starting the scorer..."):
-            from streamrec.harness.bench.features import _free_port
-            port = _free_port()
-            proc = _start_scorer(s, registry_uri, cfg, port)
+        triples, anns, producer, proc, port = _scorer_on_features(s, registry_uri, cfg, events)
         rss = psutil.Process(proc.pid)
         topic = s.topic(topics.SCORE_REQUESTS)
         rng = np.random.default_rng(0)
@@ -449,17 +458,8 @@ def pull_api(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: i
     s = fresh_namespace(settings, "spull")
     proc = None
     try:
-        with console.status(f"writing features of {events} events to Redis..."):
-            users = sorted({user for user, _, _ in _features(s, events)})
-        anns = announcements(registry_uri)
-        producer = _producer(s)
-        for ann in anns:
-            producer.produce(s.topic(topics.MODEL_VERSIONS), ann.encode(), key=ann.name.encode())
-        producer.flush(10)
-        with console.status("starting the scorer..."):
-            from streamrec.stream.bench import _free_port
-            port = _free_port()
-            proc = _start_scorer(s, registry_uri, cfg, port)
+        triples, anns, producer, proc, port = _scorer_on_features(s, registry_uri, cfg, events)
+        users = sorted({user for user, _, _ in triples})
         rng = np.random.default_rng(0)
         total = rate * seconds
         warm = min(total, rate * 2)

@@ -1,4 +1,4 @@
-"""`streamrec bench serve`'s swap run against real Kafka and Redis: fresh versions announced under traffic are
+"""`streamrec bench serve`'s swap and pull runs against real Kafka and Redis: fresh versions announced under traffic are
 loaded and swapped in, and every request is answered and counted on one side of the swap windows."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from streamrec.registry import Registry
-from streamrec.harness.bench.serve import through_kafka
+from streamrec.harness.bench.serve import pull_api, through_kafka
 from streamrec.harness.bench.core import bench_config
 
 from .test_scorer import build_models
@@ -33,3 +33,16 @@ def test_swap_run_swaps_fresh_versions_in_under_traffic_and_answers_every_reques
     # the fresh versions went to a scratch registry that is gone; the user's registry holds only its own
     assert {name: Registry(registry).versions(name) for name in ("sasrec", "ranker")} == {"sasrec": ["v1"],
                                                                                          "ranker": ["v1"]}
+
+
+def test_pull_run_answers_every_request_and_times_it(fresh_settings, tmp_path):
+    """`--only pull`: the scorer started on the registry's models answers every paced GET with a 200."""
+    registry = tmp_path / "registry"
+    s = fresh_settings.replace(registry_uri=str(registry))
+    build_models(s, tmp_path, "v1", send=False)
+
+    result = pull_api(s, str(registry), bench_config(50, 64), events=2000, rate=20, seconds=2, connections=2)
+
+    assert result["sent"] == 40 and result["answered_200"] == 40 and result["failures"] == []
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert sorted(result["models"]) == ["ranker@v1", "sasrec@v1"]
