@@ -90,3 +90,30 @@ def test_a_wrong_way_import_is_caught(tmp_path, module, source, part):
     targets = imported(module, path)
     assert targets and all(part_of(t) not in ALLOWED[own] | {own} for t in targets), targets
     assert any(part_of(t) == f"streamrec.{part}" for t in targets)
+
+
+def unresolved_imports() -> list[str]:
+    """Every `from streamrec... import name` in the product, tests and tools, at the top or inside a function,
+    whose module or name does not exist (an import inside a rarely run function fails only when it runs)."""
+    import importlib
+
+    bad = []
+    folders = (*FOLDERS, "tests", "tools", "docs/analysis")
+    for path in sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("streamrec")):
+                continue
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as exc:
+                bad.append(f"{where}: {node.module}: {exc}")
+                continue
+            for alias in node.names:
+                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    bad.append(f"{where}: {node.module} has no {alias.name}")
+    return bad
+
+
+def test_every_streamrec_import_resolves():
+    assert unresolved_imports() == []
