@@ -96,6 +96,7 @@ def unresolved_imports() -> list[str]:
     """Every `from streamrec... import name` in the product, tests and tools, at the top or inside a function,
     whose module or name does not exist (an import inside a rarely run function fails only when it runs)."""
     import importlib
+    import importlib.util
 
     bad = []
     folders = (*FOLDERS, "tests", "tools", "docs/analysis")
