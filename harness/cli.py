@@ -1,5 +1,5 @@
 """The harness's subcommands: `streamrec simulate` and the benchmarks whose modules are heavy to import
-(`bench features`, `serve`, `gpu`, `train`, `explain`, `online`).
+(`bench features`, `serve`, `gpu`, `train`, `explain`, `online`, `scale`).
 
 Arguments only: each benchmark's imports (onnxruntime, torch, faust) load when it runs, so every other
 `streamrec` command starts without them. The lighter harness modules (`demo`, `soak`, `faults`, `bench.ope`)
@@ -124,6 +124,44 @@ def _register_bench_online(bench) -> None:
     p.set_defaults(func=cmd_bench_online)
 
 
+def cmd_bench_scale(args) -> int:
+    from streamrec.harness.bench.scale import run
+
+    return run(args)
+
+
+def _register_bench_scale(bench) -> None:
+    # Arguments only: numpy and the feature store load when the benchmark runs.
+    p = bench.add_parser(
+        "scale", help="Redis memory of N users' state, built through the worker's feature-store batch path",
+        description="Builds the Redis state of N users (about 20 events over 3 sessions each, on a catalog of "
+                    "--items items) through the worker's own batch path: records decoded as the worker decodes "
+                    "them and applied by RedisFeatureStore.apply in the worker's batches, with the default "
+                    "TTLs and caps. Kafka is not needed: the events go straight into the store's batch path. "
+                    "Reports INFO memory used_memory before and after (bytes and keys per user), MEMORY USAGE "
+                    "sampled per key family, the build's events/s, and the figure for 1,000,000 users "
+                    "(extrapolated linearly from a smaller run). used_memory is server-wide: use a Redis "
+                    "nothing else writes to (STREAMREC_REDIS_URL). Writes <out>/bench-scale.json.")
+    p.add_argument("--users", type=int, default=1_000_000, help="users (default 1000000)")
+    p.add_argument("--items", type=int, default=100_000, help="catalog items (default 100000)")
+    p.add_argument("--events-per-user", type=float, default=20.0, help="mean events per user (default 20)")
+    p.add_argument("--sessions", type=int, default=3, help="sessions per user (default 3)")
+    p.add_argument("--categories", type=int, default=500, help="item categories (default 500)")
+    p.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of item popularity (default 1.0)")
+    p.add_argument("--cohort", type=int, default=50_000,
+                   help="users generated together, their events in event-time order (default 50000)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="events per apply call (default: the worker's, STREAMREC_WORKER_BATCH_MAX)")
+    p.add_argument("--sample", type=int, default=1000, help="keys per family measured with MEMORY USAGE "
+                                                            "(default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload (default 0)")
+    p.add_argument("--no-catalog", action="store_true",
+                   help="write no catalog metadata first (then the users' category affinities stay empty)")
+    p.add_argument("--keep", action="store_true", help="leave the keys in Redis (default: deleted at the end)")
+    p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
+    p.set_defaults(func=cmd_bench_scale)
+
+
 def register_bench(bench) -> None:
     for register in BENCHES.values():
         try:
@@ -154,5 +192,5 @@ def _register_bench_train(bench) -> None:
 
 
 BENCHES = {"features": _register_bench_features, "serve": _register_bench_serve, "gpu": _register_bench_gpu,
-           "train": _register_bench_train, "online": _register_bench_online}
+           "train": _register_bench_train, "online": _register_bench_online, "scale": _register_bench_scale}
 """Each benchmark's arguments, in the order `streamrec bench --help` lists them."""
