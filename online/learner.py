@@ -94,7 +94,7 @@ class OnlineLearner:
         log.info("online trainer: models loaded %s; joining from %s", loaded or "none",
                  "checkpoint" if self.offsets else self.cfg.start)
         self._consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                   "group.id": "streamrec-learner", "enable.auto.commit": False,
+                                   "group.id": f"{self.settings.topic_prefix}learner", "enable.auto.commit": False,
                                    "auto.offset.reset": self.cfg.start, **kafka_security(self.settings)})
         self._assign()
         self.http = HealthServer(self.settings.http_host, self.port,

@@ -31,6 +31,8 @@ consumer_lag = Gauge("streamrec_scorer_consumer_lag", "Score requests not yet an
                      "scorer owns", ["partition"])
 consumer_renewals = Counter("streamrec_scorer_consumer_renewals_total",
                             "Times the scorer replaced its Kafka consumer after it stalled")
+producer_renewals = Counter("streamrec_scorer_producer_renewals_total",
+                            "Producers replaced because the broker acknowledged nothing for STREAMREC_SCORER_STALL_S")
 # Share of clicked items each candidate source proposed = proposed_clicks{source} / attributed_clicks.
 attributed_clicks = Counter("streamrec_scorer_attributed_clicks_total",
                             "Clicks on items of a recommendation the scorer remembers (by rec_id)")

@@ -45,6 +45,11 @@ def redis_client(settings: Settings, timeout_s: float):
     return security.redis_client(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
+class _Abandoned(Exception):
+    """Shutting down while the broker has not acknowledged a batch: its offsets stay uncommitted, so the next
+    owner of the partition answers it (the ledger keeps whatever did land from being answered twice)."""
+
+
 class Scorer:
     """Owns the consumer, producer, engine, model store and HTTP endpoints of one scorer process."""
 
@@ -65,14 +70,7 @@ class Scorer:
         self.consumer = self._new_consumer()
         self.owned: set[int] = set()
         """Partitions of `score-requests` this process owns now."""
-        self.producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 1,  # the batch is already formed; a longer linger only adds latency
-            "compression.type": "lz4",
-            **topics.kafka_security(settings),
-        })
+        self.producer = self._new_producer()
         self.stopping = threading.Event()
         self.consuming = threading.Event()
         self.batches = 0
@@ -117,7 +115,11 @@ class Scorer:
                     self._subscribe()
                 msgs = self.consumer.consume(self.config.batch_max, timeout=max(wait, 0.001) if self.batches else 0.5)
                 if msgs:
-                    self.process(msgs)
+                    try:
+                        self.process(msgs)
+                    except _Abandoned as exc:
+                        log.warning("stopping: %s; their requests stay uncommitted", exc)
+                        break
                 if self.models.swap_pending():
                     self._publish_versions()
         finally:
@@ -228,30 +230,89 @@ class Scorer:
             if self._next_offset.get(partition) != offset:
                 self._answered[partition] = self.ledger.answered(partition, offset)
 
+    def _new_producer(self) -> Producer:
+        return Producer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,  # the batch is already formed; a longer linger only adds latency
+            "compression.type": "lz4",
+            **topics.kafka_security(self.settings),
+        })
+
     def _produce(self, recs: list, sources: list[tuple[int, int]]) -> None:
         """Produce every recommendation and return only when the broker has acknowledged all."""
         pending = [(r.user_id.encode(), schemas.encode(r), src) for r, src in zip(recs, sources)]
         delay = 0.1
         while pending:
             failed: list = []
-            for key, value, (partition, offset) in pending:
-                def on_delivery(err, _msg, record=(key, value, (partition, offset))):
-                    if err is not None:
-                        failed.append((record, err))
-                while True:
-                    try:
-                        self.producer.produce(self.topic_out, value=value, key=key, partition=partition,
-                                              headers=source_headers(partition, offset), on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        self.producer.poll(0.05)
-            self.producer.flush(30)
+            for record in pending:
+                self._produce_one(record, failed)
+            if not self._acknowledged():
+                pending = self._renew_producer(pending, failed)
+                continue
             if not failed:
                 return
             log.warning("%d recommendation(s) not acknowledged (%s); retrying", len(failed), failed[0][1])
             pending = [rec for rec, _ in failed]
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _produce_one(self, record, failed: list) -> None:
+        key, value, (partition, offset) = record
+
+        def on_delivery(err, _msg):
+            if err is not None:
+                failed.append((record, err))
+
+        while True:
+            try:
+                self.producer.produce(self.topic_out, value=value, key=key, partition=partition,
+                                      headers=source_headers(partition, offset), on_delivery=on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _acknowledged(self) -> bool:
+        """Wait until the broker has answered every record produced (an error is an answer too); False when
+        it answered nothing more for `STREAMREC_SCORER_STALL_S` while records wait. Leaving then would let
+        the batch's offsets be committed unanswered."""
+        patience = max(self.settings.scorer_stall_s, 1.0)
+        left, since = len(self.producer), time.monotonic()
+        while left:
+            now_left = self.producer.flush(min(patience, 5.0))
+            if now_left < left:
+                left, since = now_left, time.monotonic()
+            elif time.monotonic() - since >= patience:
+                return False
+            if self.stopping.is_set() and time.monotonic() - since >= 5.0:
+                raise _Abandoned(f"{now_left} recommendation(s) unacknowledged at shutdown")
+        return True
+
+    def _renew_producer(self, pending: list, failed: list) -> list:
+        """A producer the broker stopped answering, even after it came back (librdkafka can keep a partition's
+        leader unknown for minutes: issue #4976 of librdkafka), is replaced. What it held is produced again by
+        the new one, except what the output topic already has (a record in flight may have landed)."""
+        log.warning("the broker acknowledged nothing for %.0f s with %d recommendation(s) waiting; replacing "
+                    "the producer", self.settings.scorer_stall_s, len(self.producer))
+        metrics.producer_renewals.inc()
+        self.producer.purge(in_queue=True, in_flight=True)
+        self.producer.poll(0)  # the purged records' callbacks put them in `failed`
+        self.producer = self._new_producer()
+        unanswered = [rec for rec, _ in failed]
+        first: dict[int, int] = {}
+        for _, _, (partition, offset) in unanswered:
+            first[partition] = min(offset, first.get(partition, offset))
+        while True:  # the topic must be read before anything is produced again: the broker has to be back
+            try:
+                answered = {p: self.ledger.answered(p, o) for p, o in first.items()}
+                break
+            except Exception as exc:  # noqa: BLE001 - e.g. the broker still away: try again
+                if self.stopping.is_set():
+                    raise _Abandoned(f"{len(unanswered)} recommendation(s) unacknowledged at shutdown") from exc
+                log.warning("reading what the output topic holds failed (%s); retrying", exc)
+                time.sleep(1.0)
+        return [rec for rec in unanswered if rec[2][1] not in answered[rec[2][0]]]
 
     def _publish_versions(self) -> None:
         metrics.model_version.clear()
