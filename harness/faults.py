@@ -132,6 +132,14 @@ class FaultStack:
     def start(self, name: str) -> None:
         self.stack.services[name].start(timeout=120, log=lambda m: None)
 
+    def freeze(self, name: str, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the server's process group: its connections stay open and nothing answers,
+        as when a network partition cuts a broker off without closing anything."""
+        pid = self.stack.services[name].pid()
+        if pid is None:
+            raise RuntimeError(f"{name} of the fault stack is not running")
+        os.killpg(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
 
 # --------------------------------------------------------------------------- reading topics
 def read_all(s: Settings, name: str, timeout: float = 120.0) -> list:
@@ -563,7 +571,8 @@ def _pipeline_case(stack: FaultStack, case: str, fault: str, events: int, rate: 
 
         details = {**outcome.get("details", {}),
                    "worker_stall_restarts": logs("worker*.log").count("restarting the process in place"),
-                   "scorer_consumer_renewals": logs("scorer*.log").count("the Kafka consumer stalled; replacing it")}
+                   "scorer_consumer_renewals": logs("scorer*.log").count("the Kafka consumer stalled; replacing it"),
+                   "scorer_producer_renewals": logs("scorer*.log").count("replacing the producer")}
         return run.result(case, fault, outcome.get("down", 0.0), recovery, outcome.get("checks"), details)
     finally:
         run.close()
@@ -600,6 +609,17 @@ def cpu_load(processes: int):
         for burner in burners:
             burner.kill()
             burner.wait()
+
+
+def _broker_freeze(seconds: float = 20.0):
+    """The broker frozen: clients get no answer and no error, for longer than the scorer's stall time."""
+    def inject(run: Run) -> dict:
+        t = run.now()
+        run.stack.freeze("kafka")
+        time.sleep(seconds)
+        run.stack.freeze("kafka", frozen=False)
+        return _broker_outcome(run, t)
+    return inject
 
 
 def _broker_outage_loaded(seconds: float = 25.0, after_s: float = 15.0):
@@ -861,6 +881,8 @@ PIPELINE_CASES: dict[str, tuple[str, Callable]] = {
                     lambda: _broker_flap()),
     "broker-outage-loaded": ("Kafka broker stopped for 25 s (the group session expires) while busy processes "
                              "load every core", lambda: _broker_outage_loaded()),
+    "broker-freeze": ("Kafka broker frozen (SIGSTOP) for 20 s, resumed (SIGCONT); the scorer's stall time 8 s",
+                      lambda: _broker_freeze()),
     "redis-stop": ("Redis stopped for 15 s, restarted", lambda: _redis_outage()),
     "worker-kill": ("worker kill -9 mid-batch, restarted", lambda: _kill_service("worker")),
     "scorer-kill": ("scorer kill -9 mid-batch, restarted", lambda: _kill_service("scorer")),
@@ -868,9 +890,14 @@ PIPELINE_CASES: dict[str, tuple[str, Callable]] = {
 }
 
 
+CASE_SETTINGS = {"broker-freeze": {"scorer_stall_s": 8.0}}
+"""Settings a case runs its services with: a frozen broker outlasts the scorer's stall time, so the scorer
+replaces a producer the broker stopped answering."""
+
+
 def run_pipeline_case(stack: FaultStack, case: str, events: int, rate: float, workdir: Path) -> CaseResult:
     fault, make = PIPELINE_CASES[case]
-    return _pipeline_case(stack, case, fault, events, rate, workdir, make())
+    return _pipeline_case(stack, case, fault, events, rate, workdir, make(), **CASE_SETTINGS.get(case, {}))
 
 
 # --------------------------------------------------------------------------- registry and model cases
