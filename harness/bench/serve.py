@@ -342,6 +342,16 @@ def _scorer_on_features(s: Settings, registry_uri: str, cfg: ScorerConfig, event
     return triples, anns, producer, proc, port
 
 
+def _stop_scorer(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then kill -9 after 30 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: int, n: int, rate: int,
                   seconds: int, with_worker: bool = False, swaps: int = 0, swap_seconds: int = 30) -> dict:
     import psutil
@@ -404,12 +414,7 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
             result["latency_with_worker"] = _with_worker(s, rate, seconds)
         return result
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_scorer(proc)
         drop_namespace(s)
 
 
@@ -517,12 +522,7 @@ def pull_api(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: i
                 "scorer_cpu_ms_per_request": round(cpu_ms / total, 2),
                 "models": [f"{a.name}@{a.version}" for a in anns]}
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_scorer(proc)
         drop_namespace(s)
 
 
