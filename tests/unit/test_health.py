@@ -78,11 +78,10 @@ def test_a_blocking_route_does_not_hold_up_probes_or_other_requests(slow):
     waiting = threading.Thread(target=lambda: answers.append(get(srv.port, "/slow/wait")))
     waiting.start()
     time.sleep(0.2)
-    t0 = time.perf_counter()
+    # The blocked route is released only after these answers: had they queued behind it, they would never come.
     assert get(srv.port, "/healthz")[0] == 200
     assert get(srv.port, "/readyz")[0] == 200
     assert get(srv.port, "/slow/fast")[::2] == (200, b'{"rest": "fast"}')
-    assert time.perf_counter() - t0 < 2.0, "probes and other routes waited for the blocked one"
     assert not answers
     go.set()
     waiting.join(10)
