@@ -37,6 +37,9 @@ from streamrec.stream.ledger import OutputLedger, source_headers
 from streamrec.stream.watchdog import ConsumerWatch, LagReader
 
 log = logging.getLogger(__name__)
+RENEWAL_QUIET_S = 3.0
+"""After a producer is replaced, how long the output partitions' ends must stand still before the
+ledger is read: a frozen broker writes the old producer's requests only once it resumes."""
 
 
 def redis_client(settings: Settings, timeout_s: float):
@@ -305,6 +308,7 @@ class Scorer:
             first[partition] = min(offset, first.get(partition, offset))
         while True:  # the topic must be read before anything is produced again: the broker has to be back
             try:
+                self.ledger.wait_until_settled(sorted(first), quiet_s=RENEWAL_QUIET_S)
                 answered = {p: self.ledger.answered(p, o) for p, o in first.items()}
                 break
             except Exception as exc:  # noqa: BLE001 - e.g. the broker still away: try again

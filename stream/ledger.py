@@ -76,6 +76,21 @@ class OutputLedger:
                      partition, len(found), from_offset)
         return found
 
+    def wait_until_settled(self, partitions: list[int], quiet_s: float) -> None:
+        """Return once the ends of these output partitions have not moved for `quiet_s`. A replaced
+        producer's requests that reached a frozen broker are written only when it resumes, so the
+        ledger must wait for them before anything is produced again. Only the partitions' owner writes
+        to them, so any movement is those late records landing."""
+        ends = None
+        quiet_since = time.monotonic()
+        while True:
+            now = {(t, p): self._watermarks(TopicPartition(t, p))[1] for t in self.outputs for p in partitions}
+            if now != ends:
+                ends, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s:
+                return
+            time.sleep(min(0.5, quiet_s / 4))
+
     def _scan(self, topic: str, partition: int, from_offset: int) -> set[int]:
         low, high = self._watermarks(TopicPartition(topic, partition))
         found: set[int] = set()
