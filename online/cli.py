@@ -7,9 +7,7 @@ Settings object as ``args.settings`` and return an exit code. Heavy imports
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-from streamrec.arguments import add_dataclass_args
+from streamrec.arguments import add_dataclass_args, given_args
 from streamrec.console import log_to_stderr, make_console
 
 console = make_console(stderr=True)
@@ -21,12 +19,8 @@ def cmd_learn(args) -> int:
     from streamrec.online.config import LearnerConfig
 
     log_to_stderr(args.settings.log_level)
-    # Settings (STREAMREC_LEARNER_*) first, flags given on the command line over them.
-    from_settings = {f.name: getattr(args.settings, "learner_" + f.name) for f in fields(LearnerConfig)
-                     if hasattr(args.settings, "learner_" + f.name)}
-    try:
-        cfg = LearnerConfig(**{**from_settings, **{f.name: getattr(args, f.name) for f in fields(LearnerConfig)
-                                                   if hasattr(args, f.name)}})
+    try:  # settings (STREAMREC_LEARNER_*) first, flags given on the command line over them
+        cfg = LearnerConfig.from_settings(args.settings, **given_args(LearnerConfig, args))
     except ValueError as exc:
         console.print(f"[red]error:[/] --{exc}")
         return 2

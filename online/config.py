@@ -7,11 +7,10 @@ service's /metrics).
 
 from __future__ import annotations
 
-from streamrec.settings import Settings
-
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from streamrec.online.joiner import JoinConfig
+from streamrec.settings import Settings
 
 
 # Defaults live in one place, the settings object (STREAMREC_*); these follow it.
@@ -20,7 +19,8 @@ _DEFAULTS = Settings()
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Knobs of `streamrec learn` (flags of the same names; Settings fields proposed in the report)."""
+    """Knobs of `streamrec learn`: ``STREAMREC_LEARNER_<FIELD>`` where the settings have one, and a flag of
+    the same name for each (see `streamrec.serving.config` for the pattern)."""
 
     window_ms: int = _DEFAULTS.learner_window_ms
     """Attribution window: interactions later than this after their recommendation are dropped."""
@@ -74,6 +74,11 @@ class LearnerConfig:
     """Gate but never publish."""
     seq_model: str = "sasrec"
     ranker_model: str = "ranker"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> "LearnerConfig":
+        """``STREAMREC_LEARNER_<FIELD>`` for each field that has one, `overrides` (the flags given) over them."""
+        return cls(**{**settings.section("learner", [f.name for f in fields(cls)]), **overrides})
 
     def __post_init__(self):
         if self.impressions not in ("auto", "required", "ignored"):

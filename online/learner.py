@@ -86,7 +86,7 @@ class OnlineLearner:
 
         from streamrec.serving.config import parse_arms
 
-        arms = tuple(a.name for a in parse_arms(getattr(self.settings, "scorer_ab_arms", "")))
+        arms = tuple(a.name for a in parse_arms(self.settings.scorer_ab_arms))
         m.initialise((self.cfg.seq_model, self.cfg.ranker_model), arms)
         check_services(self.settings)  # a refused login or certificate stops here, with the setting to fix
         self._restore()

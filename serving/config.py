@@ -1,11 +1,11 @@
 """Scorer configuration: the knobs of `streamrec serve`, with documented defaults.
 
-`ScorerConfig.from_settings` reads ``Settings`` fields named ``scorer_*`` when
-they exist and falls back to the defaults here when they do not, so the
-scorer runs against any version of `streamrec.settings.Settings`.
+The pattern of every service's config: a frozen dataclass whose defaults are
+the settings' defaults, and `from_settings`, which takes ``STREAMREC_SCORER_*``
+(`Settings.section`). Fields without a setting are tuning constants.
 
->>> ScorerConfig.from_settings(object()).exploration
-'off'
+>>> ScorerConfig.from_settings(Settings(scorer_top_n=5)).top_n
+5
 >>> parse_arms("a=50:ranker@v1,b=50")
 (Arm(name='a', weight=50.0, pins=(('ranker', 'v1'),), trending=False), Arm(name='b', weight=50.0, pins=(), trending=False))
 >>> parse_arms("pop=1:trending")[0].trending
@@ -160,16 +160,7 @@ class ScorerConfig:
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "ScorerConfig":
-        """Take ``scorer_<field>`` from ``settings`` where present (arms from ``scorer_ab_arms``)."""
-        values = {}
-        for f in fields(cls):
-            if f.name == "arms":
-                continue
-            v = getattr(settings, f"scorer_{f.name}", None)
-            if v is not None:
-                values[f.name] = v
-        arms = getattr(settings, "scorer_ab_arms", None)
-        if arms is not None:
-            values["arms"] = parse_arms(arms)
-        values.update(overrides)
-        return cls(**values)
+        """``STREAMREC_SCORER_<FIELD>`` for each field (arms from ``scorer_ab_arms``), `overrides` over them."""
+        values = settings.section("scorer", [f.name for f in fields(cls) if f.name != "arms"])
+        values["arms"] = parse_arms(settings.scorer_ab_arms)
+        return cls(**{**values, **overrides})

@@ -24,6 +24,11 @@ def add_dataclass_args(p, cls, skip=(), only_when_given: bool = False) -> None:
                            metavar=f.name.upper(), help=f"(default {f.default})")
 
 
+def given_args(cls, args) -> dict:
+    """The values of `cls`'s fields that are on `args` (with `only_when_given`: those on the command line)."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+
+
 def from_args(cls, args, **extra):
     """An instance of `cls` from the flags `add_dataclass_args` added (those given, with `only_when_given`)."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}, **extra)
+    return cls(**given_args(cls, args), **extra)

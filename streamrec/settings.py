@@ -274,6 +274,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The full topic name for a logical topic (see `streamrec.stream.topics`)."""
         return f"{self.topic_prefix}{name}"
 
+    def section(self, prefix: str, names) -> dict[str, Any]:
+        """``{name: self.<prefix>_<name>}`` for each of `names` that has such a field: how a service's config
+        dataclass takes its part of the settings (`ScorerConfig.from_settings`, `LearnerConfig.from_settings`)."""
+        return {n: getattr(self, f"{prefix}_{n}") for n in names if hasattr(self, f"{prefix}_{n}")}
+
     @property
     def home_path(self) -> Path:
         return Path(self.home).resolve()

@@ -6,6 +6,7 @@ import pytest
 
 from streamrec.serving.ab import arm_of, bucket
 from streamrec.serving.config import ConfigError, ScorerConfig, parse_arms
+from streamrec.settings import Settings
 
 
 def test_arm_is_stable_and_shares_follow_weights():
@@ -40,14 +41,11 @@ def test_a_trending_arm_pins_nothing_and_says_so():
 
 
 def test_config_from_settings_reads_scorer_fields_when_present():
-    class S:
-        scorer_top_n = 5
-        scorer_exploration = "epsilon"
-        scorer_ab_arms = "a=1,b=1"
-
-    cfg = ScorerConfig.from_settings(S())
+    s = Settings(scorer_top_n=5, scorer_exploration="epsilon", scorer_ab_arms="a=1,b=1")
+    cfg = ScorerConfig.from_settings(s)
     assert cfg.top_n == 5 and cfg.exploration == "epsilon" and [a.name for a in cfg.arms] == ["a", "b"]
-    assert ScorerConfig.from_settings(object()) == ScorerConfig()
+    assert ScorerConfig.from_settings(s, top_n=7).top_n == 7
+    assert ScorerConfig.from_settings(Settings()) == ScorerConfig()
     with pytest.raises(ConfigError, match="scorer_exploration"):
         ScorerConfig(exploration="greedy")
 

@@ -48,3 +48,16 @@ def test_the_demo_and_the_bench_simulate_the_same_world_and_its_flags_change_it(
     for argv in (["demo", *flags], ["bench", "online", *flags]):
         assert world_of(p.parse_args(argv)) == {"attraction_bias": -1.5, "appeal": 1.0, "drift": 0.1,
                                                 "new_item_every_s": 0.0, "retire_oldest": True}
+
+
+def test_learner_settings_are_read_and_flags_given_override_them():
+    from streamrec.arguments import given_args
+    from streamrec.online.config import LearnerConfig
+    from streamrec.settings import Settings
+
+    s = Settings.from_env({"STREAMREC_LEARNER_LR": "0.5", "STREAMREC_LEARNER_WINDOW_MS": "900"})
+    args = build_parser().parse_args(["learn", "--window-ms", "100", "--batch", "8"])
+    cfg = LearnerConfig.from_settings(s, **given_args(LearnerConfig, args))
+    assert (cfg.lr, cfg.window_ms, cfg.batch) == (0.5, 100, 8)  # setting, flag over setting, flag
+    assert cfg.reward_purchase == LearnerConfig().reward_purchase  # neither: the default
+    assert LearnerConfig.from_settings(Settings()) == LearnerConfig()
