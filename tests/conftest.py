@@ -16,6 +16,7 @@ import fcntl
 import gc
 import json
 import os
+import time
 import uuid
 import zlib
 
@@ -76,6 +77,25 @@ def pytest_xdist_make_scheduler(config, log):
             return nodeid.split("::")[0]
 
     return ByModule(config, log)
+
+
+# A timeline of the run for profiling its wall time: STREAMREC_TEST_TIMELINE=FILE gets one JSON line per test
+# (worker, node id, start and end in epoch seconds, setup included), appended by every xdist worker.
+_TIMELINE = os.environ.get("STREAMREC_TEST_TIMELINE")
+_started: dict[str, float] = {}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if _TIMELINE:
+        _started[nodeid] = time.time()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if _TIMELINE and nodeid in _started:
+        line = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "test": nodeid,
+                "start": _started.pop(nodeid), "end": time.time()}
+        with open(_TIMELINE, "a") as out:
+            out.write(json.dumps(line) + "\n")
 
 
 def _docker_answers() -> bool:
