@@ -79,9 +79,9 @@ def pytest_xdist_make_scheduler(config, log):
     return ByModule(config, log)
 
 
-# A timeline of the run for profiling its wall time: STREAMREC_TEST_TIMELINE=FILE gets one JSON line per test
+# A timeline of the run for profiling its wall time: TEST_TIMELINE=FILE gets one JSON line per test
 # (worker, node id, start and end in epoch seconds, setup included), appended by every xdist worker.
-_TIMELINE = os.environ.get("STREAMREC_TEST_TIMELINE")
+_TIMELINE = os.environ.get("TEST_TIMELINE")
 _started: dict[str, float] = {}
 
 
