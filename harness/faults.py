@@ -664,7 +664,7 @@ def _redis_outage(seconds: float = 15.0):
     def inject(run: Run) -> dict:
         s = run.settings
         worker, scorer = run.services["worker"], run.services["scorer"]
-        group = f"{s.topic_prefix}streamrec-worker"
+        group = topics.group_id(s, topics.WORKER_GROUP)
         requests = TopicCounter(s, topics.SCORE_REQUESTS)
         t = run.now()
         run.stack.stop("redis")

@@ -56,6 +56,7 @@ from streamrec.harness.loop import ClosedLoop, metric_sum, metrics
 from streamrec.settings import Settings
 from streamrec.harness.bench.features import _free_port
 from streamrec.stream.keys import glob_escape
+from streamrec.stream import topics
 
 console = make_console()
 
@@ -217,7 +218,8 @@ class Sampler:
         self.admin = admin_client(s)
         self.watermarks = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}soak-watch",
                                     "enable.auto.commit": False, **kafka_security(s)})
-        self.groups = {"worker": f"{s.topic_prefix}streamrec-worker", "scorer": f"{s.topic_prefix}streamrec-scorer"}
+        self.groups = {"worker": topics.group_id(s, topics.WORKER_GROUP),
+                       "scorer": topics.group_id(s, topics.SCORER_GROUP)}
         self._recs_seen = 0
         self.db_keys = 0
         self.family_keys: dict[str, int] = {}

@@ -39,7 +39,7 @@ from streamrec.health import HealthServer
 from streamrec.security import check_services
 from streamrec.settings import Settings
 from streamrec.stream.schemas import SERVED_SESSION, decode_event
-from streamrec.stream.topics import EVENTS, RECOMMENDATIONS, kafka_security
+from streamrec.stream.topics import EVENTS, LEARNER_GROUP, RECOMMENDATIONS, group_id, kafka_security
 from streamrec.online import metrics as m
 from streamrec.online.attraction import ItemEvidence
 from streamrec.online.joiner import Joiner, Slate
@@ -94,7 +94,7 @@ class OnlineLearner:
         log.info("online trainer: models loaded %s; joining from %s", loaded or "none",
                  "checkpoint" if self.offsets else self.cfg.start)
         self._consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                   "group.id": f"{self.settings.topic_prefix}learner", "enable.auto.commit": False,
+                                   "group.id": group_id(self.settings, LEARNER_GROUP), "enable.auto.commit": False,
                                    "auto.offset.reset": self.cfg.start, **kafka_security(self.settings)})
         self._assign()
         self.http = HealthServer(self.settings.http_host, self.port,

@@ -69,7 +69,7 @@ class Scorer:
         self.catalog = CatalogFollower(settings, self.engine.content_index, self.models.content)
         self.topic_in = settings.topic(topics.SCORE_REQUESTS)
         self.topic_out = settings.topic(topics.RECOMMENDATIONS)
-        self.group_id = f"{settings.topic_prefix}streamrec-scorer"
+        self.group_id = topics.group_id(settings, topics.SCORER_GROUP)
         self.consumer = self._new_consumer()
         self.owned: set[int] = set()
         """Partitions of `score-requests` this process owns now."""

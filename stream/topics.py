@@ -21,6 +21,11 @@ RECOMMENDATIONS = "recommendations"
 CATALOG = "catalog"
 MODEL_VERSIONS = "model-versions"
 
+# Consumer groups, prefixed with STREAMREC_TOPIC_PREFIX like the topics (`group_id`).
+WORKER_GROUP = "streamrec-worker"
+SCORER_GROUP = "streamrec-scorer"
+LEARNER_GROUP = "learner"
+
 # Headers of a dead-letter record; its value is the original bytes, untouched.
 DLQ_REASON = "streamrec.reason"
 DLQ_DETAIL = "streamrec.detail"
@@ -29,6 +34,11 @@ DLQ_PARTITION = "streamrec.partition"
 DLQ_OFFSET = "streamrec.offset"
 # The event field at fault, when one is (absent for broken JSON, bad UTF-8, oversized...).
 DLQ_FIELD = "streamrec.field"
+
+
+def group_id(settings: Settings, name: str) -> str:
+    """The consumer group (and Kafka client id) of a service: WORKER_GROUP, SCORER_GROUP or LEARNER_GROUP."""
+    return f"{settings.topic_prefix}{name}"
 
 
 @dataclass(frozen=True)

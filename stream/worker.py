@@ -84,7 +84,7 @@ class WorkerService:
         return {}
 
     def group_id(self) -> str:
-        return f"{self.settings.topic_prefix}streamrec-worker"
+        return topics.group_id(self.settings, topics.WORKER_GROUP)
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""

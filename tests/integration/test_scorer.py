@@ -307,7 +307,7 @@ def test_a_stalled_consumer_is_replaced_and_every_request_answered_once(fresh_se
 
     send(range(200))
     running = Running(s)
-    client_id = f"{s.topic_prefix}streamrec-scorer"  # the scorer's Kafka client id (its group id)
+    client_id = topics.group_id(s, topics.SCORER_GROUP)  # the scorer's Kafka client id (its group id)
     throttled = False
     try:
         assert sum(wait_answered(200, 60).values()) == 200

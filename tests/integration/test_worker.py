@@ -261,7 +261,7 @@ def test_redis_outage_makes_the_worker_wait_unready_and_resume(fresh_settings, t
     exp_first = reference(first)
     port = free_port()
     proc = start_worker(own, port=port)
-    group = f"{own.topic_prefix}streamrec-worker"
+    group = topics.group_id(own, topics.WORKER_GROUP)
     try:
         publish(own, first)
         assert wait_outputs(own, exp_first.outputs) == exp_first.outputs
@@ -381,7 +381,7 @@ def test_a_stalled_consumer_recovers_and_answers_everything_once(fresh_settings,
 
     s = fresh_settings.replace(worker_stall_s=4.0)
     records, exp, rest, port, proc = started_on_a_third(s, 3000, seed=13, engine=engine)
-    client_id = f"{s.topic_prefix}streamrec-worker"  # the worker's Kafka client id (its group id)
+    client_id = topics.group_id(s, topics.WORKER_GROUP)  # the worker's Kafka client id (its group id)
     throttled = False
     try:
         set_consumer_quota(s, client_id, 1)

@@ -20,13 +20,46 @@ for _, doc in DOCS:
 DEPLOYMENTS = {d["metadata"]["name"]: d for d in BY_KIND["Deployment"]}
 CONFIG = BY_KIND["ConfigMap"][0]["data"]
 PORTS = {"worker": "worker_port", "serve": "scorer_port", "learn": "learner_port"}
+KEDA = "keda.sh/v1alpha1"
+# A ScaledObject and its kafka trigger as KEDA 2.x documents them (keda.sh, "Scaling Deployments" and the Apache
+# Kafka scaler), written here as a JSON schema: the fields these manifests use, their types, and no others.
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_COUNT = {"type": "integer", "minimum": 0}
+SCALED_OBJECT = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": KEDA}, "kind": {"const": "ScaledObject"},
+        "metadata": {"type": "object", "required": ["name"],
+                     "properties": {"name": {"type": "string"}, "labels": _STRING_MAP}},
+        "spec": {"type": "object", "required": ["scaleTargetRef", "triggers"], "additionalProperties": False,
+                 "properties": {
+                     "scaleTargetRef": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                        "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
+                                                       "apiVersion": {"type": "string"}}},
+                     "minReplicaCount": _COUNT, "maxReplicaCount": _COUNT, "idleReplicaCount": _COUNT,
+                     "pollingInterval": _COUNT, "cooldownPeriod": _COUNT,
+                     "advanced": {"type": "object", "properties": {"horizontalPodAutoscalerConfig": {
+                         "type": "object", "properties": {"behavior": {"type": "object"}}}}},
+                     "triggers": {"type": "array", "minItems": 1, "items": {
+                         "type": "object", "required": ["type", "metadata"], "additionalProperties": False,
+                         "properties": {"type": {"type": "string"}, "metadata": _STRING_MAP,
+                                        "authenticationRef": {"type": "object", "required": ["name"]}}}}}},
+    },
+}
+KAFKA_TRIGGER = {"type": "object", "required": ["bootstrapServers", "consumerGroup", "topic", "lagThreshold"],
+                 "additionalProperties": False,
+                 "properties": {k: {"type": "string"} for k in (
+                     "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
+                     "offsetResetPolicy", "allowIdleConsumers", "limitToPartitionsWithLag",
+                     "scaleToZeroOnInvalidOffset", "excludePersistentLag", "version", "sasl", "tls")}}
 
 
 def test_kustomization_lists_every_manifest():
     assert sorted(KUSTOMIZATION["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
-@pytest.mark.parametrize("name,doc", [(f"{f}:{d['kind']}/{d['metadata']['name']}", d) for f, d in DOCS])
+@pytest.mark.parametrize("name,doc", [(f"{f}:{d['kind']}/{d['metadata']['name']}", d) for f, d in DOCS
+                                      if d["apiVersion"] != KEDA])
 def test_valid_against_the_kubernetes_schema(name, doc):
     import kubernetes_validate
 
@@ -80,3 +113,42 @@ def test_registry_volume_is_shared_by_scorers_and_learner():
         pod = DEPLOYMENTS[name]["spec"]["template"]["spec"]
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim
         assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == CONFIG["STREAMREC_REGISTRY_URI"]
+
+
+@pytest.mark.parametrize("name", [d["metadata"]["name"] for d in BY_KIND["ScaledObject"]])
+def test_autoscaling_follows_the_right_group_and_topic_within_the_partitions(name):
+    import jsonschema
+
+    from streamrec.stream import topics
+
+    scaled = next(d for d in BY_KIND["ScaledObject"] if d["metadata"]["name"] == name)
+    jsonschema.validate(scaled, SCALED_OBJECT)
+    spec = scaled["spec"]
+    target = DEPLOYMENTS[spec["scaleTargetRef"]["name"]]
+    command = target["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    group, topic = {"worker": (topics.WORKER_GROUP, topics.EVENTS),
+                    "serve": (topics.SCORER_GROUP, topics.SCORE_REQUESTS)}[command]
+    settings = Settings.from_env(CONFIG)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    jsonschema.validate(trigger["metadata"], KAFKA_TRIGGER)
+    meta = trigger["metadata"]
+    assert meta["bootstrapServers"] == settings.kafka_bootstrap
+    assert meta["consumerGroup"] == topics.group_id(settings, group)  # the lag KEDA reads is the service's own
+    assert meta["topic"] == settings.topic(topic)
+    assert int(meta["lagThreshold"]) > 0
+    assert 1 <= spec["minReplicaCount"] <= target["spec"]["replicas"] <= spec["maxReplicaCount"]
+    assert spec["maxReplicaCount"] <= settings.topic_partitions  # past the partitions a replica stands idle
+
+
+def test_the_keda_schema_here_refuses_what_keda_would():
+    import jsonschema
+
+    good = next(iter(BY_KIND["ScaledObject"]))
+    for broken in ({**good, "spec": {**good["spec"], "maxReplicas": 3}},
+                   {**good, "spec": {**good["spec"], "minReplicaCount": "2"}},
+                   {**good, "spec": {k: v for k, v in good["spec"].items() if k != "scaleTargetRef"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, SCALED_OBJECT)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**good["spec"]["triggers"][0]["metadata"], "lagThreshold": 5}, KAFKA_TRIGGER)
