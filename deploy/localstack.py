@@ -328,6 +328,8 @@ class KafkaService(LocalService):
             f"log.dirs={data}",
             "num.partitions=3",
             "offsets.topic.replication.factor=1",
+            # Kafka's 50 by default: on one broker each start, and each recovery after a kill -9, loads them all.
+            "offsets.topic.num.partitions=5",
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1",

@@ -180,11 +180,45 @@ class RssSampler(threading.Thread):
 
 
 # --------------------------------------------------------------------------- runs
+def record_bytes(msg) -> int:
+    """A Kafka record's payload: key, value and headers (before compression and batch overhead)."""
+    return (len(msg.key() or b"") + len(msg.value() or b"")
+            + sum(len(k) + len(v or b"") for k, v in (msg.headers() or [])))
+
+
+def _redis_totals(client) -> dict:
+    """Redis's counters since start: commands run (scripts' inner calls included), their server time, memory."""
+    stats = client.info("commandstats")
+    return {"calls": sum(v["calls"] for v in stats.values()), "usec": sum(v["usec"] for v in stats.values()),
+            "used_memory": client.info("memory")["used_memory"]}
+
+
+def per_event_costs(s: Settings, before: dict, events: int) -> dict:
+    """What the worker cost per applied event: Redis commands, server time and memory (a Redis that nothing
+    else uses meanwhile), and the payload bytes of its input and output records."""
+    from streamrec import security
+
+    client = security.redis_client(s)
+    after = _redis_totals(client)
+    client.close()
+    sizes = {name: [record_bytes(m) for m in topics.read_all(s, name)]
+             for name in (topics.EVENTS, topics.SCORE_REQUESTS)}
+    return {"redis_commands": round((after["calls"] - before["calls"]) / events, 1),
+            "redis_server_us": round((after["usec"] - before["usec"]) / events, 1),
+            "redis_bytes": round((after["used_memory"] - before["used_memory"]) / events),
+            "kafka_bytes": {name: round(sum(v) / len(v)) if v else 0 for name, v in sizes.items()}}
+
+
 def throughput(settings: Settings, n: int, processes: int, engine: str = "faust") -> dict:
+    from streamrec import security
+
     s = fresh_namespace(settings)
     try:
         records = list(synthetic_stream(n, seed=processes))
         _load(s, records)
+        client = security.redis_client(s)
+        redis_before = _redis_totals(client)
+        client.close()
         expected = sum(1 for r in records if r.kind != "duplicate")
         consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-watch",
                              **topics.kafka_security(s)})
@@ -207,8 +241,10 @@ def throughput(settings: Settings, n: int, processes: int, engine: str = "faust"
         stop_worker(proc)
         consumer.close()
         rate = (seen - first_seen) / (last - first) if first and last > first else 0.0
+        applied = sum(1 for r in records if r.kind == "valid")
         return {"engine": engine, "processes": processes, "records": n, "outputs": seen, "expected_outputs": expected,
-                "events_per_s": round(rate), "peak_rss_mb": round(rss.peak / 2**20, 1)}
+                "events_per_s": round(rate), "peak_rss_mb": round(rss.peak / 2**20, 1),
+                "per_event": per_event_costs(s, redis_before, applied)}
     finally:
         drop_namespace(s)
 
@@ -361,8 +397,11 @@ def run(args) -> int:
         for p in args.processes:
             with console.status(f"throughput, {engine}, {p} worker process(es), {args.events} records..."):
                 r = throughput(s, args.events, p, engine)
+            cost = r["per_event"]
             console.print(f"throughput ({engine}, {p} process(es)): {r['events_per_s']} events/s, "
-                          f"peak RSS {r['peak_rss_mb']} MB")
+                          f"peak RSS {r['peak_rss_mb']} MB; per event: {cost['redis_commands']} Redis commands, "
+                          f"{cost['redis_server_us']} µs of Redis, {cost['redis_bytes']} B of Redis memory, "
+                          f"Kafka payload {cost['kafka_bytes']} B")
             result["throughput"].append(r)
     if not args.skip_bare:
         with console.status("bare faust, same records, no work..."):

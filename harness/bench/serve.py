@@ -59,7 +59,7 @@ from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
 from streamrec.stream import topics
 from streamrec.stream.schemas import ScoreRequest, encode
-from streamrec.harness.bench.features import drop_namespace, fresh_namespace
+from streamrec.harness.bench.features import drop_namespace, fresh_namespace, record_bytes
 
 console = make_console(stderr=True)
 
@@ -130,6 +130,8 @@ class _Reader:
         self.consumer.assign([TopicPartition(topic, p, self.consumer.get_watermark_offsets(
             TopicPartition(topic, p), timeout=10)[1]) for p in parts])
         self.series: list[tuple[float, float]] = []
+        self.bytes = 0
+        """Payload bytes of the recommendations read (key, value, headers)."""
         self.last = 0.0
         self.t0 = time.time()
         self.stop = threading.Event()
@@ -144,6 +146,7 @@ class _Reader:
                 if m.error():
                     continue
                 now = time.time()
+                self.bytes += record_bytes(m)
                 ts = json.loads(m.value())["event_ts"]
                 self.series.append((now - self.t0, now * 1000 - ts))
                 self.last = now
@@ -281,6 +284,7 @@ def during_swaps(s: Settings, producer: Producer, port: int, rounds: list[list[A
 def _summary(reader: "_Reader", rate: int, seconds: int, total: int) -> dict:
     p = _percentiles([v for _, v in reader.series])
     return {"rate": rate, "seconds": seconds, "sent": total, "answered": len(reader.series),
+            "bytes_per_recommendation": round(reader.bytes / len(reader.series)) if reader.series else 0,
             "p50_ms": p["p50_ms"], "p95_ms": p["p95_ms"], "p99_ms": p["p99_ms"], "series": reader.series}
 
 
@@ -546,7 +550,8 @@ def run(args) -> int:
         console.print(f"through Kafka: {k['throughput']['requests_per_s']} requests/s "
                       f"({k['throughput']['answered']}/{k['throughput']['requests']}); at {lat['rate']}/s "
                       f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
-                      f"({lat['answered']}/{lat['sent']}); scorer RSS {k['scorer_peak_rss_mb']} MB")
+                      f"({lat['answered']}/{lat['sent']}); {lat['bytes_per_recommendation']} B per recommendation; "
+                      f"scorer RSS {k['scorer_peak_rss_mb']} MB")
         if "swaps" in k:
             w = k["swaps"]
             console.print(f"during {w['swapped']} of {w['rounds']} swaps of {w['models_per_round']} models at "

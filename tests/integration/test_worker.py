@@ -387,7 +387,7 @@ def test_a_stalled_consumer_recovers_and_answers_everything_once(fresh_settings,
         set_consumer_quota(s, client_id, 1)
         throttled = True
         # The rest arrives slowly, so records are always waiting while fetches are held back.
-        feeder = threading.Thread(target=lambda: [publish(s, rest[i:i + 100]) or time.sleep(1.0)
+        feeder = threading.Thread(target=lambda: [publish(s, rest[i:i + 100]) or time.sleep(0.5)
                                                   for i in range(0, len(rest), 100)])
         feeder.start()
         assert wait_recovered(port, recovery, timeout=120) >= 1, "the watchdog did not recover the stalled worker"
