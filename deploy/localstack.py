@@ -155,6 +155,7 @@ class LocalService:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._proc: subprocess.Popen | None = None
         self.home = settings.home_path
         self.dir = self.home / self.name
         self.pid_file = self.dir / f"{self.name}.pid"
@@ -208,9 +209,18 @@ class LocalService:
 
     def start(self, timeout: float, log: Callable[[str], None]) -> str:
         """Start (or reuse) the server and wait until it answers; returns 'reused' or 'started'."""
-        pid = self.pid()
-        if pid is not None:
-            self._wait(pid, timeout)
+        outcome = self.launch(log)
+        self.wait_answering(timeout)
+        return outcome
+
+    def wait_answering(self, timeout: float) -> None:
+        self._wait(self.pid() or 0, timeout, self._proc)
+
+    def launch(self, log: Callable[[str], None]) -> str:
+        """Start the server without waiting for it (servers that need each other, such as a Kafka quorum, start
+        together); returns 'reused' or 'started'."""
+        self._proc = None
+        if self.pid() is not None:
             return "reused"
         if self.pid_file.exists():
             log(f"{self.name}: removing stale pid file {self.pid_file}")
@@ -224,11 +234,10 @@ class LocalService:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.dir, env=self.env(),
-                                    start_new_session=True)
-        self.pid_file.write_text(str(proc.pid))
-        self._wait(proc.pid, timeout, proc)
+            self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, cwd=self.dir, env=self.env(),
+                                          start_new_session=True)
+        self.pid_file.write_text(str(self._proc.pid))
         return "started"
 
     def _wait(self, pid: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -245,14 +254,26 @@ class LocalService:
 
     def stop(self, timeout: float = 60.0) -> bool:
         """SIGTERM, wait for a clean exit, SIGKILL only if it does not come."""
+        pid = self.terminate()
+        if pid is None:
+            return False
+        self.wait_exit(pid, timeout)
+        return True
+
+    def terminate(self) -> int | None:
+        """Send SIGTERM; the pid it went to, or None when the server was not running."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
-            return False
+            return None
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        return pid
+
+    def wait_exit(self, pid: int, timeout: float = 60.0) -> None:
+        """Wait for the exit of a server sent SIGTERM; SIGKILL at the time-out."""
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -264,7 +285,6 @@ class LocalService:
             while _alive(pid):
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
-        return True
 
 
 def _alive(pid: int) -> bool:
@@ -290,11 +310,26 @@ def _env_for(setting: str) -> str:
 # The three servers
 # --------------------------------------------------------------------------- #
 class KafkaService(LocalService):
+    """The single broker of the local stack (also its controller)."""
+
     name = "kafka"
     port_setting = "kafka_port"
+    node_id = 1
+    replication = 1
+    """Replicas of Kafka's internal topics (consumer offsets, transactions)."""
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_controller_port
+
+    def voters(self) -> str:
+        return f"{self.node_id}@127.0.0.1:{self.controller_port}"
+
+    def cluster_id_file(self) -> Path:
+        return self.dir / "cluster.id"
 
     def ports(self) -> list[int]:
-        return [self.settings.kafka_port, self.settings.kafka_controller_port]
+        return [self.port, self.controller_port]
 
     def install(self, log):
         install_kafka(self.home, log)
@@ -304,10 +339,9 @@ class KafkaService(LocalService):
 
     def listener_lines(self) -> list[str]:
         """Listeners and their protocols (`streamrec.deploy.securestack` replaces them with SASL_SSL)."""
-        s = self.settings
         return [
-            f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -318,27 +352,30 @@ class KafkaService(LocalService):
         return []
 
     def prepare(self) -> None:
-        s = self.settings
         data = self.dir / "data"
+        copies, min_isr = self.replication, min(self.replication, 2)
         self._config().write_text("\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
+            f"node.id={self.node_id}",
+            f"controller.quorum.voters={self.voters()}",
             *self.listener_lines(),
             f"log.dirs={data}",
             "num.partitions=3",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={copies}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={copies}",
             # Kafka's 50 by default: on one broker each start, and each recovery after a kill -9, loads them all.
             "offsets.topic.num.partitions=5",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={copies}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={copies}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "delete.topic.enable=true",
             "log.retention.hours=24",
             "log.segment.bytes=67108864",
+            "log.cleaner.dedupe.buffer.size=16777216",  # Kafka's 128 MB would not fit a small broker's heap
             "",
         ]))
         (self.dir / "log4j.properties").write_text("\n".join([
@@ -351,7 +388,7 @@ class KafkaService(LocalService):
             "",
         ]))
         # Storage is formatted once; the cluster id is kept so data survives restarts.
-        cluster_id_file = self.dir / "cluster.id"
+        cluster_id_file = self.cluster_id_file()
         if not (data / "meta.properties").exists():
             if not cluster_id_file.exists() or cluster_id_file.read_text().startswith("-"):
                 cluster_id_file.write_text(new_cluster_id())
@@ -383,6 +420,32 @@ class KafkaService(LocalService):
             return True
         except Exception:  # noqa: BLE001 - not ready yet
             return False
+
+
+class KafkaNode(KafkaService):
+    """One of the replicated stack's three brokers, each also a controller of the KRaft quorum; node n listens
+    2(n-1) ports above STREAMREC_KAFKA_PORT and STREAMREC_KAFKA_CONTROLLER_PORT."""
+
+    replication = 3
+
+    def __init__(self, settings: Settings, node_id: int, nodes: int = 3):
+        self.node_id, self.nodes, self.name = node_id, nodes, f"kafka-{node_id}"
+        super().__init__(settings)
+
+    @property
+    def port(self) -> int:
+        return self.settings.kafka_port + 2 * (self.node_id - 1)
+
+    @property
+    def controller_port(self) -> int:
+        return self.settings.kafka_controller_port + 2 * (self.node_id - 1)
+
+    def voters(self) -> str:
+        return ",".join(f"{n}@127.0.0.1:{self.settings.kafka_controller_port + 2 * (n - 1)}"
+                        for n in range(1, self.nodes + 1))
+
+    def cluster_id_file(self) -> Path:
+        return self.home / "kafka-cluster.id"  # one id for the three: they form one cluster
 
 
 def new_cluster_id() -> str:
@@ -419,6 +482,47 @@ class RedisService(LocalService):
             return False
 
 
+class RedisReplicaService(RedisService):
+    """The replicated stack's Redis replica, of the primary on STREAMREC_REDIS_PORT (until a failover)."""
+
+    name = "redis-replica"
+    port_setting = "redis_replica_port"
+
+    def command(self) -> list[str]:
+        return super().command() + ["--replicaof", "127.0.0.1", str(self.settings.redis_port)]
+
+
+class SentinelService(RedisService):
+    """One of three Redis Sentinels watching the primary (quorum 2): they promote the replica when the primary
+    has not answered for 3 s. Debian's redis-server in sentinel mode (what `redis-sentinel` runs)."""
+
+    port_setting = "redis_sentinel_port"
+    DOWN_AFTER_MS = 3000
+
+    def __init__(self, settings: Settings, index: int):
+        self.index, self.name = index, f"sentinel-{index}"
+        super().__init__(settings)
+
+    @property
+    def port(self) -> int:
+        return self.settings.redis_sentinel_port + self.index - 1
+
+    def prepare(self) -> None:
+        config = self.dir / "sentinel.conf"
+        if config.exists():
+            return  # a Sentinel rewrites its file with what it learnt (the current primary): keep it
+        name = self.settings.redis_master_name
+        config.write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
+            f"sentinel monitor {name} 127.0.0.1 {self.settings.redis_port} 2",
+            f"sentinel down-after-milliseconds {name} {self.DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {name} 10000",
+            f"sentinel parallel-syncs {name} 1", ""]))
+
+    def command(self) -> list[str]:
+        return [self.binary, str(self.dir / "sentinel.conf"), "--sentinel"]
+
+
 class PrometheusService(LocalService):
     name = "prometheus"
     port_setting = "prometheus_port"
@@ -444,26 +548,57 @@ class PrometheusService(LocalService):
             return False
 
 
+REPLICATED = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "kafka-1", "kafka-2", "kafka-3")
+"""The replicated topology (`streamrec up --replicated`): the primary is "redis"; "kafka" is not used."""
+
+
 class LocalStack:
-    """The servers of the local stack, started and stopped together."""
+    """The servers of the local stack, started and stopped together: one Kafka broker and one Redis, or the
+    replicated topology (three brokers; a Redis primary, its replica and three Sentinels)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.services: dict[str, LocalService] = {
             "kafka": KafkaService(settings), "redis": RedisService(settings),
-            "prometheus": PrometheusService(settings)}
+            "prometheus": PrometheusService(settings), "redis-replica": RedisReplicaService(settings),
+            **{f"sentinel-{i}": SentinelService(settings, i) for i in (1, 2, 3)},
+            **{f"kafka-{i}": KafkaNode(settings, i) for i in (1, 2, 3)}}
 
     def up(self, with_prometheus: bool = False, timeout: float = 120.0,
-           log: Callable[[str], None] = print) -> dict[str, str]:
-        names = ["redis", "kafka"] + (["prometheus"] if with_prometheus else [])
-        return {n: self.services[n].start(timeout, log) for n in names}
+           log: Callable[[str], None] = print, replicated: bool = False) -> dict[str, str]:
+        names = ["redis", *(REPLICATED if replicated else ["kafka"])] + (["prometheus"] if with_prometheus else [])
+        launched = {n: self.services[n].launch(log) for n in names}  # together: a quorum needs its members
+        for n in names:
+            self.services[n].wait_answering(timeout)
+        return launched
 
     def down(self) -> dict[str, bool]:
         # Kafka first: it may still flush to disk; the others follow.
-        return {n: self.services[n].stop() for n in ("prometheus", "kafka", "redis")}
+        # The three brokers together: stopped one by one, the last waits a minute for a quorum that is gone.
+        stages = [["prometheus"], ["kafka", "kafka-1", "kafka-2", "kafka-3"], ["sentinel-1", "sentinel-2", "sentinel-3"],
+                  ["redis-replica"], ["redis"]]
+        stopped = {}
+        for names in stages:
+            services = [self.services[n] for n in names if n not in REPLICATED or self.services[n].dir.exists()]
+            pids = {svc.name: svc.terminate() for svc in services}
+            for svc in services:
+                if pids[svc.name] is not None:
+                    svc.wait_exit(pids[svc.name])
+            stopped.update({name: pid is not None for name, pid in pids.items()})
+        return stopped
+
+    def replicated_settings(self) -> Settings:
+        """The settings every client needs for the replicated topology: the three brokers, topics with three
+        replicas, and Redis through the Sentinels."""
+        s = self.settings
+        nodes = [self.services[f"kafka-{i}"] for i in (1, 2, 3)]
+        sentinels = [self.services[f"sentinel-{i}"] for i in (1, 2, 3)]
+        return s.replace(kafka_bootstrap=",".join(n.endpoint for n in nodes), topic_replication=3,
+                         redis_sentinels=",".join(n.endpoint for n in sentinels))
 
     def status(self) -> list[ServiceState]:
-        return [s.state() for s in self.services.values()]
+        """Every server of the single stack, and those of the replicated one that were ever started here."""
+        return [s.state() for n, s in self.services.items() if n not in REPLICATED or s.dir.exists()]
 
     def running(self, name: str) -> bool:
         return self.services[name].state().state == "running"

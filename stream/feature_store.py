@@ -83,6 +83,7 @@ class RedisFeatureStore:
         self.stop_event = threading.Event()
         self._categories: dict[str, tuple[float, str]] = {}
         self.category_ttl_s = 60.0
+        self._replica_check = (0.0, 0)  # (when, replicas connected) for STREAMREC_REDIS_WAIT_REPLICAS=-1
 
     # ------------------------------------------------------------------ writes
     def apply(self, batch: list[DecodedEvent]) -> list[Outcome]:
@@ -123,7 +124,13 @@ class RedisFeatureStore:
         """
         while True:
             commands = [(self._sha[script], key, arg) for script, calls in groups for key, arg in calls]
-            results = self._with_retry(lambda: self._evalsha_all(commands))
+            wait = self._replicas_to_wait_for()
+            results = self._with_retry(lambda: self._evalsha_all(commands, wait))
+            if wait:
+                confirmed = results.pop()
+                if not isinstance(confirmed, int) or confirmed < wait:
+                    self._replicas_short(confirmed, wait)
+                    continue  # run the round again (idempotent) rather than commit writes a failover may lose
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
                 self._with_retry(self._load_scripts)  # Redis restarted or flushed its script cache
                 continue
@@ -136,9 +143,10 @@ class RedisFeatureStore:
                 raise errors[0]
             return results
 
-    def _evalsha_all(self, commands: list[tuple[str, str, str]]) -> list:
-        """Run EVALSHA commands pipelined; on a cluster, one pipeline per node owning the keys
-        (redis-py does not pipeline scripts across a cluster itself)."""
+    def _evalsha_all(self, commands: list[tuple[str, str, str]], wait: int = 0) -> list:
+        """Run EVALSHA commands pipelined, then WAIT for `wait` replicas on the same connection (WAIT counts only
+        the connection's own writes); on a cluster, one pipeline per node owning the keys (redis-py does not
+        pipeline scripts across a cluster itself)."""
         if not self.per_slot:
             pipe = self.client.pipeline(transaction=False)
             for sha, key, arg in commands:
@@ -146,6 +154,8 @@ class RedisFeatureStore:
                     pipe.evalsha(sha, 1, key, arg)
                 else:  # a batched call on a standalone server: keys are in the argument
                     pipe.evalsha(sha, 0, arg)
+            if wait:
+                pipe.execute_command("WAIT", wait, self.settings.redis_wait_timeout_ms)
             return pipe.execute(raise_on_error=False)
         by_node: dict[str, tuple[object, list[int]]] = {}
         for i, (_, key, _) in enumerate(commands):
@@ -160,6 +170,30 @@ class RedisFeatureStore:
             for i, r in zip(idx, pipe.execute(raise_on_error=False)):
                 results[i] = r
         return results
+
+    def _replicas_to_wait_for(self) -> int:
+        """STREAMREC_REDIS_WAIT_REPLICAS, or with -1 one if the primary has a replica connected (asked every 10 s,
+        so a replica that joins or leaves is followed). Redis Cluster: none (its shards fail over on their own;
+        not covered)."""
+        wanted = self.settings.redis_wait_replicas
+        if self.per_slot or wanted == 0:
+            return 0
+        if wanted > 0:
+            return wanted
+        when, connected = self._replica_check
+        if time.monotonic() - when > 10.0:
+            info = self._with_retry(lambda: self.client.info("replication"))
+            connected = int(info.get("connected_slaves", 0))
+            self._replica_check = (time.monotonic(), connected)
+        return min(connected, 1)
+
+    def _replicas_short(self, confirmed, wanted: int) -> None:
+        log.warning("Redis WAIT: %s of %d replica(s) confirmed the batch's writes within %d ms; running it again",
+                    confirmed, wanted, self.settings.redis_wait_timeout_ms)
+        self._replica_check = (0.0, 0)  # ask again whether a replica is connected
+        self.stop_event.wait(0.1)
+        if self.stop_event.is_set():
+            raise Stopping()
 
     def _load_scripts(self) -> None:
         if self.per_slot:  # every primary needs the scripts

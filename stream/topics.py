@@ -103,6 +103,8 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
             result[name] = "exists"
             continue
         configs = {k: v for k, v in spec.kafka_configs().items() if k != "partitions"}
+        if settings.topic_replication >= 3:  # acks=all then means two copies: one broker may go, nothing is lost
+            configs.setdefault("min.insync.replicas", "2")
         new.append(NewTopic(name, num_partitions=_partitions(spec, settings),
                             replication_factor=settings.topic_replication, config=configs))
     if new:

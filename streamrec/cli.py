@@ -15,7 +15,7 @@ import sys
 from rich.table import Table
 
 from streamrec.console import make_console
-from streamrec.settings import Settings, SettingsError, field_docs
+from streamrec.settings import Settings, SettingsError, env_name, field_docs
 
 console = make_console(stderr=True)
 # Packages whose cli module registers subcommands; a package whose optional
@@ -52,12 +52,13 @@ def cmd_up(args) -> int:
     from streamrec.deploy.localstack import LocalStack, StackError
     from streamrec.stream.topics import create_topics
     stack = LocalStack(_settings(args))
+    clients = stack.replicated_settings() if args.replicated else stack.settings
     try:
         with console.status("starting the local stack (Kafka ~10 s on first start)..."):
             result = stack.up(with_prometheus=args.with_prometheus, timeout=args.timeout,
-                              log=lambda m: console.print(f"[dim]{m}[/]"))
+                              log=lambda m: console.print(f"[dim]{m}[/]"), replicated=args.replicated)
             if not args.no_topics:
-                topics = create_topics(_settings(args))
+                topics = create_topics(clients)
     except StackError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
@@ -67,6 +68,10 @@ def cmd_up(args) -> int:
     if not args.no_topics:
         created = [t for t, r in topics.items() if r == "created"]
         console.print(f"topics: {len(topics)} ready ({len(created)} created)")
+    if args.replicated:
+        console.print("the services and the SDK reach this topology with:")
+        for name in ("kafka_bootstrap", "topic_replication", "redis_sentinels"):
+            print(f"export {env_name(name)}={getattr(clients, name)}")
     return 0
 
 
@@ -145,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start the local stack (Kafka, Redis, optionally Prometheus) and create topics")
     p.add_argument("--with-prometheus", action="store_true", help="also start Debian's prometheus")
     p.add_argument("--no-topics", action="store_true", help="do not create the topics")
+    p.add_argument("--replicated", action="store_true",
+                   help="three Kafka brokers (topics with 3 replicas, min.insync.replicas=2) and a Redis primary with "
+                        "a replica and three Sentinels, instead of one broker and one Redis; prints the settings "
+                        "that reach it")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server (default 120)")
     p.set_defaults(func=cmd_up)
 

@@ -232,11 +232,46 @@ def redis_client(settings: Settings, **options):
     import redis
 
     kwargs = {**options, **redis_kwargs(settings)}
+    if settings.redis_sentinels:
+        return _sentinel_primary(settings, kwargs)
     if settings.redis_cluster:
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(settings.redis_url, **kwargs)
     return redis.Redis.from_url(settings.redis_url, **kwargs)
+
+
+def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
+    """STREAMREC_REDIS_SENTINELS as (host, port) pairs; a clear error naming the setting when malformed."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in settings.redis_sentinels.split(","))):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise SecurityError(f"{env_name('redis_sentinels')}: {part!r} is not HOST:PORT; give the Sentinels as "
+                                "HOST:PORT,HOST:PORT,...")
+        pairs.append((host, int(port)))
+    return pairs
+
+
+def _sentinel_primary(settings: Settings, kwargs: dict):
+    """A client of the primary the Sentinels name: on a failover its connections fail, and the next command
+    asks the Sentinels again and goes to the new primary (redis-py's SentinelConnectionPool)."""
+    from urllib.parse import urlparse
+
+    from redis.sentinel import Sentinel
+
+    if settings.redis_cluster:
+        raise SecurityError(f"{env_name('redis_sentinels')} and {env_name('redis_cluster')} exclude each other: "
+                            "Redis Cluster fails over by itself; unset one")
+    url = urlparse(settings.redis_url)
+    db = int(url.path.lstrip("/") or 0)
+    timeouts = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    if url.password and "password" not in kwargs:
+        kwargs = {**kwargs, "password": url.password, **({"username": url.username} if url.username else {})}
+    if url.scheme == "rediss":
+        kwargs = {**kwargs, "ssl": True}
+    sentinel = Sentinel(sentinel_addresses(settings), sentinel_kwargs=timeouts, **kwargs)
+    return sentinel.master_for(settings.redis_master_name, db=db)
 
 
 def redis_error_message(exc: BaseException, settings: Settings) -> str | None:

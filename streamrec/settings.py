@@ -47,7 +47,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     topic_partitions: int = 3
     """Partitions for topics created by `streamrec topics create`."""
     topic_replication: int = 1
-    """Replication factor for topics created by `streamrec topics create`."""
+    """Replication factor for topics created by `streamrec topics create`. With 3 or more, the topics get
+    min.insync.replicas=2: a record the producers' acks=all acknowledged survives the loss of any one broker."""
 
     # --- Redis -------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -56,6 +57,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Prepended to every Redis key."""
     redis_cluster: bool = False
     """Redis Cluster: run one feature script per hash slot instead of one per batch chunk."""
+    redis_sentinels: str = ""
+    """Comma-separated host:port list of Redis Sentinels: clients then ask them for the primary named
+    STREAMREC_REDIS_MASTER_NAME and follow a failover (STREAMREC_REDIS_URL gives only the database, the
+    scheme and credentials). Empty: STREAMREC_REDIS_URL is the server."""
+    redis_master_name: str = "streamrec"
+    """The name the Sentinels monitor the primary under."""
+    redis_wait_replicas: Annotated[int, msgspec.Meta(ge=-1)] = -1
+    """Replicas that must hold a worker batch's Redis writes (Redis WAIT) before its offsets are committed, so a
+    failover to a replica cannot lose features of committed events. -1: one, when the primary has a replica
+    connected at the worker's start, else none; 0: never wait."""
+    redis_wait_timeout_ms: int = 2000
+    """How long one WAIT may take; a batch whose writes no replica confirmed is retried, not committed."""
 
     # --- stream worker ------------------------------------------------------------
     worker_batch_max: int = 2000
@@ -223,6 +236,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_controller_port: int = 9093
     redis_port: int = 6379
     prometheus_port: int = 9090
+    redis_replica_port: int = 6380
+    """The replicated local stack (`streamrec up --replicated`): its Redis replica..."""
+    redis_sentinel_port: int = 26379
+    """...and the first of its three Sentinels (the next two ports are the others'); its Kafka brokers 2 and 3
+    listen two and four ports above STREAMREC_KAFKA_PORT and STREAMREC_KAFKA_CONTROLLER_PORT."""
     kafka_heap: str = "512m"
     """Java heap of the local Kafka broker."""
 

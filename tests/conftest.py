@@ -37,7 +37,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # since they share one session's trained models.
 COSTLIEST_FIRST = ("tests/faults/", "tests/unit/trainer/", "tests/integration/test_soak.py", "tests/unit/test_offline_loop.py",
                    "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_worker.py", "tests/e2e/test_demo.py",
-                   "tests/integration/test_observability.py", "tests/integration/test_learner_closed_loop.py",
+                   "tests/integration/test_observability.py", "tests/integration/test_replicated.py",
+                   "tests/integration/test_learner_closed_loop.py",
                    "tests/integration/test_scorer.py")
 # Three groups of about four minutes each (case times of 2026-12-07), each on a fault stack of its own. A hash of
 # the case names had left one group empty and put eight cases, 470 s, on one worker.

@@ -234,3 +234,17 @@ def test_the_scorer_refuses_an_announcement_whose_uri_is_not_the_announced_versi
             store.load(Announcement(name="../x", version="v1", uri="/r/../x/v1", sha256=""))
     finally:
         store.stop()
+
+
+def test_sentinels_are_parsed_and_a_malformed_one_is_named():
+    from streamrec.security import SecurityError, redis_client, sentinel_addresses
+
+    s = Settings(redis_sentinels="10.0.0.1:26379, sentinel-b:26380,")
+    assert sentinel_addresses(s) == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+    with pytest.raises(SecurityError, match="STREAMREC_REDIS_SENTINELS: 'nohost' is not HOST:PORT"):
+        sentinel_addresses(Settings(redis_sentinels="nohost"))
+    with pytest.raises(SecurityError, match="exclude each other"):
+        redis_client(Settings(redis_sentinels="a:1", redis_cluster=True))
+    client = redis_client(Settings(redis_sentinels="127.0.0.1:1", redis_master_name="shop", redis_url="redis://h:2/3"))
+    pool = client.connection_pool  # nothing connects until a command runs
+    assert pool.service_name == "shop" and pool.connection_kwargs["db"] == 3
