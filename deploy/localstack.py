@@ -598,7 +598,10 @@ class LocalStack:
 
     def status(self) -> list[ServiceState]:
         """Every server of the single stack, and those of the replicated one that were ever started here."""
-        return [s.state() for n, s in self.services.items() if n not in REPLICATED or s.dir.exists()]
+        replicated = self.services["kafka-1"].dir.exists()
+        single_kafka_used = (self.services["kafka"].dir / "data").exists() or not replicated  # else kafka-1 has its port
+        return [s.state() for n, s in self.services.items()
+                if (n not in REPLICATED or s.dir.exists()) and (n != "kafka" or single_kafka_used)]
 
     def running(self, name: str) -> bool:
         return self.services[name].state().state == "running"
