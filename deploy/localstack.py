@@ -587,6 +587,20 @@ class LocalStack:
             stopped.update({name: pid is not None for name, pid in pids.items()})
         return stopped
 
+    def quorum_leader(self) -> int:
+        """Node id of the replicated stack's active controller, the leader of its KRaft quorum (Kafka's
+        metadata-quorum tool)."""
+        import re
+
+        node = self.services["kafka-1"]
+        tool = node._java("org.apache.kafka.tools.MetadataQuorumCommand")
+        out = subprocess.run(tool + ["--bootstrap-server", self.replicated_settings().kafka_bootstrap, "describe",
+                                     "--status"], capture_output=True, text=True, timeout=120, cwd=node.dir)
+        found = re.search(r"LeaderId:\s+(\d+)", out.stdout)
+        if not found:
+            raise StackError(f"the metadata quorum has no leader:\n{out.stdout}{out.stderr}")
+        return int(found.group(1))
+
     def replicated_settings(self) -> Settings:
         """The settings every client needs for the replicated topology: the three brokers, topics with three
         replicas, and Redis through the Sentinels."""

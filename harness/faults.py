@@ -528,9 +528,9 @@ class Run:
 
     def result(self, case: str, fault: str, downtime: float = 0.0, recovery: float | None = None,
                checks: dict | None = None, details: dict | None = None) -> CaseResult:
-        import redis
+        from streamrec import security
 
-        a = audit(self.settings, redis.Redis.from_url(self.settings.redis_url))
+        a = audit(self.settings, security.redis_client(self.settings))  # through the Sentinels when replicated
         return CaseResult(case=case, fault=fault, events=len(self.records), published=self.publisher.sent,
                           acked=self.publisher.acked, valid=a.valid, malformed=a.malformed,
                           applied_once=a.applied_once, answered_once=a.answered_once, dlq=a.dlq, lost=a.lost,
@@ -1131,7 +1131,12 @@ def add_arguments(p) -> None:
     p.add_argument("--events", type=int, default=None,
                    help=f"events per case (default STREAMREC_FAULT_EVENTS, else {DEFAULT_EVENTS})")
     p.add_argument("--rate", type=float, default=DEFAULT_RATE, help=f"events/s the SDK publishes (default {DEFAULT_RATE})")
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="cases to run (default all)")
+    p.add_argument("--topology", choices=["single", "replicated"], default="single",
+                   help="one broker and one Redis (default), or three brokers and a Redis primary, replica and "
+                        "Sentinels, with the cases of streamrec.harness.replicated")
+    p.add_argument("--cases", nargs="+", default=None,
+                   help=f"cases to run (default all of the topology's); single: {', '.join(CASES)}; replicated: "
+                        "leader-kill, controller-kill, broker-freeze, rolling-restart, redis-primary-kill")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the cases this many times over, on the same stack (a rare failure needs many runs)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
@@ -1144,29 +1149,46 @@ def cmd_bench_faults(args) -> int:
     if args.events < 1000:
         console.print("[red]error:[/] --events: at least 1000 so a fault lands in the middle of the stream")
         return 2
+    make_stack, cases, run_one = _topology(args.topology)
+    unknown = [c for c in args.cases or () if c not in cases]
+    if unknown:
+        console.print(f"[red]error:[/] --cases: {', '.join(unknown)} not a case of the {args.topology} topology; "
+                      f"choose from {', '.join(cases)}")
+        return 2
+    args.cases = args.cases or list(cases)
     out, run = output_folder(args), run_started()
     results: list[CaseResult] = []
     stamp = time.strftime('%Y%m%dT%H%M%S')
     logs = out / f"faults-{stamp}"  # each case's service logs and registry, kept for a post-mortem
     with tempfile.TemporaryDirectory(prefix="streamrec-faults-") as tmp:
-        stack = FaultStack(Path(tmp) / "stack", base)
+        stack = make_stack(Path(tmp) / "stack", base)
         try:
             with console.status("starting the fault suite's own Kafka and Redis..."):
                 stack.up()
             for case in args.cases * max(1, args.repeat):
                 started = time.monotonic()
                 with console.status(f"case {case}: {args.events:,} events at {args.rate:,.0f}/s..."):
-                    r = run_case(stack, case, args.events, args.rate, logs)
+                    r = run_one(stack, case, args.events, args.rate, logs)
                 console.print(f"{case}: {'pass' if r.passed else 'FAIL ' + '; '.join(r.problems)} "
                               f"({time.monotonic() - started:.0f} s)")
                 results.append(r)
         finally:
             stack.down()
     make_console(width=200).print(table(results))
-    path = write_report(out, f"faults-{stamp}.json", {"events": args.events, "rate": args.rate,
+    path = write_report(out, f"faults-{stamp}.json", {"topology": args.topology, "events": args.events,
+                                                      "rate": args.rate,
                                                       "cases": [r.as_dict() for r in results]}, run)
     console.print(f"results: {path}; service logs: {logs}")
     return 0 if all(r.passed for r in results) else 1
+
+
+def _topology(name: str):
+    """(the stack's class, its cases, the function that runs one) for ``--topology``."""
+    if name == "replicated":
+        from streamrec.harness.replicated import REPLICATED_CASES, ReplicatedFaultStack, run_replicated_case
+
+        return ReplicatedFaultStack, tuple(REPLICATED_CASES), run_replicated_case
+    return FaultStack, CASES, run_case
 
 
 def register(sub) -> None:

@@ -37,8 +37,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # since they share one session's trained models.
 COSTLIEST_FIRST = ("tests/faults/", "tests/unit/trainer/", "tests/integration/test_soak.py", "tests/unit/test_offline_loop.py",
                    "tests/fuzz/test_worker_fuzz.py", "tests/integration/test_worker.py", "tests/e2e/test_demo.py",
-                   "tests/integration/test_observability.py", "tests/integration/test_replicated.py",
-                   "tests/integration/test_learner_closed_loop.py",
+                   "tests/integration/test_observability.py", "tests/integration/test_learner_closed_loop.py",
                    "tests/integration/test_scorer.py")
 # Three groups of about four minutes each (case times of 2026-12-07), each on a fault stack of its own. A hash of
 # the case names had left one group empty and put eight cases, 470 s, on one worker.
@@ -70,6 +69,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/faults/test_replicated_faults.py"):  # one replicated stack for the module
+                return "faults-replicated"
             if nodeid.startswith("tests/faults/"):  # a case not listed gets a stack of its own
                 case = nodeid.rpartition("[")[2].rstrip("]")
                 return f"faults-{FAULT_GROUPS.get(case, case)}"
