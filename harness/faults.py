@@ -1136,7 +1136,8 @@ def add_arguments(p) -> None:
                         "Sentinels, with the cases of streamrec.harness.replicated")
     p.add_argument("--cases", nargs="+", default=None,
                    help=f"cases to run (default all of the topology's); single: {', '.join(CASES)}; replicated: "
-                        "leader-kill, controller-kill, broker-freeze, rolling-restart, redis-primary-kill")
+                        "leader-kill, controller-kill, broker-freeze, rolling-restart, redis-primary-kill, "
+                        "learner-kill")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the cases this many times over, on the same stack (a rare failure needs many runs)")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
@@ -1185,9 +1186,9 @@ def cmd_bench_faults(args) -> int:
 def _topology(name: str):
     """(the stack's class, its cases, the function that runs one) for ``--topology``."""
     if name == "replicated":
-        from streamrec.harness.replicated import REPLICATED_CASES, ReplicatedFaultStack, run_replicated_case
+        from streamrec.harness.replicated import CASES as REPLICATED, ReplicatedFaultStack, run_replicated_case
 
-        return ReplicatedFaultStack, tuple(REPLICATED_CASES), run_replicated_case
+        return ReplicatedFaultStack, REPLICATED, run_replicated_case
     return FaultStack, CASES, run_case
 
 

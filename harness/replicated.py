@@ -11,7 +11,8 @@ Cases (`REPLICATED_CASES`): kill -9 of the broker that leads most partitions of 
 controller (the KRaft quorum's leader), each restarted after 10 s; that broker frozen (SIGSTOP) for 15 s,
 longer than the controller's 9-s broker session, then resumed; a rolling restart of the three brokers, each
 stopped and started once the previous one's replicas are back in sync; kill -9 of the Redis primary, the
-Sentinels promoting the replica, the old primary restarted as the new one's replica.
+Sentinels promoting the replica, the old primary restarted as the new one's replica. And the single-node
+suite's learner-kill, on this topology.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from streamrec import security
-from streamrec.harness.faults import FaultStack, Run, _broker_outcome, _pipeline_case
+from streamrec.harness.faults import FaultStack, Run, _broker_outcome, _pipeline_case, run_learner_case
 from streamrec.settings import Settings
 from streamrec.stream import topics
 
@@ -199,6 +200,13 @@ its cheapest (60 s). `streamrec bench faults --topology replicated` runs them al
 s each to a suite that is already past its 10 minutes."""
 
 
+CASES = (*REPLICATED_CASES, "learner-kill")
+"""With the single-node suite's learner-kill: the online trainer's reward counts through Kafka and Redis
+reached as a user's would reach a replicated deployment."""
+
+
 def run_replicated_case(stack: ReplicatedFaultStack, case: str, events: int, rate: float, workdir: Path):
+    if case == "learner-kill":
+        return run_learner_case(stack, case, events, rate, workdir)
     fault, inject = REPLICATED_CASES[case]
     return _pipeline_case(stack, case, fault, events, rate, workdir, inject)
