@@ -20,8 +20,14 @@ import time
 import uuid
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from streamrec.settings import Settings
+
+# No time limit per generated example: Hypothesis's default (200 ms) is a timed assertion, and on two loaded cores
+# one example of the schema tests took 304 ms once (a fresh clone of 2026-12-07). Speed belongs in benchmarks.
+hypothesis_settings.register_profile("streamrec", deadline=None)
+hypothesis_settings.load_profile("streamrec")
 
 # One OpenMP thread per process (inherited by the services the tests start): the suite runs four processes on
 # two cores, and torch's OpenMP threads spin while they wait, so with more threads than cores a small model
