@@ -19,9 +19,11 @@ EVENTS = Settings.from_env().fault_events
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):
     stack = faults.FaultStack(tmp_path_factory.mktemp("fault-stack"))
-    stack.up()
-    yield stack
-    stack.down()
+    try:  # a server that fails to start must not leave the others running after the session
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
 
 
 @pytest.mark.parametrize("case", faults.CASES)

@@ -19,9 +19,11 @@ EVENTS = Settings.from_env().fault_events
 @pytest.fixture(scope="module")
 def replicated_stack(tmp_path_factory):
     stack = ReplicatedFaultStack(tmp_path_factory.mktemp("replicated-stack"))
-    stack.up()
-    yield stack
-    stack.down()
+    try:  # a server that fails to start must not leave the others running after the session
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
 
 
 def test_topics_have_three_replicas_need_two_in_sync_and_every_server_runs(replicated_stack):
