@@ -393,21 +393,21 @@ class KafkaService(LocalService):
             if not cluster_id_file.exists() or cluster_id_file.read_text().startswith("-"):
                 cluster_id_file.write_text(new_cluster_id())
             proc = subprocess.run(
-                self._java("kafka.tools.StorageTool") + ["format", "-t", cluster_id_file.read_text().strip(),
+                self.java_command("kafka.tools.StorageTool") + ["format", "-t", cluster_id_file.read_text().strip(),
                                                           "-c", str(self._config()), "--ignore-formatted",
                                                           *self.format_options()],
                 capture_output=True, text=True, cwd=self.dir)
             if proc.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
 
-    def _java(self, main: str) -> list[str]:
+    def java_command(self, main: str) -> list[str]:
         return ["java", f"-Xmx{self.settings.kafka_heap}", f"-Xms{min_heap(self.settings.kafka_heap)}",
                 "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                 "-cp", f"{kafka_libs(self.home)}/*", main]
 
     def command(self) -> list[str]:
-        return self._java("kafka.Kafka") + [str(self._config())]
+        return self.java_command("kafka.Kafka") + [str(self._config())]
 
     def answers(self) -> bool:
         if not port_open(self.port):
@@ -432,16 +432,19 @@ class KafkaNode(KafkaService):
         self.node_id, self.nodes, self.name = node_id, nodes, f"kafka-{node_id}"
         super().__init__(settings)
 
+    def _nth(self, base_port: int, node_id: int | None = None) -> int:
+        return base_port + 2 * ((node_id or self.node_id) - 1)
+
     @property
     def port(self) -> int:
-        return self.settings.kafka_port + 2 * (self.node_id - 1)
+        return self._nth(self.settings.kafka_port)
 
     @property
     def controller_port(self) -> int:
-        return self.settings.kafka_controller_port + 2 * (self.node_id - 1)
+        return self._nth(self.settings.kafka_controller_port)
 
     def voters(self) -> str:
-        return ",".join(f"{n}@127.0.0.1:{self.settings.kafka_controller_port + 2 * (n - 1)}"
+        return ",".join(f"{n}@127.0.0.1:{self._nth(self.settings.kafka_controller_port, n)}"
                         for n in range(1, self.nodes + 1))
 
     def cluster_id_file(self) -> Path:
@@ -593,7 +596,7 @@ class LocalStack:
         import re
 
         node = self.services["kafka-1"]
-        tool = node._java("org.apache.kafka.tools.MetadataQuorumCommand")
+        tool = node.java_command("org.apache.kafka.tools.MetadataQuorumCommand")
         out = subprocess.run(tool + ["--bootstrap-server", self.replicated_settings().kafka_bootstrap, "describe",
                                      "--status"], capture_output=True, text=True, timeout=120, cwd=node.dir)
         found = re.search(r"LeaderId:\s+(\d+)", out.stdout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from streamrec.deploy.localstack import REPLICATED
 from streamrec.harness import faults
 from streamrec.harness.replicated import MAKE_TEST_CASES, ReplicatedFaultStack, run_replicated_case
 from streamrec.settings import Settings
@@ -33,10 +34,7 @@ def test_topics_have_three_replicas_need_two_in_sync_and_every_server_runs(repli
     assert {i.replication for i in infos} == {3}
     assert all(i.configs.get("min.insync.replicas") == "2" for i in infos), infos
     states = {st.name: st.state for st in replicated_stack.stack.status()}
-    assert {n: states[n] for n in ("redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
-                                   "kafka-1", "kafka-2", "kafka-3")} == dict.fromkeys(
-        ("redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "kafka-1", "kafka-2", "kafka-3"),
-        "running")
+    assert {n: states[n] for n in ("redis", *REPLICATED)} == {n: "running" for n in ("redis", *REPLICATED)}
     assert replicated_stack.stack.quorum_leader() in (1, 2, 3)
 
 
