@@ -804,8 +804,7 @@ def _learner_caught_up(s: Settings, checkpoint: Path) -> bool:
     try:
         for name in (topics.RECOMMENDATIONS, topics.EVENTS):
             for p in range(s.topic_partitions):
-                ends[f"{s.topic(name)}:{p}"] = counter.get_watermark_offsets(
-                    TopicPartition(s.topic(name), p), timeout=5, cached=False)[1]
+                ends[f"{s.topic(name)}:{p}"] = topics.watermarks(counter, TopicPartition(s.topic(name), p))[1]
     finally:
         counter.close()
     try:

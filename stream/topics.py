@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streamrec.settings import Settings
@@ -171,16 +171,37 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> list[TopicInfo
     return infos
 
 
+# Errors that mean "this partition's leader is not settled yet", whatever flag the client set.
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._TIMED_OUT}
+
+
+def watermarks(consumer, partition, patience_s: float = 30.0) -> tuple[int, int]:
+    """(low, high) offsets of `partition`, read from its leader.
+
+    A partition created a moment ago can be listed with a leader before that broker acts as
+    one ("not leader for partition"); such retriable errors are retried until `patience_s`.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10, cached=False)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _LEADER_MOVING) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_all(settings: Settings, name: str, timeout: float = 60.0, **client: object) -> list:
     """Every record now on a topic (all partitions, up to the high watermark), for audits and tests.
 
     Raises TimeoutError when a partition stops yielding before its high watermark. `client` adds
     confluent-kafka options (e.g. ``log_level``).
     """
-    import time
     import uuid
 
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.topic(name)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
@@ -191,7 +212,7 @@ def read_all(settings: Settings, name: str, timeout: float = 60.0, **client: obj
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         deadline = time.monotonic() + timeout
         for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, p, low)])

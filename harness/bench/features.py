@@ -109,7 +109,7 @@ def _outputs(s: Settings, consumer: Consumer) -> int:
     for name in (topics.SCORE_REQUESTS, topics.EVENTS_DLQ):
         topic = s.topic(name)
         for p in range(s.topic_partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+            low, high = topics.watermarks(consumer, TopicPartition(topic, p))
             total += high - low
     return total
 

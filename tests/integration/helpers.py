@@ -48,7 +48,7 @@ def output_count(s: Settings) -> int:
     for name in (topics.SCORE_REQUESTS, topics.EVENTS_DLQ):
         topic = s.topic(name)
         for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            low, high = topics.watermarks(consumer, TopicPartition(topic, p))
             total += high - low
     consumer.close()
     return total

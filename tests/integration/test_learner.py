@@ -53,7 +53,7 @@ def consume_all(learner, s, timeout=60.0):
     for name in (topics.RECOMMENDATIONS, topics.EVENTS):
         t = s.topic(name)
         for p in c.list_topics(t, timeout=10).topics[t].partitions:
-            ends[f"{t}:{p}"] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)[1]
+            ends[f"{t}:{p}"] = topics.watermarks(c, TopicPartition(t, p))[1]
     c.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

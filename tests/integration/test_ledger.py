@@ -64,3 +64,22 @@ def test_wait_until_settled_returns_only_after_the_partition_stops_growing(fresh
     finally:
         writer.join()
         ledger.close()
+
+
+def test_watermarks_answer_for_a_fresh_topic_and_give_up_on_a_missing_one(fresh_settings):
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    s = fresh_settings
+    producer = _producer(s)
+    for _ in range(3):
+        producer.produce(s.topic(topics.CATALOG), key=b"k", value=b"x", partition=0)
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "wm", **topics.kafka_security(s)})
+    try:
+        assert topics.watermarks(consumer, TopicPartition(s.topic(topics.CATALOG), 0)) == (0, 3)
+        started = time.monotonic()
+        with pytest.raises(KafkaException):  # retried for its patience, then the error surfaces
+            topics.watermarks(consumer, TopicPartition(s.topic("no-such-topic"), 0), patience_s=1.0)
+        assert time.monotonic() - started >= 1.0
+    finally:
+        consumer.close()
