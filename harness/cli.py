@@ -67,6 +67,11 @@ def _register_bench_serve(bench) -> None:
     p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
     p.add_argument("--batch", type=int, default=256, help="requests per batch (default 256)")
     p.add_argument("--core-seconds", type=float, default=10.0, help="length of the core run (default 10)")
+    p.add_argument("--core-candidates", type=int, nargs="+", metavar="N",
+                   help="core: run at each of these numbers of candidates (default: --candidates)")
+    p.add_argument("--baseline", metavar="REF",
+                   help="core: also run commit REF's scorer core (from git archive) on the same models, "
+                        "alternated with this code's, and print the ratio")
     p.add_argument("--requests", type=int, default=20_000, help="score requests for the throughput run")
     p.add_argument("--rate", type=int, default=500, help="offered requests/s for the latency run (default 500)")
     p.add_argument("--seconds", type=int, default=20, help="length of the latency run (default 20)")

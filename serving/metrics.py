@@ -14,6 +14,7 @@ failed = Counter("streamrec_scorer_failed_requests_total",
 degraded = Counter("streamrec_scorer_degraded_total", "Recommendations served in a degraded mode", ["mode"])
 end_to_end = Histogram("streamrec_scorer_end_to_end_seconds",
                        "Event time to recommendation acknowledged by the broker", buckets=_LAT)
+onnx_seconds = Counter("streamrec_scorer_onnx_seconds_total", "Time inside ONNX Runtime, per graph", ["graph"])
 stage = Histogram("streamrec_scorer_stage_seconds", "Time per batch in each stage", ["stage"], buckets=_STAGE)
 batch_size = Histogram("streamrec_scorer_batch_size", "Requests per batch",
                        buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,7 @@ class Graph:
 
     def __init__(self, path: str | Path, device: str = "auto", io_binding: bool | None = None, threads: int = 0):
         self.path = str(path)
+        self.name = Path(path).stem  # encoder, item_encoder, ranker...: a label of bounded cardinality
         self.device = device
         self.threads = threads
         self._lock = threading.Lock()
@@ -65,6 +67,14 @@ class Graph:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output for ``feeds``; its time counts in ``streamrec_scorer_onnx_seconds_total``."""
+        started = time.perf_counter()
+        try:
+            return self._run(feeds)
+        finally:
+            metrics.onnx_seconds.labels(self.name).inc(time.perf_counter() - started)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The first output for ``feeds``; falls back to the CPU for good on a GPU error."""
         if self.io_binding:
             try:

@@ -71,6 +71,12 @@ def _stage_sums() -> dict[str, float]:
     return {st: metrics.stage.labels(st)._sum.get() for st in STAGES}
 
 
+def _onnx_seconds() -> float:
+    """Seconds spent inside ONNX Runtime so far, every graph together."""
+    return sum(sample.value for metric in metrics.onnx_seconds.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))
+
+
 def core(settings: Settings, registry_uri: str, candidates: int, batch: int, seconds: float) -> dict:
     """Requests/s of the engine alone, features from memory."""
     cfg = bench_config(candidates, batch)
@@ -86,15 +92,17 @@ def core(settings: Settings, registry_uri: str, candidates: int, batch: int, sec
     reqs = [ScoreRequest(event_id=f"e{k}", user_id=f"u{k}", session_id=str(k), item_id=items[k % len(items)],
                          type="view", ts=int(time.time() * 1000), feature_version=1) for k in range(batch)]
     engine.recommend(reqs)  # warm caches
-    before, done, n_cands = _stage_sums(), 0, []
+    before, onnx_before, done = _stage_sums(), _onnx_seconds(), 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         recs = engine.recommend(reqs)
         done += len(recs)
     elapsed = time.perf_counter() - start
-    after = _stage_sums()
+    after, onnx_us = _stage_sums(), (_onnx_seconds() - onnx_before) / done * 1e6
     per_req = {st: round((after[st] - before[st]) / done * 1e6, 1) for st in STAGES}
     return {"requests_per_s": round(done / elapsed), "batch": batch, "candidates": candidates,
+            "us_per_request_in_onnx": round(onnx_us, 1),
+            "us_per_request_outside_onnx": round(elapsed / done * 1e6 - onnx_us, 1),
             "models": [m.name for m in store.models_for(cfg.arms[0]) if m is not None],
             "providers": {n: m.provider for n, m in store.live.items()},
             "us_per_request_by_stage": per_req, "seconds": round(elapsed, 1)}

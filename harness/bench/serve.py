@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamrec.console import make_console
 from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.registry import Announcement, Registry
+from streamrec.harness.bench.baseline import materialise, run_core
 from streamrec.harness.bench.core import bench_config, core
 from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
@@ -530,17 +532,50 @@ def pull_api(settings: Settings, registry_uri: str, cfg: ScorerConfig, events: i
         drop_namespace(s)
 
 
+def core_runs(s: Settings, registry_uri: str, candidates: list[int], batch: int, seconds: float,
+              baseline: str | None) -> dict:
+    """The core at each number of candidates; with ``baseline``, that commit's core alternated with this
+    code's (baseline, current, baseline, current), and the ratio of the medians."""
+    site = materialise(baseline) if baseline else None
+    out: dict = {"baseline": baseline, "runs": {}}
+    for n in candidates:
+        runs: dict[str, list[dict]] = {"current": [], "baseline": []}
+        for _ in range(2 if site else 1):
+            if site:
+                with console.status(f"core of {baseline}: {n} candidates..."):
+                    runs["baseline"].append(run_core(site, registry_uri, n, batch, seconds))
+            with console.status(f"core: {n} candidates, batches of {batch}..."):
+                runs["current"].append(core(s, registry_uri, n, batch, seconds))
+        out["runs"][n] = summary = _core_summary(runs)
+        console.print(f"core: {summary['requests_per_s']} requests/s at {n} candidates "
+                      f"({runs['current'][0]['providers'] or 'no models'}); us/request: "
+                      f"{summary['us_per_request_in_onnx']} in ONNX Runtime, "
+                      f"{summary['us_per_request_outside_onnx']} outside, by stage {summary['us_per_request_by_stage']}"
+                      + (f"; {baseline}: {summary['baseline_requests_per_s']} requests/s, "
+                         f"ratio {summary['ratio_to_baseline']}" if site else ""))
+    return out
+
+
+def _core_summary(runs: dict[str, list[dict]]) -> dict:
+    """Medians of the current runs (the last run's stage split), and the ratio to the baseline's median."""
+    current, base = runs["current"], runs["baseline"]
+    out = {**current[-1], "requests_per_s": statistics.median(r["requests_per_s"] for r in current),
+           "runs_requests_per_s": [r["requests_per_s"] for r in current]}
+    if base:
+        out["baseline_requests_per_s"] = statistics.median(r["requests_per_s"] for r in base)
+        out["baseline_runs"] = base
+        out["ratio_to_baseline"] = round(out["requests_per_s"] / out["baseline_requests_per_s"], 2)
+    return out
+
+
 def run(args) -> int:
     s = args.settings
     registry_uri = args.registry or s.registry_uri
     out, started = output_folder(args), run_started()
     result: dict = {"device": s.device}
     if args.only in (None, "core"):
-        with console.status(f"core: {args.candidates} candidates, batches of {args.batch}..."):
-            result["core"] = core(s, registry_uri, args.candidates, args.batch, args.core_seconds)
-        c = result["core"]
-        console.print(f"core: {c['requests_per_s']} requests/s at {args.candidates} candidates "
-                      f"({c['providers'] or 'no models'}); us/request {c['us_per_request_by_stage']}")
+        result["core"] = core_runs(s, registry_uri, args.core_candidates or [args.candidates], args.batch,
+                                   args.core_seconds, args.baseline)
     if args.only in (None, "kafka"):
         cfg = bench_config(args.candidates, args.batch)
         result["kafka"] = through_kafka(s, registry_uri, cfg, args.events, args.requests, args.rate, args.seconds,
