@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Sequence
 
 import numpy as np
@@ -339,8 +339,10 @@ class Engine:
         idx, owner, rows = pairs.idx, pairs.owner, pairs.rows
         seq_score = content_sim = covis_score = None
         if seq is not None and "seq_score" in ranker.dense_features:
-            uv = np.stack([cands.user_vecs[i] for i in idx])
-            seq_score = np.einsum("nd,nd->n", uv[owner], seq.item_vectors(stats.unique, stats.stats.categories)[rows])
+            # A product per request over its own rows: gathering a [pairs, dim] copy of both sides instead
+            # moves ~130 MB per batch of 256 requests at 1,000 candidates, three to eight times slower.
+            vecs = seq.item_vectors(stats.unique, stats.stats.categories)
+            seq_score = np.concatenate([vecs[pairs.rows_of(rows, k)] @ cands.user_vecs[i] for k, i in enumerate(idx)])
         if cands.content_model is not None and ranker.meta.extra.get("content_sim_trained") \
                 and "content_sim" in ranker.dense_features:
             if stats.profiles is None:  # once per batch: sessions' content profiles, candidates' vectors
@@ -348,10 +350,8 @@ class Engine:
                                                                        for c in ctx.contexts])
                 stats.unique_vecs = self.content_index.vectors_of(stats.unique)[0]
             content_sim = np.einsum("nd,nd->n", stats.profiles[np.asarray(idx)][owner], stats.unique_vecs[rows])
-        if "covis_score" in ranker.dense_features:
-            weights = [cands.covis_weights[i] for i in idx]
-            covis_score = np.fromiter((weights[o].get(it, 0.0) for o, it in zip(owner.tolist(), pairs.items)),
-                                      dtype=np.float64, count=len(pairs.items))
+        if "covis_score" in ranker.dense_features:  # pairs are in request order: one lookup run per request
+            covis_score = np.concatenate([_weights_of(cands.covis_weights[i], cands.merged[i].items) for i in idx])
         return dense_matrix(ranker.dense_features, stats.stats, rows, [ctx.contexts[i] for i in idx], owner,
                             seq_score, content_sim, covis_score)
 
@@ -453,6 +453,11 @@ def _stage(name: str, since: float) -> float:
 def _drop(c: Candidates, gone: set[str]) -> Candidates:
     keep = [j for j, it in enumerate(c.items) if it not in gone]
     return Candidates([c.items[j] for j in keep], [c.reasons[j] for j in keep])
+
+
+def _weights_of(weights: dict[str, float], items: list[str]) -> np.ndarray:
+    """``weights[item]`` of each item, 0 where it has none (the lookups run in C: no Python per item)."""
+    return np.fromiter(map(weights.get, items, repeat(0.0)), dtype=np.float64, count=len(items))
 
 
 def _source_scores(c: Candidates) -> np.ndarray:
