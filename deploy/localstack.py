@@ -472,10 +472,11 @@ class RedisService(LocalService):
         self.binary = install_debian("redis-server", "redis-server", log)
 
     def command(self) -> list[str]:
-        # Append-only file so features survive a restart of Redis, as in production.
+        # Append-only file so features survive a restart of Redis, as in production. Listpack values up to
+        # 128 bytes keep the event-id marker hashes compact: 13% less memory per user (docs/capacity.md).
         return [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                 "--daemonize", "no", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                "--protected-mode", "yes", "--maxmemory-policy", "noeviction"]
+                "--protected-mode", "yes", "--maxmemory-policy", "noeviction", "--hash-max-listpack-value", "128"]
 
     def answers(self) -> bool:
         import redis

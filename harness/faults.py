@@ -309,12 +309,15 @@ def audit(s: Settings, redis_client) -> Audit:
         if got == want:
             exact.add(u)
     ids = list(valid.items())
+    window = redis_client.time()[0] // s.dedup_ttl_s  # the windows the worker reads: this one and the one before
     for start in range(0, len(ids), 10_000):
         pipe = redis_client.pipeline(transaction=False)
         for e, u in ids[start:start + 10_000]:
-            pipe.exists(keys.marker(u, e))
-        for (e, u), present in zip(ids[start:start + 10_000], pipe.execute()):
-            a.applied_once += bool(present) and u in exact
+            pipe.hexists(keys.markers(u, window), e)
+            pipe.hexists(keys.markers(u, window - 1), e)
+        found = pipe.execute()
+        for k, (e, u) in enumerate(ids[start:start + 10_000]):
+            a.applied_once += (found[2 * k] or found[2 * k + 1]) and u in exact
     return a
 
 

@@ -6,8 +6,10 @@ the keys one script touches share a Redis Cluster slot:
 =============================================  ==========================================  =========
 key                                            holds                                       TTL
 =============================================  ==========================================  =========
-``P{u:USER}:ev:EVENT_ID``                      marker: decision, source partition:offset,  MARKER
-                                               session, neighbour items (dedup, replays)
+``P{u:USER}:ev:WINDOW``                        hash event id -> marker: decision, source       MARKER
+                                               partition:offset, session, neighbour items,  window
+                                               fv (dedup, replays); WINDOW = server time //
+                                               MARKER seconds, read with the window before
 ``P{u:USER}:user``                             hash: ``n:TYPE`` counts, first_ts, last_ts,  USER
                                                max_ts (lateness watermark), fv (feature
                                                version), cur (latest session id)
@@ -18,7 +20,7 @@ key                                            holds                            
                                                RECENT_CAP): never recommended again
 ``P{u:USER}:sessions``                         zset session id -> last ts                  USER
 ``P{u:USER}:s:SESSION``                        hash: ``n:TYPE`` counts, first_ts, last_ts   SESSION
-``P{u:USER}:s:SESSION:seq``                    zset ``item\x1ftype\x1fevent_id`` -> ts      SESSION
+``P{u:USER}:s:SESSION:seq``                    zset ``item\x1ftype\x1ffv`` -> ts            SESSION
 ``P{u:USER}:forgotten``                        epoch ms of a `forget` request: older        FORGOTTEN
                                                events of the user are dropped
 ``P{u:USER}:segment``                          the user's customer segment id (written by   SEGMENT
@@ -60,7 +62,8 @@ class FeatureConfig:
     """Caps, TTLs and decay constants of the feature store (all event-time based)."""
 
     marker_ttl_s: int = 6 * 3600
-    """How long an event id is remembered for deduplication (memory: ~100 B per event)."""
+    """How long, at least, an event id is remembered for deduplication (at most twice that: markers live in
+    windows of this length, each read until the next one ends)."""
     session_ttl_s: int = 2 * 86400
     user_ttl_s: int = 90 * 86400
     item_ttl_s: int = 90 * 86400
@@ -159,8 +162,9 @@ class Keys:
     def segment(self, user_id: str) -> str:
         return self.user_base(user_id) + ":segment"
 
-    def marker(self, user_id: str, event_id: str) -> str:
-        return f"{self.user_base(user_id)}:ev:{event_id}"
+    def markers(self, user_id: str, window: int) -> str:
+        """The hash of the user's event-id markers written in ``window`` (server seconds // marker TTL)."""
+        return f"{self.user_base(user_id)}:ev:{window}"
 
     def item_stats(self, item_id: str) -> str:
         return self.item_base(item_id) + ":stats"

@@ -12,7 +12,7 @@ Reproduced, per event and in the scripts' order:
 
 - the session: the event's ``session_id``, else the worker's derived one (a new
   session after ``session_gap_ms`` without events, id ``s<first ts>``); its
-  counts, and its sequence of members ``item\\x1ftype\\x1fevent_id`` in Redis'
+  counts, and its sequence of members ``item\\x1ftype\\x1ffv`` in Redis'
   sorted-set order (by time, ties by the member's bytes), capped at ``seq_cap``;
 - the user: counts, feature version, recent items and bought items (latest time
   per item, capped at ``recent_cap``), category affinity (forward decay);
@@ -144,7 +144,7 @@ def by_rank(zset: dict[str, int]) -> list[str]:
 
 @dataclass
 class Member:
-    """One member of a session's sequence; ordered as Redis orders ``item\\x1ftype\\x1fevent_id`` by time."""
+    """One member of a session's sequence; ordered as Redis orders ``item\\x1ftype\\x1ffv`` by time."""
 
     ts: int
     key: bytes
@@ -243,7 +243,7 @@ class MemoryFeatureStore:
             session.last_ts = t
         user.live[sid] = session.last_ts
         if item:
-            key = SEP.join((item, ev.type, ev.event_id)).encode()
+            key = SEP.join((item, ev.type, str(user.fv + 1))).encode()  # the version _write_user gives it
             bisect.insort(session.seq, Member(t, key, item, ev.type))
             del session.seq[:-self.config.seq_cap]
 

@@ -445,7 +445,7 @@ def summarise(cfg: ScaleConfig, settings: Settings, config: FeatureConfig, famil
         "bytes_per_user": round(per_user, 1), "keys": event_keys, "keys_per_user": round(event_keys / users, 3),
         "catalog_keys": families.get("catalog.meta", {}).get("keys", 0),
         "bytes_per_session": round(groups.get("session", {}).get("est_bytes", 0) / sessions, 1) if sessions else None,
-        "bytes_per_marker": markers.get("mean_bytes"),
+        "bytes_per_marker": round(markers.get("est_bytes", 0) / run["events"], 1) if run["events"] else None,
         "bytes_per_item": round(item_bytes / items_touched, 1) if items_touched else None,
         "bytes_per_catalog_item": round(catalog / cfg.items, 1) if cfg.catalog and cfg.items else None,
         "trending_bytes": trending_bytes,

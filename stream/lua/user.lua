@@ -1,6 +1,7 @@
 -- One user's events of a batch, in offset order: dedup, lateness, session, user features.
 -- apply_user(B, events): B = P{u:USER}; events = [{id,type,ts,item,sid,cat,w,src}, ...].
--- Session sequence members are ITEM 0x1F TYPE 0x1F EVENT_ID; markers are 0x1F-separated too.
+-- Session sequence members are ITEM 0x1F TYPE 0x1F FV (the user's feature version after the event:
+-- unique per user, and a few bytes where the event id took 32). Markers are 0x1F-separated too.
 -- Returns a list, one entry per event: {s=status, sid, nb=[neighbour items], fv}
 -- status: applied | replay (same source seen before; `first` = its first decision)
 --         dup (same event id from another offset) | too_late | forgotten
@@ -28,13 +29,22 @@ local function find_session(B, SK, t)
   return best or ('s' .. fmt(t))
 end
 
+-- Event-id markers: one hash per user and window of MARKER_TTL seconds of server time, field = event
+-- id. An id is looked up in the current and the previous window, so it is remembered for at least
+-- MARKER_TTL (as a key's TTL would) and at most twice that, at the cost of a hash field instead of a
+-- key per event. The window key expires when it stops being the previous one.
+local function marker_windows(B)
+  local w = math.floor(tonumber(redis.call('TIME')[1]) / cfg.marker_ttl)
+  return B .. ':ev:' .. fmt(w), B .. ':ev:' .. fmt(w - 1), (w + 2) * cfg.marker_ttl
+end
+
 local function apply_user(B, events)
   local out, touched = {}, {}
   local UK, SK = B .. ':user', B .. ':sessions'
+  local MK, MK_BEFORE, MK_EXPIRES = marker_windows(B)
   local forgotten = tonumber(redis.call('GET', B .. ':forgotten') or '0')
   for i, e in ipairs(events) do
-    local mk = B .. ':ev:' .. e.id
-    local prev = redis.call('GET', mk)
+    local prev = redis.call('HGET', MK, e.id) or redis.call('HGET', MK_BEFORE, e.id)
     if prev then
       local p = split(prev, '\031')  -- status, src, sid, neighbours, fv
       if p[2] == e.src then
@@ -53,7 +63,7 @@ local function apply_user(B, events)
         if maxts and t < maxts - cfg.lateness then status = 'too_late' end
       end
       if status ~= 'applied' then
-        redis.call('SET', mk, status .. '\031' .. e.src .. '\031\031\0310', 'EX', cfg.marker_ttl)
+        redis.call('HSET', MK, e.id, status .. '\031' .. e.src .. '\031\031\0310')
         out[i] = {s = status}
       else
         local sid = e.sid
@@ -86,8 +96,9 @@ local function apply_user(B, events)
           -- index grows by one entry per session for as long as the user stays active.
           redis.call('ZREMRANGEBYSCORE', SK, '-inf', '(' .. fmt(t - cfg.session_ttl * 1000))
         end
+        local fv = redis.call('HINCRBY', UK, 'fv', 1)
         if e.item ~= '' then
-          redis.call('ZADD', SEQ, t, e.item .. '\031' .. e.type .. '\031' .. e.id)
+          redis.call('ZADD', SEQ, t, e.item .. '\031' .. e.type .. '\031' .. fv)
           redis.call('ZREMRANGEBYRANK', SEQ, 0, -(cfg.seq_cap + 1))
         end
         touched[S] = true
@@ -99,7 +110,6 @@ local function apply_user(B, events)
         if not umax or t >= umax then
           redis.call('HSET', UK, 'max_ts', fmt(t), 'last_ts', fmt(t), 'cur', sid)
         end
-        local fv = redis.call('HINCRBY', UK, 'fv', 1)
         if e.type == 'purchase' and e.item ~= '' then
           redis.call('ZADD', B .. ':bought', 'GT', t, e.item)
           redis.call('ZREMRANGEBYRANK', B .. ':bought', 0, -(cfg.recent_cap + 1))
@@ -111,13 +121,13 @@ local function apply_user(B, events)
             hash_decay_add(B .. ':aff', 'a:' .. e.cat, e.w, t, cfg.aff_hl)
           end
         end
-        redis.call('SET', mk, 'applied\031' .. e.src .. '\031' .. sid .. '\031' .. table.concat(nb, '\030') .. '\031' .. fv,
-                   'EX', cfg.marker_ttl)
+        redis.call('HSET', MK, e.id, 'applied\031' .. e.src .. '\031' .. sid .. '\031' .. table.concat(nb, '\030') .. '\031' .. fv)
         out[i] = {s = 'applied', sid = sid, nb = nb, fv = fv}
       end
     end
   end
   -- TTLs once per call, not per event.
+  redis.call('EXPIREAT', MK, MK_EXPIRES)
   for S in pairs(touched) do
     redis.call('EXPIRE', S, cfg.session_ttl)
     redis.call('EXPIRE', S .. ':seq', cfg.session_ttl)
