@@ -85,7 +85,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lateness_s: int = 6 * 3600
     """Events older than the user's newest by more than this go to the DLQ as too_late."""
     dedup_ttl_s: int = 6 * 3600
-    """How long event ids are remembered to drop duplicates (about 100 bytes each in Redis)."""
+    """How long, at least, event ids are remembered to drop duplicates (at most twice that; about 100 bytes each
+    in Redis)."""
     # soak: the session TTL is a setting so a short soak run can see sessions expire (default as before)
     session_ttl_s: int = 2 * 86400
     """How long a derived session's keys (counts, item sequence) live after its last event."""

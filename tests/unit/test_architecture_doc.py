@@ -25,7 +25,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 # How the document writes the parts of a key: P is the prefix, the rest name the ids.
 PREFIX = "P"
 PLACEHOLDERS = {"user_id": "USER", "item_id": "ITEM", "session_id": "SESSION", "event_id": "EVENT_ID",
-                "hour": "HOUR"}
+                "hour": "HOUR", "window": "WINDOW"}
 
 
 # --------------------------------------------------------------------------- #
