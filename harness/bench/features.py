@@ -34,6 +34,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamrec.console import make_console
+from streamrec.harness.bench.baseline import materialise
 from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.settings import Settings
 from streamrec.stream import topics
@@ -51,6 +52,9 @@ def add_arguments(p) -> None:
     p.add_argument("--engines", nargs="+", default=["faust", "confluent"], choices=["faust", "confluent"],
                    help="worker engines to measure (default both)")
     p.add_argument("--skip-bare", action="store_true", help="do not measure bare faust")
+    p.add_argument("--baseline", metavar="REF",
+                   help="also measure commit REF's worker (from git archive) on the same records, before each "
+                        "throughput run of this code, and print the ratio")
     p.add_argument("--out", default=None, help="output folder (default <home>/bench)")
     p.set_defaults(func=run)
 
@@ -114,15 +118,19 @@ def _outputs(s: Settings, consumer: Consumer) -> int:
     return total
 
 
-def start_worker(s: Settings, processes: int = 1, port: int | None = None, engine: str = "faust") -> subprocess.Popen:
-    """Start `streamrec worker` as a child process and wait until it is ready."""
+def start_worker(s: Settings, processes: int = 1, port: int | None = None, engine: str = "faust",
+                 code: Path | None = None) -> subprocess.Popen:
+    """Start `streamrec worker` as a child process and wait until it is ready; ``code``: the folder of another
+    commit's package to run instead of this one (`baseline.materialise`)."""
     port = port or _free_port()
     env = {**os.environ, **s.as_env(), "STREAMREC_WORKER_PORT": str(port), "STREAMREC_LOG_LEVEL": "WARNING"}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     # Its log into a file, not a pipe: a pipe nobody reads fills up and blocks the worker's next log line.
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", "--processes", str(processes),
                              "--engine", engine],
-                            env=env, stdout=subprocess.DEVNULL, stderr=log)
+                            env=env, stdout=subprocess.DEVNULL, stderr=log, cwd=code)
     deadline = time.monotonic() + 60
     ports = [port + i for i in range(processes)]
     while time.monotonic() < deadline:
@@ -210,7 +218,7 @@ def per_event_costs(s: Settings, before: dict, events: int) -> dict:
             "kafka_bytes": {name: round(sum(v) / len(v)) if v else 0 for name, v in sizes.items()}}
 
 
-def throughput(settings: Settings, n: int, processes: int, engine: str = "faust") -> dict:
+def throughput(settings: Settings, n: int, processes: int, engine: str = "faust", code: Path | None = None) -> dict:
     from streamrec import security
 
     s = fresh_namespace(settings)
@@ -223,7 +231,7 @@ def throughput(settings: Settings, n: int, processes: int, engine: str = "faust"
         expected = sum(1 for r in records if r.kind != "duplicate")
         consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "bench-watch",
                              **topics.kafka_security(s)})
-        proc = start_worker(s, processes, engine=engine)
+        proc = start_worker(s, processes, engine=engine, code=code)
         rss = RssSampler(proc.pid)
         rss.start()
         first = None
@@ -394,10 +402,21 @@ def run(args) -> int:
     s = args.settings
     out, started = output_folder(args), run_started()
     result: dict = {"throughput": [], "latency": []}
+    site = materialise(args.baseline) if args.baseline else None
     for engine in args.engines:
         for p in args.processes:
+            base = None
+            if site:
+                with console.status(f"throughput of {args.baseline}, {engine}, {p} process(es)..."):
+                    base = throughput(s, args.events, p, engine, code=site)
             with console.status(f"throughput, {engine}, {p} worker process(es), {args.events} records..."):
                 r = throughput(s, args.events, p, engine)
+            if base:
+                r["baseline"] = {"ref": args.baseline, **base}
+                r["ratio_to_baseline"] = round(r["events_per_s"] / max(base["events_per_s"], 1), 2)
+                console.print(f"{args.baseline} ({engine}, {p} process(es)): {base['events_per_s']} events/s, "
+                              f"{base['per_event']['redis_cpu_us']} µs of Redis CPU per event; "
+                              f"this code / {args.baseline}: x{r['ratio_to_baseline']}")
             cost = r["per_event"]
             console.print(f"throughput ({engine}, {p} process(es)): {r['events_per_s']} events/s, "
                           f"peak RSS {r['peak_rss_mb']} MB; per event: {cost['redis_commands']} Redis commands, "

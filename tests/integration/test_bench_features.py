@@ -27,6 +27,28 @@ def test_throughput_drains_every_record_and_reports_the_cost_per_event(settings,
     assert cost["kafka_bytes"][topics.SCORE_REQUESTS] > cost["kafka_bytes"][topics.EVENTS] > 50
 
 
+def test_a_baseline_commits_worker_drains_the_same_records(settings, tmp_path, monkeypatch):
+    import psutil
+
+    from streamrec.harness.bench import features
+    from streamrec.harness.bench.baseline import materialise
+
+    site = materialise("HEAD", root=tmp_path)
+    seen = []
+    start = features.start_worker
+
+    def start_and_look(*args, **kwargs):
+        proc = start(*args, **kwargs)
+        child = psutil.Process(proc.pid)
+        seen.append((child.cwd(), child.environ().get("PYTHONPATH")))
+        return proc
+
+    monkeypatch.setattr(features, "start_worker", start_and_look)
+    r = throughput(settings, 1000, 1, engine="confluent", code=site)
+    assert seen == [(str(site), str(site))]  # run from the commit's folder, importing it first
+    assert r["outputs"] == r["expected_outputs"] > 700
+
+
 def test_record_bytes_counts_key_value_and_headers(fresh_settings):
     from confluent_kafka import Producer
 
