@@ -78,6 +78,26 @@ def test_duplicate_event_id_from_another_offset_is_dropped(stores, redis):
     assert int(redis.hget(store.keys.item_stats("i"), "n:click")) == 1
 
 
+def test_an_event_id_is_remembered_in_its_window_and_the_next_one_then_forgotten(stores, redis):
+    store = stores("window")
+    ttl = store.config.marker_ttl_s
+    ev = {"event_id": "e1", "type": "click", "user_id": "u", "item_id": "i", "ts": T0}
+    first = store.apply(decoded([ev]))[0]
+    window = redis.time()[0] // ttl
+    current, before = store.keys.markers("u", window), store.keys.markers("u", window - 1)
+    assert redis.hexists(current, "e1")
+    assert redis.expiretime(current) == (window + 2) * ttl  # gone once no later window reads it
+    # A window later, the marker is in the window before the current one: still found.
+    redis.rename(current, before)
+    assert store.apply(decoded([ev], first_offset=10))[0].status == "dup"
+    replay = store.apply(decoded([ev]))[0]
+    assert (replay.status, replay.session_id, replay.feature_version) == ("replay", first.session_id,
+                                                                          first.feature_version)
+    # Two windows later nothing remembers it: the same id is a new event.
+    redis.delete(before)
+    assert store.apply(decoded([ev], first_offset=20))[0].status == "applied"
+
+
 def test_decay_does_not_depend_on_arrival_order(stores, redis):
     cfg = FeatureConfig()
     events = [{"event_id": f"e{i}", "type": "view", "user_id": f"u{i % 3}", "item_id": "hot",
