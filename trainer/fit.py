@@ -62,6 +62,43 @@ class FitResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
+class SparseAwareAdam:
+    """AdamW for the dense parameters, SparseAdam for embedding tables built with ``sparse=True``.
+
+    A dense optimizer walks every row of a table at every step; a hashed item table is mostly rows
+    the batch never touched, so SparseAdam (which updates only the rows in the gradient) keeps a large
+    table as cheap as a small one. SparseAdam has no weight decay: the tables are not decayed.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float = 0.0):
+        sparse = sparse_embedding_weights(model)
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.parts = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+        if sparse:
+            self.parts.append(torch.optim.SparseAdam(sparse, lr=lr))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.parts:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [opt.state_dict() for opt in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, part in zip(self.parts, state["parts"], strict=True):
+            opt.load_state_dict(part)
+
+
+def sparse_embedding_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights of the model's embedding tables that produce sparse gradients."""
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+
+
 def _rows(data: dict[str, np.ndarray]) -> int:
     return len(next(iter(data.values())))
 
@@ -72,7 +109,7 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device)  # before the optimizer, so its state is created where the weights are
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = SparseAwareAdam(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result, start_epoch, best_state = FitResult(), 0, None
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if ckpt and cfg.resume and ckpt.exists():
