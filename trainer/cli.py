@@ -255,9 +255,12 @@ def _train_and_report(args):
 def _fit_summary(trained) -> str:
     """Throughput, best epoch and, per epoch, validation loss and seconds of the models just trained."""
     seq, rank = trained.seq_fit, trained.ranker_fit
-    epochs = ", ".join(f"{loss:.4f} ({s:.0f} s)" for loss, s in zip(seq.val_loss, seq.epoch_seconds))
+    scores = seq.val_score or [None] * len(seq.val_loss)
+    epochs = ", ".join(f"{loss:.4f}" + (f" / {score:.4f}" if score is not None else "") + f" ({s:.0f} s)"
+                       for loss, score, s in zip(seq.val_loss, scores, seq.epoch_seconds))
     line = (f"sasrec: {seq.samples_per_s:,.0f} sequences/s, best epoch {seq.best_epoch + 1}, "
-            f"{seq.seconds:.0f} s training; validation loss by epoch: {epochs}")
+            f"{seq.seconds:.0f} s training; by epoch, validation loss{' / NDCG@10' if seq.val_score else ''} "
+            f"(training seconds): {epochs}")
     if trained.dcn is not None:
         line += f"; dcn-v2: {rank.samples_per_s:,.0f} samples/s, best epoch {rank.best_epoch + 1}"
     return line

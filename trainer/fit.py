@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,8 +49,11 @@ class FitResult:
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_score: list[float] = field(default_factory=list)
+    """Per epoch, the validation score that chose the best epoch, when `fit` was given one."""
     best_epoch: int = -1
     best_val: float = float("inf")
+    """The best epoch's criterion: its validation loss, or minus its validation score."""
     samples: int = 0
     seconds: float = 0.0
     epoch_seconds: list[float] = field(default_factory=list)
@@ -104,8 +108,12 @@ def _rows(data: dict[str, np.ndarray]) -> int:
 
 
 def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray] | None,
-        cfg: FitConfig, label: str = "") -> FitResult:
-    """Train ``model`` in place; returns the history. Deterministic for a given ``cfg.seed``."""
+        cfg: FitConfig, label: str = "", val_score: Callable[[RecModel], float] | None = None) -> FitResult:
+    """Train ``model`` in place; returns the history. Deterministic for a given ``cfg.seed``.
+
+    ``val_score`` (higher is better, e.g. validation NDCG@10) picks the best epoch and stops early in
+    place of the validation loss, which can rise while the ranking still improves.
+    """
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device)  # before the optimizer, so its state is created where the weights are
@@ -119,6 +127,8 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
         result, start_epoch, best_state = state["result"], state["epoch"] + 1, state["best_state"]
         if not hasattr(result, "epoch_seconds"):  # a checkpoint written before epochs were timed one by one
             result.epoch_seconds = []
+        if not hasattr(result, "val_score"):  # a checkpoint written before epochs could be chosen by a score
+            result.val_score = []
         torch.set_rng_state(state["torch_rng"])
     n = _rows(train)
     cols = TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.0f} samples/s")
@@ -145,8 +155,12 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
             bar.remove_task(task)
             val_loss = model.eval_loss(val) if val is not None and _rows(val) else result.train_loss[-1]
             result.val_loss.append(val_loss)
-            if val_loss < result.best_val - 1e-6:
-                result.best_val, result.best_epoch = val_loss, epoch
+            criterion = val_loss
+            if val_score is not None:
+                result.val_score.append(val_score(model))
+                criterion = -result.val_score[-1]
+            if criterion < result.best_val - 1e-6:
+                result.best_val, result.best_epoch = criterion, epoch
                 best_state = _cpu_copy(model.state_dict())
             if ckpt:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)

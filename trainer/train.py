@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ from streamrec.hashing import buckets_for
 from streamrec.trainer.data import Interactions
 from streamrec.trainer.dcn import DCNRanker
 from streamrec.trainer.evaluate import (CoVisitation, LeaveOneOut, LogisticRegression, Popularity, auc,
-                                        evaluate_scorer, logloss)
+                                        evaluate_scorer, logloss, ranking_metrics, target_ranks)
 from streamrec.trainer.features import RankerSamples, add_content_sims, add_seq_scores, build_samples
 from streamrec.trainer.fit import FitConfig, FitResult, fit
 from streamrec.trainer.sasrec import SASRec
@@ -39,6 +40,9 @@ class TrainConfig:
     seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=32, lr=2e-3, patience=5))
     ranker_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=15, batch_size=256, lr=2e-3,
                                                                      patience=2))
+    seq_select: str = "ndcg"
+    """What picks the sequence model's best epoch: ``ndcg`` (validation NDCG@10, full ranking, as the
+    test is scored) or ``loss`` (validation cross-entropy)."""
     negatives: int = 4
     """Negatives per positive for the ranker when the history has no impressions."""
     seed: int = 0
@@ -95,8 +99,22 @@ def train_sequence_model(inter: Interactions, cfg: TrainConfig) -> tuple[SASRec,
     train = model.training_data([s for s in split.train if len(s) >= 2], inter.categories, index, all_windows=True)
     val = model.training_data([h + [t] for h, t in zip(split.val_history, split.val_target)], inter.categories, index)
     val["target"][:, :-1] = -100  # validation scores only the held-out item
-    result = fit(model, train, val, cfg.seq_fit, label="sasrec")
+    score = None
+    if cfg.seq_select == "ndcg":
+        score = partial(validation_ndcg, histories=split.val_history, targets=split.val_target, catalog=catalog,
+                        categories=inter.categories)
+    result = fit(model, train, val, cfg.seq_fit, label="sasrec", val_score=score)
     return model, split, result, catalog
+
+
+def validation_ndcg(model: SASRec, histories: list[list[str]], targets: list[str], catalog: list[str],
+                    categories: dict[str, str], batch: int = 1024) -> float:
+    """NDCG@10 of ``model`` on held-out items, ranked as the test ranks them (full catalog, history masked)."""
+    model.eval()
+    score, index = sasrec_scorer(model, categories), {item: j for j, item in enumerate(catalog)}
+    ranks = [target_ranks(score(histories[s:s + batch]), histories[s:s + batch], targets[s:s + batch], index)
+             for s in range(0, len(targets), batch)]
+    return ranking_metrics(np.concatenate(ranks), 10)["NDCG@10"] if ranks else 0.0
 
 
 def sasrec_scorer(model: SASRec, categories: dict[str, str]):
