@@ -38,6 +38,7 @@ from streamrec.online.attraction import MIN_CLICKS, attraction_offsets, calibrat
 from streamrec.online.gate import Gate, GateConfig, GateDecision
 from streamrec.online.joiner import Slate
 from streamrec.online.offpolicy import reinforce_topk_loss
+from streamrec.trainer.fit import SparseAwareAdam
 from streamrec.trainer.weights import WEIGHTS, load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class OnlineModels:
 
     def _optimizer(self, name: str, model):
         if name == self.seq_name:
-            return torch.optim.Adam(model.parameters(), lr=self.cfg.seq_lr)
+            return SparseAwareAdam(model, lr=self.cfg.seq_lr)  # its item table has sparse gradients
         return DenseAdamSparseSGD(model, self.cfg.lr, self.cfg.embedding_lr)
 
     def set_attraction(self, slates: list[Slate], offsets: dict[str, float] | None = None) -> int:

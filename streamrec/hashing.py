@@ -103,3 +103,33 @@ def encode_sequences(seqs: list[list[str]], categories: dict[str, str], items: I
             out_items[r, length - len(seq):] = items(seq)
             out_cats[r, length - len(seq):] = cats.first([categories.get(i, "") for i in seq])
     return out_items, out_cats
+
+
+def shared_share(hasher: IdHasher, ids: list[str]) -> float:
+    """Share of the distinct ``ids`` with no row of their own: both of their rows are also rows of another id of ``ids``.
+
+    An id with one row of its own can take any vector whatever its other row carries; one without
+    moves whenever the ids it shares with are trained.
+    """
+    ids = list(dict.fromkeys(ids))
+    rows = hasher(ids)
+    owners = np.bincount(rows.ravel(), minlength=hasher.buckets)
+    # An id whose two indices coincide owns that row alone (it counts it twice).
+    alone = (owners[rows] == 1) | ((rows[:, :1] == rows[:, 1:]) & (owners[rows] == 2))
+    return float((~alone).all(1).mean()) if len(ids) else 0.0
+
+
+def buckets_for(ids: list[str], namespace: str = "item", max_shared: float = 0.005,
+                cap: int = 1 << 22) -> int:
+    """Rows for a table over ``ids``: doubling from 4 per id until at most ``max_shared`` of them lack a
+    row of their own (`shared_share`), never more than ``cap`` (a 64-float table of ``cap`` rows is 1 GiB).
+
+    >>> ids = [f"item-{i}" for i in range(1000)]
+    >>> b = buckets_for(ids)
+    >>> b, shared_share(IdHasher(b), ids) <= 0.005
+    (32000, True)
+    """
+    buckets = max(2, 4 * len(set(ids)))
+    while buckets < cap and shared_share(IdHasher(buckets, namespace), ids) > max_shared:
+        buckets *= 2
+    return min(buckets, cap)

@@ -76,7 +76,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="maximum epochs for each model (early stopping may end sooner)")
     g.add_argument("--dim", type=int, default=64, help="sequence model embedding size (default 64)")
     g.add_argument("--max-len", type=int, default=50, help="longest history the sequence model reads (default 50)")
-    g.add_argument("--item-buckets", type=int, default=50_000, help="hashed item table rows (default 50000)")
+    g.add_argument("--item-buckets", type=int, default=None,
+                   help="hashed item table rows (default: the sequence model's sized from the training catalog, "
+                        "so at most 0.5%% of its items lack a row of their own; the ranker's 50000)")
     g.add_argument("--dropout", type=float, default=0.2, help="sequence model dropout (default 0.2)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same models")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
@@ -118,9 +120,9 @@ def load_data(args) -> "Interactions":  # noqa: F821 - imported lazily (torch-fr
 def _config(args):
     from streamrec.trainer.train import TrainConfig
 
-    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, item_buckets=args.item_buckets,
-                               dropout=args.dropout),
-                      ranker=dict(item_buckets=args.item_buckets)).with_seed(args.seed)
+    buckets = dict(item_buckets=args.item_buckets) if args.item_buckets else {}
+    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout, **buckets),
+                      ranker=buckets).with_seed(args.seed)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     seq_fit, ranker_fit = cfg.seq_fit, cfg.ranker_fit
     if args.epochs:
@@ -201,14 +203,13 @@ def _train_and_report(args):
             items = args.items or (Path(args.data) / "items.csv" if Path(args.data).is_dir()
                                    else Path(args.data).with_name("items.csv"))
             content = catalog_vectors(items, progress=not args.no_progress, seed=args.seed)
-        trained = train_all(inter, _config(args), content[2] if content else None, settings=args.settings)
+        trained = train_all(inter, _config(args), content[2] if content else None, settings=args.settings,
+                            ranker=getattr(args, "ranker", True))
         trained.content = content
     except (DataError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return None
-    seq, rank = trained.seq_fit, trained.ranker_fit
-    console.print(f"sasrec: {seq.samples_per_s:,.0f} sequences/s, best epoch {seq.best_epoch + 1}; "
-                  f"dcn-v2: {rank.samples_per_s:,.0f} samples/s, best epoch {rank.best_epoch + 1}")
+    console.print(_fit_summary(trained))
     from streamrec.trainer.evaluate import CoVisitation, Popularity, leave_one_out_table
     from streamrec.trainer.train import sasrec_scorer
 
@@ -243,11 +244,26 @@ def _train_and_report(args):
     print_wide(loo_table(trained.loo_metrics, args.k, _loo_title(split, catalog)))
     if served is not None:
         out.print(served.describe())
-    out.print(metrics_table(trained))
+    if trained.dcn is not None:
+        out.print(metrics_table(trained))
     if args.top10:
         _write_top10(args.top10, trained.split.users, trained.top10, trained.catalog)
         console.print(f"top-10 lists: {args.top10}")
     return trained
+
+
+def _fit_summary(trained) -> str:
+    """Throughput, best epoch and, per epoch, validation loss and seconds of the models just trained."""
+    seq, rank = trained.seq_fit, trained.ranker_fit
+    scores = seq.val_score or [None] * len(seq.val_loss)
+    epochs = ", ".join(f"{loss:.4f}" + (f" / {score:.4f}" if score is not None else "") + f" ({s:.0f} s)"
+                       for loss, score, s in zip(seq.val_loss, scores, seq.epoch_seconds))
+    line = (f"sasrec: {seq.samples_per_s:,.0f} sequences/s, best epoch {seq.best_epoch + 1}, "
+            f"{seq.seconds:.0f} s training; by epoch, validation loss{' / NDCG@10' if seq.val_score else ''} "
+            f"(training seconds): {epochs}")
+    if trained.dcn is not None:
+        line += f"; dcn-v2: {rank.samples_per_s:,.0f} samples/s, best epoch {rank.best_epoch + 1}"
+    return line
 
 
 def cmd_train(args) -> int:
@@ -302,9 +318,9 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Train on the leave-one-out split and print the table, or score a published sequence model (``--model``)."""
-    if args.served and (args.model or args.cold or args.content):
-        console.print("[red]error:[/] --served scores the models it trains, without the content tower; "
-                      "drop --model, --cold and --content")
+    if args.served and (args.model or args.cold or args.content or not args.ranker):
+        console.print("[red]error:[/] --served scores the models it trains (the ranker too), without the "
+                      "content tower; drop --model, --cold, --content and --no-ranker")
         return 2
     if getattr(args, "cold", False):  # content tower on items held out of training (streamrec.trainer.cold_eval)
         from streamrec.trainer.cold_eval import cmd_evaluate_cold
@@ -483,6 +499,9 @@ def register(sub) -> None:
                         "+ category + tags) vs popularity and random; needs the catalog text (--items CSV/JSONL)")
     p.add_argument("--cold-share", type=float, default=0.2, metavar="S",
                    help="--cold: share of the items held out as cold (default 0.2)")
+    p.add_argument("--no-ranker", dest="ranker", action="store_false",
+                   help="stop after the sequence model and the baselines: no ranker samples, no ranker table "
+                        "(the sequence model's figures are the same; it is trained first)")
     p.add_argument("--served", action="store_true",
                    help="also score the slate the scorer would serve (a row 'served'): its engine with the "
                         "models just trained (all candidate sources, the ranker, the greedy policy, slates of "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,8 +49,11 @@ class FitResult:
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_score: list[float] = field(default_factory=list)
+    """Per epoch, the validation score that chose the best epoch, when `fit` was given one."""
     best_epoch: int = -1
     best_val: float = float("inf")
+    """The best epoch's criterion: its validation loss, or minus its validation score."""
     samples: int = 0
     seconds: float = 0.0
     epoch_seconds: list[float] = field(default_factory=list)
@@ -62,17 +66,58 @@ class FitResult:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
+class SparseAwareAdam:
+    """AdamW for the dense parameters, SparseAdam for embedding tables built with ``sparse=True``.
+
+    A dense optimizer walks every row of a table at every step; a hashed item table is mostly rows
+    the batch never touched, so SparseAdam (which updates only the rows in the gradient) keeps a large
+    table as cheap as a small one. SparseAdam has no weight decay: the tables are not decayed.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float = 0.0):
+        sparse = sparse_embedding_weights(model)
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.parts = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+        if sparse:
+            self.parts.append(torch.optim.SparseAdam(sparse, lr=lr))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.parts:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [opt.state_dict() for opt in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, part in zip(self.parts, state["parts"], strict=True):
+            opt.load_state_dict(part)
+
+
+def sparse_embedding_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights of the model's embedding tables that produce sparse gradients."""
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+
+
 def _rows(data: dict[str, np.ndarray]) -> int:
     return len(next(iter(data.values())))
 
 
 def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray] | None,
-        cfg: FitConfig, label: str = "") -> FitResult:
-    """Train ``model`` in place; returns the history. Deterministic for a given ``cfg.seed``."""
+        cfg: FitConfig, label: str = "", val_score: Callable[[RecModel], float] | None = None) -> FitResult:
+    """Train ``model`` in place; returns the history. Deterministic for a given ``cfg.seed``.
+
+    ``val_score`` (higher is better, e.g. validation NDCG@10) picks the best epoch and stops early in
+    place of the validation loss, which can rise while the ranking still improves.
+    """
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device)  # before the optimizer, so its state is created where the weights are
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = SparseAwareAdam(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result, start_epoch, best_state = FitResult(), 0, None
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if ckpt and cfg.resume and ckpt.exists():
@@ -82,6 +127,8 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
         result, start_epoch, best_state = state["result"], state["epoch"] + 1, state["best_state"]
         if not hasattr(result, "epoch_seconds"):  # a checkpoint written before epochs were timed one by one
             result.epoch_seconds = []
+        if not hasattr(result, "val_score"):  # a checkpoint written before epochs could be chosen by a score
+            result.val_score = []
         torch.set_rng_state(state["torch_rng"])
     n = _rows(train)
     cols = TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.0f} samples/s")
@@ -108,8 +155,12 @@ def fit(model: RecModel, train: dict[str, np.ndarray], val: dict[str, np.ndarray
             bar.remove_task(task)
             val_loss = model.eval_loss(val) if val is not None and _rows(val) else result.train_loss[-1]
             result.val_loss.append(val_loss)
-            if val_loss < result.best_val - 1e-6:
-                result.best_val, result.best_epoch = val_loss, epoch
+            criterion = val_loss
+            if val_score is not None:
+                result.val_score.append(val_score(model))
+                criterion = -result.val_score[-1]
+            if criterion < result.best_val - 1e-6:
+                result.best_val, result.best_epoch = criterion, epoch
                 best_state = _cpu_copy(model.state_dict())
             if ckpt:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)

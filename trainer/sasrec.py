@@ -65,8 +65,10 @@ class SASRec(RecModel):
         self.max_len = max_len
         self.item_hasher = IdHasher(item_buckets, "item")
         self.cat_hasher = IdHasher(cat_buckets, "cat")
-        self.items = nn.Embedding(item_buckets, dim, padding_idx=0)
-        self.cats = nn.Embedding(cat_buckets, dim, padding_idx=0)
+        # Sparse gradients: a step touches only the rows of the batch and the catalog, so the table
+        # can be sized for few collisions without paying for its untouched rows (`SparseAwareAdam`).
+        self.items = nn.Embedding(item_buckets, dim, padding_idx=0, sparse=True)
+        self.cats = nn.Embedding(cat_buckets, dim, padding_idx=0, sparse=True)
         self.pos = nn.Embedding(max_len, dim)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.ln = nn.LayerNorm(dim)

@@ -12,15 +12,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from streamrec.hashing import buckets_for
 from streamrec.trainer.data import Interactions
 from streamrec.trainer.dcn import DCNRanker
 from streamrec.trainer.evaluate import (CoVisitation, LeaveOneOut, LogisticRegression, Popularity, auc,
-                                        evaluate_scorer, logloss)
+                                        evaluate_scorer, logloss, ranking_metrics, target_ranks)
 from streamrec.trainer.features import RankerSamples, add_content_sims, add_seq_scores, build_samples
 from streamrec.trainer.fit import FitConfig, FitResult, fit
 from streamrec.trainer.sasrec import SASRec
@@ -31,12 +33,16 @@ class TrainConfig:
     """Everything that shapes a training run (model sizes, optimisation, sampling, seed)."""
 
     seq: dict = field(default_factory=dict)
-    """Keyword arguments of `SASRec`."""
+    """Keyword arguments of `SASRec`; without ``item_buckets``, the item table is sized from the training
+    catalog (`streamrec.hashing.buckets_for`)."""
     ranker: dict = field(default_factory=dict)
     """Keyword arguments of `DCNRanker`."""
     seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=32, lr=2e-3, patience=5))
     ranker_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=15, batch_size=256, lr=2e-3,
                                                                      patience=2))
+    seq_select: str = "ndcg"
+    """What picks the sequence model's best epoch: ``ndcg`` (validation NDCG@10, full ranking, as the
+    test is scored) or ``loss`` (validation cross-entropy)."""
     negatives: int = 4
     """Negatives per positive for the ranker when the history has no impressions."""
     seed: int = 0
@@ -65,7 +71,8 @@ class Trained:
     """Models, their training histories and the evaluation of both against baselines."""
 
     sasrec: SASRec
-    dcn: DCNRanker
+    dcn: DCNRanker | None
+    """None when the ranker was left out (``train_all(ranker=False)``)."""
     catalog: list[str]
     categories: dict[str, str]
     seq_fit: FitResult
@@ -87,13 +94,27 @@ def train_sequence_model(inter: Interactions, cfg: TrainConfig) -> tuple[SASRec,
         raise ValueError("no user has 3 or more positive interactions: nothing to train or evaluate on")
     catalog = inter.catalog()
     index = {item: j for j, item in enumerate(catalog)}
-    model = SASRec(**cfg.seq)
+    model = SASRec(**{"item_buckets": buckets_for(catalog), **cfg.seq})
     model.set_catalog(catalog, [inter.category(i) for i in catalog])
     train = model.training_data([s for s in split.train if len(s) >= 2], inter.categories, index, all_windows=True)
     val = model.training_data([h + [t] for h, t in zip(split.val_history, split.val_target)], inter.categories, index)
     val["target"][:, :-1] = -100  # validation scores only the held-out item
-    result = fit(model, train, val, cfg.seq_fit, label="sasrec")
+    score = None
+    if cfg.seq_select == "ndcg":
+        score = partial(validation_ndcg, histories=split.val_history, targets=split.val_target, catalog=catalog,
+                        categories=inter.categories)
+    result = fit(model, train, val, cfg.seq_fit, label="sasrec", val_score=score)
     return model, split, result, catalog
+
+
+def validation_ndcg(model: SASRec, histories: list[list[str]], targets: list[str], catalog: list[str],
+                    categories: dict[str, str], batch: int = 1024) -> float:
+    """NDCG@10 of ``model`` on held-out items, ranked as the test ranks them (full catalog, history masked)."""
+    model.eval()
+    score, index = sasrec_scorer(model, categories), {item: j for j, item in enumerate(catalog)}
+    ranks = [target_ranks(score(histories[s:s + batch]), histories[s:s + batch], targets[s:s + batch], index)
+             for s in range(0, len(targets), batch)]
+    return ranking_metrics(np.concatenate(ranks), 10)["NDCG@10"] if ranks else 0.0
 
 
 def sasrec_scorer(model: SASRec, categories: dict[str, str]):
@@ -159,22 +180,32 @@ def ranker_predict(model: DCNRanker, s: RankerSamples) -> np.ndarray:
     return model(torch.from_numpy(arrays["sparse"]), torch.from_numpy(arrays["dense"])).numpy()
 
 
+def _train_and_compare_ranker(inter: Interactions, sasrec: SASRec, cfg: TrainConfig, content_vectors,
+                              split: LeaveOneOut, catalog: list[str], settings) -> tuple[DCNRanker, FitResult, dict]:
+    """The ranker, its history, and its AUC and log loss against logistic regression on the test part."""
+    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg, content_vectors, split, catalog, settings)
+    lr = LogisticRegression().fit(train.dense, train.label)
+    p_dcn, p_lr = ranker_predict(dcn, test), lr.predict(test.dense)
+    ranker_metrics = {"dcn-v2": {"AUC": auc(test.label, p_dcn), "logloss": logloss(test.label, p_dcn)},
+                      "logistic regression": {"AUC": auc(test.label, p_lr), "logloss": logloss(test.label, p_lr)}}
+    return dcn, ranker_result, ranker_metrics
+
+
 def train_all(inter: Interactions, cfg: TrainConfig, content_vectors: dict[str, np.ndarray] | None = None,
-              settings=None) -> Trained:
+              settings=None, ranker: bool = True) -> Trained:
     """Train both models and evaluate them side by side with the baselines (``settings``: the worker's and
-    scorer's, which shape the ranker's samples; default: from the environment)."""
+    scorer's, which shape the ranker's samples; default: from the environment). ``ranker=False`` stops
+    after the sequence model: its figures do not depend on the ranker, which is trained after it."""
     sasrec, split, seq_result, catalog = train_sequence_model(inter, cfg)
     args = (split.test_history, split.test_target, catalog)
     seq_metrics, top10 = {}, None
     seq_metrics["sasrec"], top10 = evaluate_scorer(sasrec_scorer(sasrec, inter.categories), *args)
     seq_metrics["popularity"], _ = evaluate_scorer(Popularity(split.train, catalog), *args)
     seq_metrics["co-visitation"], _ = evaluate_scorer(CoVisitation(split.train, catalog), *args)
-
-    dcn, (train, _, test), ranker_result = train_ranker(inter, sasrec, cfg, content_vectors, split, catalog, settings)
-    lr = LogisticRegression().fit(train.dense, train.label)
-    p_dcn, p_lr = ranker_predict(dcn, test), lr.predict(test.dense)
-    ranker_metrics = {"dcn-v2": {"AUC": auc(test.label, p_dcn), "logloss": logloss(test.label, p_dcn)},
-                      "logistic regression": {"AUC": auc(test.label, p_lr), "logloss": logloss(test.label, p_lr)}}
+    dcn, ranker_result, ranker_metrics = None, FitResult(), {}
+    if ranker:
+        dcn, ranker_result, ranker_metrics = _train_and_compare_ranker(inter, sasrec, cfg, content_vectors, split,
+                                                                       catalog, settings)
     return Trained(sasrec=sasrec, dcn=dcn, catalog=catalog, categories=inter.categories, seq_fit=seq_result,
                    ranker_fit=ranker_result, seq_metrics=seq_metrics, ranker_metrics=ranker_metrics, split=split,
                    top10=top10, window=inter.window(),

@@ -36,6 +36,7 @@ import torch
 from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.harness.simulator import SimConfig, Simulation, World
 from streamrec.trainer.dcn import DENSE_FEATURES, DCNRanker
+from streamrec.trainer.fit import SparseAwareAdam
 from streamrec.trainer.sasrec import SASRec
 
 ARMS = "popularity=1:trending,frozen=1:ranker@v0:sasrec@v0,online=1"
@@ -74,7 +75,7 @@ def pretrained_sasrec(world: World, seed: int, steps: int = PRETRAIN_STEPS) -> S
     model = SASRec(item_buckets=20_000, cat_buckets=200, dim=16, layers=1, heads=1, max_len=20, dropout=0.1)
     model.set_catalog(world.item_ids, [cats[i] for i in world.item_ids])
     index = {i: k for k, i in enumerate(world.item_ids)}
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = SparseAwareAdam(model, lr=3e-3)
     for _ in range(steps):
         users = [world.users[int(world.rng.integers(len(world.users)))] for _ in range(64)]
         seqs = [[world.browse(u) for _ in range(8)] for u in users]

@@ -55,6 +55,19 @@ def test_synth_then_train_publishes_and_models_commands_work(env, capsys):
     assert onnx_top.read_text() == top.read_text()
 
 
+def test_evaluate_without_the_ranker_prints_the_sequence_table_only(env, capsys):
+    data = env / "synth"
+    assert main(["data", "synth", "--out", str(data), "--users", "40", "--items", "30", "--sessions", "3"]) == 0
+    assert main(["evaluate", "--data", str(data), "--epochs", "2", "--dim", "16", "--max-len", "10", "--no-graph",
+                 "--no-ranker", "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    out = printed.out
+    assert "sasrec" in out and "co-visitation" in out
+    assert "validation loss / NDCG@10" in printed.err.replace("\n", "")  # the training summary
+    assert "dcn-v2" not in out and "logistic regression" not in out
+    assert main(["evaluate", "--data", str(data), "--no-ranker", "--served"]) == 2
+
+
 def test_errors_are_reported_not_raised(env, capsys):
     bad = env / "u.data"
     bad.write_text("1\t2\tx\t881250949\n")

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from streamrec.hashing import IdHasher
+from streamrec.hashing import IdHasher, buckets_for, shared_share
 
 
 def test_known_values_are_pinned():
@@ -50,3 +50,21 @@ def test_first_and_describe():
     h = IdHasher(100, "cat")
     assert h.first(["a", "b"]).tolist() == h(["a", "b"])[:, 0].tolist()
     assert h.describe()["buckets"] == 100 and h.describe()["namespace"] == "cat"
+
+
+def test_a_table_sized_for_the_catalog_gives_nearly_every_item_a_row_of_its_own():
+    catalog = [f"toy-{i}" for i in range(12_000)]  # the size of Amazon Toys
+    assert shared_share(IdHasher(50_000), catalog) > 0.10  # the old fixed table
+    buckets = buckets_for(catalog)
+    assert shared_share(IdHasher(buckets), catalog) <= 0.005
+    assert shared_share(IdHasher(buckets // 2), catalog) > 0.005  # and no larger than it needs
+
+
+def test_shared_share_counts_items_whose_two_rows_both_serve_another_item():
+    # Two buckets leave one usable row: every id lands on it twice, so two distinct ids share everything.
+    assert shared_share(IdHasher(2), ["a"]) == 0.0
+    assert shared_share(IdHasher(2), ["a", "b", "a"]) == 1.0
+
+
+def test_table_size_is_capped():
+    assert buckets_for([f"i{k}" for k in range(100)], cap=512) == 512
