@@ -70,15 +70,26 @@ def positive_int(unit: str, example: str):
     return parse
 
 
+def _buckets(text: str) -> int | str:
+    """``--item-buckets``: a row count, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of rows nor 'auto'") from None
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=None,
                    help="maximum epochs for each model (early stopping may end sooner)")
     g.add_argument("--dim", type=int, default=64, help="sequence model embedding size (default 64)")
     g.add_argument("--max-len", type=int, default=50, help="longest history the sequence model reads (default 50)")
-    g.add_argument("--item-buckets", type=int, default=None,
-                   help="hashed item table rows (default: the sequence model's sized from the training catalog, "
-                        "so at most 0.5%% of its items lack a row of their own; the ranker's 50000)")
+    g.add_argument("--item-buckets", type=_buckets, default=50_000,
+                   help="hashed item table rows (default 50000), or 'auto': the sequence model's sized from the "
+                        "training catalog so at most 0.5%% of its items lack a row of their own (the ranker's "
+                        "stays 50000)")
     g.add_argument("--dropout", type=float, default=0.2, help="sequence model dropout (default 0.2)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same models")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
@@ -120,9 +131,9 @@ def load_data(args) -> "Interactions":  # noqa: F821 - imported lazily (torch-fr
 def _config(args):
     from streamrec.trainer.train import TrainConfig
 
-    buckets = dict(item_buckets=args.item_buckets) if args.item_buckets else {}
-    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout, **buckets),
-                      ranker=buckets).with_seed(args.seed)
+    ranker = {} if args.item_buckets == "auto" else dict(item_buckets=args.item_buckets)
+    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout,
+                               item_buckets=args.item_buckets), ranker=ranker).with_seed(args.seed)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     seq_fit, ranker_fit = cfg.seq_fit, cfg.ranker_fit
     if args.epochs:

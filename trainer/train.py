@@ -33,8 +33,9 @@ class TrainConfig:
     """Everything that shapes a training run (model sizes, optimisation, sampling, seed)."""
 
     seq: dict = field(default_factory=dict)
-    """Keyword arguments of `SASRec`; without ``item_buckets``, the item table is sized from the training
-    catalog (`streamrec.hashing.buckets_for`)."""
+    """Keyword arguments of `SASRec`; ``item_buckets="auto"`` sizes the item table from the training catalog
+    (`streamrec.hashing.buckets_for`). Not the default: on Amazon Toys it gained 0.0007 NDCG@10 on one seed
+    (within noise) for a table 7.6 times larger in both exported graphs."""
     ranker: dict = field(default_factory=dict)
     """Keyword arguments of `DCNRanker`."""
     seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=32, lr=2e-3, patience=5))
@@ -94,7 +95,10 @@ def train_sequence_model(inter: Interactions, cfg: TrainConfig) -> tuple[SASRec,
         raise ValueError("no user has 3 or more positive interactions: nothing to train or evaluate on")
     catalog = inter.catalog()
     index = {item: j for j, item in enumerate(catalog)}
-    model = SASRec(**{"item_buckets": buckets_for(catalog), **cfg.seq})
+    seq = dict(cfg.seq)
+    if seq.get("item_buckets") == "auto":
+        seq["item_buckets"] = buckets_for(catalog)
+    model = SASRec(**seq)
     model.set_catalog(catalog, [inter.category(i) for i in catalog])
     train = model.training_data([s for s in split.train if len(s) >= 2], inter.categories, index, all_windows=True)
     val = model.training_data([h + [t] for h, t in zip(split.val_history, split.val_target)], inter.categories, index)

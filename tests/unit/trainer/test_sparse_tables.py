@@ -47,9 +47,9 @@ def test_optimizer_state_round_trips_for_a_resumed_run():
     assert again.state_dict()["parts"][1]["state"].keys() == opt.state_dict()["parts"][1]["state"].keys()
 
 
-def test_the_item_table_is_sized_from_the_training_catalog_unless_given(small_interactions):
+def test_the_item_table_is_sized_from_the_training_catalog_when_asked(small_interactions):
     tiny = TrainConfig.tiny(epochs=1)
-    sized = replace(tiny, seq={k: v for k, v in tiny.seq.items() if k != "item_buckets"})
+    sized = replace(tiny, seq={**tiny.seq, "item_buckets": "auto"})
     model, _, _, catalog = train_sequence_model(small_interactions, sized)
     assert model.items.num_embeddings == buckets_for(catalog) == model.item_hasher.buckets
     assert IdHasher(model.item_hasher.buckets)(catalog).tolist() == model.catalog_items.tolist()
