@@ -65,7 +65,7 @@ from streamrec.harness.bench.report import output_folder, run_started, write_rep
 from streamrec.harness.loop import Service, start_service, stop_service, wait_up
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
-from streamrec.stream.keys import Keys
+from streamrec.stream.keys import Keys, marker_windows
 from streamrec.stream.synthetic import Record, synthetic_stream
 
 console = make_console(stderr=True)
@@ -309,12 +309,12 @@ def audit(s: Settings, redis_client) -> Audit:
         if got == want:
             exact.add(u)
     ids = list(valid.items())
-    window = redis_client.time()[0] // s.dedup_ttl_s  # the windows the worker reads: this one and the one before
+    now_s = redis_client.time()[0]
     for start in range(0, len(ids), 10_000):
         pipe = redis_client.pipeline(transaction=False)
         for e, u in ids[start:start + 10_000]:
-            pipe.hexists(keys.markers(u, window), e)
-            pipe.hexists(keys.markers(u, window - 1), e)
+            for window in marker_windows(keys, u, now_s, s.dedup_ttl_s):
+                pipe.hexists(window, e)
         found = pipe.execute()
         for k, (e, u) in enumerate(ids[start:start + 10_000]):
             a.applied_once += (found[2 * k] or found[2 * k + 1]) and u in exact

@@ -37,7 +37,8 @@ class Graph:
 
     def __init__(self, path: str | Path, device: str = "auto", io_binding: bool | None = None, threads: int = 0):
         self.path = str(path)
-        self.name = Path(path).stem  # encoder, item_encoder, ranker...: a label of bounded cardinality
+        # Labelled once: encoder, item_encoder, model...: the graph's file name, a label of bounded cardinality.
+        self._onnx_seconds = metrics.onnx_seconds.labels(Path(path).stem)
         self.device = device
         self.threads = threads
         self._lock = threading.Lock()
@@ -72,7 +73,7 @@ class Graph:
         try:
             return self._run(feeds)
         finally:
-            metrics.onnx_seconds.labels(self.name).inc(time.perf_counter() - started)
+            self._onnx_seconds.inc(time.perf_counter() - started)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The first output for ``feeds``; falls back to the CPU for good on a GPU error."""

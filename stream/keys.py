@@ -196,3 +196,10 @@ class Keys:
     @property
     def forget_audit(self) -> str:
         return self.audit_base + ":forget"
+
+
+def marker_windows(keys: Keys, user_id: str, now_s: int, marker_ttl_s: int) -> tuple[str, str]:
+    """The two hashes an event id is looked up in at Redis server time ``now_s``: its window's and the one
+    before (as ``user.lua``'s ``marker_windows`` reads them)."""
+    window = now_s // marker_ttl_s
+    return keys.markers(user_id, window), keys.markers(user_id, window - 1)

@@ -53,10 +53,10 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamrec.console import make_console
-from streamrec.harness.bench.report import output_folder, run_started, write_report
-from streamrec.registry import Announcement, Registry
 from streamrec.harness.bench.baseline import materialise, run_core
 from streamrec.harness.bench.core import bench_config, core
+from streamrec.harness.bench.report import output_folder, run_started, write_report
+from streamrec.registry import Announcement, Registry
 from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
 from streamrec.stream import topics

@@ -9,7 +9,7 @@ import pytest
 
 from streamrec.stream.feature_store import RedisFeatureStore
 from streamrec.stream.features import DecodedEvent, SourceEvent, decayed
-from streamrec.stream.keys import FeatureConfig, Keys
+from streamrec.stream.keys import FeatureConfig, Keys, marker_windows
 from streamrec.stream.schemas import decode_event
 from streamrec.stream.synthetic import synthetic_stream
 
@@ -83,10 +83,10 @@ def test_an_event_id_is_remembered_in_its_window_and_the_next_one_then_forgotten
     ttl = store.config.marker_ttl_s
     ev = {"event_id": "e1", "type": "click", "user_id": "u", "item_id": "i", "ts": T0}
     first = store.apply(decoded([ev]))[0]
-    window = redis.time()[0] // ttl
-    current, before = store.keys.markers("u", window), store.keys.markers("u", window - 1)
+    now_s = redis.time()[0]
+    current, before = marker_windows(store.keys, "u", now_s, ttl)
     assert redis.hexists(current, "e1")
-    assert redis.expiretime(current) == (window + 2) * ttl  # gone once no later window reads it
+    assert redis.expiretime(current) == (now_s // ttl + 2) * ttl  # gone once no later window reads it
     # A window later, the marker is in the window before the current one: still found.
     redis.rename(current, before)
     assert store.apply(decoded([ev], first_offset=10))[0].status == "dup"
