@@ -402,7 +402,7 @@ class KafkaService(LocalService):
 
     def java_command(self, main: str) -> list[str]:
         return ["java", f"-Xmx{self.settings.kafka_heap}", f"-Xms{min_heap(self.settings.kafka_heap)}",
-                "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                "-XX:+UseG1GC", *self.settings.kafka_jvm_options.split(), "-Djava.awt.headless=true",
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                 "-cp", f"{kafka_libs(self.home)}/*", main]
 

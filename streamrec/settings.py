@@ -244,6 +244,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     listen two and four ports above STREAMREC_KAFKA_PORT and STREAMREC_KAFKA_CONTROLLER_PORT."""
     kafka_heap: str = "512m"
     """Java heap of the local Kafka broker."""
+    kafka_jvm_options: str = "-XX:TieredStopAtLevel=1"
+    """Extra JVM options of the local Kafka broker, space-separated. The default compiles with C1 only: on a
+    laptop's few cores, C2's compiler threads took half the broker's CPU for no throughput gain (BENCHMARKS.md,
+    "The local broker's JIT"); an empty value gives the JVM's defaults."""
 
     # --- models ----------------------------------------------------------------
     registry_uri: str = ".local/registry"

@@ -161,6 +161,13 @@ def explain_cost(repeats: int = 30, seed: int = 0) -> dict:
     """
     import numpy as np
 
+    with tempfile.TemporaryDirectory(prefix="bench-explain-") as tmp:  # the ranker's files, gone after the run
+        return _explain_cost(Path(tmp), np.random.default_rng(seed), repeats)
+
+
+def _explain_cost(tmp: Path, rng, repeats: int) -> dict:
+    import numpy as np
+
     from streamrec.registry import Registry
     from streamrec.serving.explain import Explainer, ItemFacts
     from streamrec.serving.ranking import Ranker
@@ -169,8 +176,6 @@ def explain_cost(repeats: int = 30, seed: int = 0) -> dict:
     from streamrec.trainer.export import export_dcn
     from streamrec.trainer.publish import publish
 
-    rng = np.random.default_rng(seed)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     model = DCNRanker()
     model.set_dense_stats(np.abs(rng.normal(size=(1000, model.config["n_dense"]))).astype(np.float32))
     exported = export_dcn(model, tmp / "dcn")

@@ -27,3 +27,17 @@ def test_a_second_installer_waits_for_the_first(tmp_path):
         assert proc.poll() is None  # held back while this process holds the lock
     out, _ = proc.communicate(timeout=60)
     assert out.strip() == "installing" and proc.returncode == 0
+
+
+def test_the_brokers_jvm_options_come_from_the_settings(tmp_path):
+    from streamrec.deploy.localstack import KafkaService
+    from streamrec.settings import Settings
+
+    def java(**changes) -> list[str]:
+        command = KafkaService(Settings(home=str(tmp_path), **changes)).command()
+        return command[:command.index("-cp")]
+
+    assert "-XX:TieredStopAtLevel=1" in java()  # the laptop default: C1 only
+    assert not [o for o in java(kafka_jvm_options="") if "Tiered" in o]  # empty: the JVM's own defaults
+    options = java(kafka_jvm_options="-XX:+UseStringDeduplication -Xss1m")
+    assert options[options.index("-XX:+UseStringDeduplication") + 1] == "-Xss1m"  # split on spaces, in order
