@@ -46,7 +46,9 @@ def materialise(ref: str, root: Path = DEFAULT_ROOT) -> Path:
     archive = tarfile.open(fileobj=io.BytesIO(_git_bytes("archive", "--format=tar", commit)))
     source = site.with_name(site.name + ".src")
     shutil.rmtree(source, ignore_errors=True)
-    archive.extractall(source, filter="data")
+    # The "data" filter refuses links and paths that leave the folder; Pythons before 3.11.4 (Debian 12's
+    # 3.11.2) lack filters, and a `git archive` of this repository holds neither.
+    archive.extractall(source, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     for package, folder in _package_folders(source):
         shutil.copytree(source / folder, site / package.replace(".", "/"), dirs_exist_ok=True)
     shutil.rmtree(source)
