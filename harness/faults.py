@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -83,9 +84,29 @@ QUIET = {"log_level": 2}
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1 below Linux's ephemeral range: a port the kernel hands out (bind to 0) can be
+    taken while its server is down by a client's own connection to it (TCP connects to itself when source and
+    destination port match), and the server then cannot start again (a fresh clone of 2026-12-07)."""
+    return consecutive_free_ports(1)
+
+
+def consecutive_free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports on 127.0.0.1, below Linux's ephemeral range (32768 and up), so
+    that no client connection takes one between this check and the servers' start (a JVM takes seconds)."""
+    for _ in range(500):
+        first = random.randrange(20_000, 32_000 - n)
+        if all(_free(first + k) for k in range(n)):
+            return first
+    raise RuntimeError(f"no {n} consecutive free ports between 20000 and 32000")
+
+
+def _free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 # --------------------------------------------------------------------------- the suite's own stack

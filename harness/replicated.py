@@ -22,33 +22,13 @@ import time
 from pathlib import Path
 
 from streamrec import security
-from streamrec.harness.faults import FaultStack, Run, _broker_outcome, _pipeline_case, run_learner_case
+from streamrec.harness.faults import (FaultStack, Run, _broker_outcome, _pipeline_case, consecutive_free_ports,
+                                      run_learner_case)
 from streamrec.settings import Settings
 from streamrec.stream import topics
 
 BROKER_DOWN_S = 10.0
 FREEZE_S = 15.0
-
-
-def consecutive_free_ports(n: int) -> int:
-    """The first of `n` consecutive free ports on 127.0.0.1, below Linux's ephemeral range (32768 and up), so
-    that no client connection takes one between this check and the servers' start (a JVM takes seconds)."""
-    import random
-
-    for _ in range(500):
-        first = random.randrange(20_000, 32_000 - n)
-        if all(_free(first + k) for k in range(n)):
-            return first
-    raise RuntimeError(f"no {n} consecutive free ports between 20000 and 32000")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 class ReplicatedFaultStack(FaultStack):

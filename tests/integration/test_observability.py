@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,13 @@ import pytest
 from streamrec.deploy.localstack import PrometheusService
 from streamrec.deploy.observability import ALERTS, panel_queries
 from streamrec.harness.bench.features import start_worker, stop_worker
+from streamrec.harness.faults import free_port  # below the ephemeral range
 from streamrec.stream.sdk import EventPublisher
 
 from .test_scorer import build_models
 
 pytestmark = pytest.mark.integration
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(port: int, expr: str) -> list:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 
 from streamrec.deploy.localstack import install_kafka
 from streamrec.deploy.securestack import SecureStack, make_tls, secret_file
+from streamrec.harness.faults import free_port  # below the ephemeral range
 from streamrec.security import SecurityError, check_kafka, check_redis, redis_client
 from streamrec.settings import Settings
 from streamrec.stream import topics
@@ -39,11 +39,6 @@ from .helpers import read_topic, wait_outputs
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 TOKEN = "pull-token-" + "x7" * 16
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import urllib.request
 
 import pytest
 
-from streamrec.stream import topics
 from streamrec.harness.bench.features import start_worker, stop_worker
+from streamrec.harness.faults import free_port  # below the ephemeral range
+from streamrec.stream import topics
 from streamrec.stream.features import decayed, expected_decayed
 from streamrec.stream.keys import FeatureConfig, Keys
 from streamrec.stream.synthetic import Record, synthetic_stream
@@ -23,11 +23,6 @@ from .helpers import (check_counters, check_outputs, output_count, own_redis, pu
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(port: int, name: str) -> float:
