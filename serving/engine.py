@@ -322,7 +322,13 @@ class Engine:
         for arm_name, idx in ctx.groups.items():
             ranker, rank = stats.rankers[arm_name]
             sizes = [len(cands.merged[i]) for i in idx]
-            if ranker is None or not sum(sizes):
+            if ranker is None:
+                continue
+            if not sum(sizes):  # empty slates (a world's first view: its one trending item is the one seen)
+                if log_features or not rank:  # log no rows, so no one reads their features back late
+                    empty = np.zeros((0, len(ranker.dense_features)), dtype=np.float32)
+                    for i in idx:
+                        ranking.served[i] = (ranker.dense_features, empty)
                 continue
             pairs = _Pairs(idx, sizes, cands, stats)
             dense = self._dense_inputs(ctx, cands, stats, ranker, ctx.models[arm_name][0], pairs)
