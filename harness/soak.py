@@ -286,8 +286,15 @@ class Sampler:
             family_bytes[family] += size
         self.family_mb = {f: b / 2**20 for f, b in family_bytes.items()}
         used = self.redis.info("memory")["used_memory"]
-        self.db_keys = self.redis.dbsize()
-        return len(keys), sum(sizes) / 2**20, used / 2**20
+        # The run's keys still alive and the database's size at one instant (MULTI/EXEC): with TTLs of
+        # seconds, keys expire between a scan and a later DBSIZE (a fresh clone's soak saw more keys than
+        # its database held).
+        pipe = self.redis.pipeline(transaction=True)
+        if keys:
+            pipe.exists(*keys)
+        pipe.dbsize()
+        *alive, self.db_keys = pipe.execute()
+        return (alive[0] if alive else 0), sum(sizes) / 2**20, used / 2**20
 
     def latency(self) -> dict[str, float]:
         """Percentiles of the recommendations received since the previous sample."""
