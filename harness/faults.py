@@ -92,11 +92,27 @@ def free_port() -> int:
 
 def consecutive_free_ports(n: int) -> int:
     """The first of `n` consecutive free ports on 127.0.0.1, below Linux's ephemeral range (32768 and up), so
-    that no client connection takes one between this check and the servers' start (a JVM takes seconds)."""
-    for _ in range(500):
-        first = random.randrange(20_000, 32_000 - n)
-        if all(_free(first + k) for k in range(n)):
-            return first
+    that no client connection takes one between this check and the servers' start (a JVM takes seconds).
+
+    Ports handed out are noted, with the asking process, in a file shared by this user's processes: two test
+    workers starting stacks at once otherwise drew the same port (a fresh clone of 2026-12-08)."""
+    import fcntl
+
+    import psutil
+
+    with open(Path(tempfile.gettempdir()) / f"streamrec-ports-{os.getuid()}.json", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.seek(0)
+        taken = {int(port): pid for port, pid in json.loads(f.read() or "{}").items() if psutil.pid_exists(pid)}
+        for _ in range(500):
+            first = random.randrange(20_000, 32_000 - n)
+            ports = range(first, first + n)
+            if all(p not in taken and _free(p) for p in ports):
+                taken.update(dict.fromkeys(ports, os.getpid()))
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(taken))
+                return first
     raise RuntimeError(f"no {n} consecutive free ports between 20000 and 32000")
 
 
