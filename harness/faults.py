@@ -66,7 +66,7 @@ from streamrec.harness.bench.report import output_folder, run_started, write_rep
 from streamrec.harness.loop import Service, start_service, stop_service, wait_up
 from streamrec.settings import Settings
 from streamrec.stream import schemas, topics
-from streamrec.stream.keys import Keys, marker_windows
+from streamrec.stream.keys import Keys, marker_field, marker_windows
 from streamrec.stream.synthetic import Record, synthetic_stream
 
 console = make_console(stderr=True)
@@ -351,7 +351,7 @@ def audit(s: Settings, redis_client) -> Audit:
         pipe = redis_client.pipeline(transaction=False)
         for e, u in ids[start:start + 10_000]:
             for window in marker_windows(keys, u, now_s, s.dedup_ttl_s):
-                pipe.hexists(window, e)
+                pipe.hexists(window, marker_field(e))
         found = pipe.execute()
         for k, (e, u) in enumerate(ids[start:start + 10_000]):
             a.applied_once += (found[2 * k] or found[2 * k + 1]) and u in exact

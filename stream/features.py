@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from streamrec.stream.keys import TYPE_WEIGHTS, FeatureConfig, Keys
+from streamrec.stream.keys import TYPE_WEIGHTS, FeatureConfig, Keys, marker_field
 from streamrec.stream.schemas import Event
 
 
@@ -103,7 +103,7 @@ def user_calls(batch: list[DecodedEvent], keys: Keys) -> list[tuple[str, str, li
     calls = []
     for user, idx in by_user.items():
         events = [{
-            "id": batch[i].event.event_id, "type": batch[i].event.type, "ts": batch[i].event.ts_ms,
+            "id": batch[i].event.event_id, "k": marker_field(batch[i].event.event_id), "type": batch[i].event.type, "ts": batch[i].event.ts_ms,
             "item": _item_of(batch[i].event), "sid": batch[i].event.session_id or "",
             "cat": batch[i].category, "w": TYPE_WEIGHTS[batch[i].event.type], "src": batch[i].src,
         } for i in idx]

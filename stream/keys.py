@@ -6,9 +6,9 @@ the keys one script touches share a Redis Cluster slot:
 =============================================  ==========================================  =========
 key                                            holds                                       TTL
 =============================================  ==========================================  =========
-``P{u:USER}:ev:WINDOW``                        hash event id -> marker: decision, source       MARKER
-                                               partition:offset, session, neighbour items,  window
-                                               fv (dedup, replays); WINDOW = server time //
+``P{u:USER}:ev:WINDOW``                        hash event-id digest -> marker: decision,       MARKER
+                                               source partition:offset, session, neighbour  window
+                                               items, fv (dedup, replays); WINDOW = server time //
                                                MARKER seconds, read with the window before
 ``P{u:USER}:user``                             hash: ``n:TYPE`` counts, first_ts, last_ts,  USER
                                                max_ts (lateness watermark), fv (feature
@@ -51,6 +51,8 @@ rescaled when the landmark moves.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 
 HOUR_MS = 3_600_000
@@ -196,6 +198,17 @@ class Keys:
     @property
     def forget_audit(self) -> str:
         return self.audit_base + ":forget"
+
+
+def marker_field(event_id: str) -> str:
+    """The field an event id's marker has in its window: 72 bits of BLAKE2b in base64 (12 characters, where an
+    SDK id takes 32 and a client's own id up to 256). A collision (an event taken for a duplicate) becomes
+    likely only past about 2**36 events of one user within two marker windows.
+
+    >>> marker_field("0123456789abcdef0123456789abcdef")
+    'L6yZVePiD+Qn'
+    """
+    return base64.b64encode(hashlib.blake2b(event_id.encode(), digest_size=9).digest()).decode()
 
 
 def marker_windows(keys: Keys, user_id: str, now_s: int, marker_ttl_s: int) -> tuple[str, str]:

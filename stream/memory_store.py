@@ -29,9 +29,10 @@ Not reproduced, and why:
   the scorer reads none of them;
 - key TTLs: Redis expires keys by the wall clock, which a replay does not have, so
   every key is kept (as when a worker replays a history faster than its TTLs);
-- when caps are trimmed: the worker trims a co-visitation list or trending once per
-  batch, this class after every event (a batch of one), so a list past its cap
-  may differ in its weakest members.
+- when caps are trimmed: the worker trims a session sequence, recent and bought
+  items, a co-visitation list and trending once per script call (a batch), this
+  class after every event (a batch of one), so a list past its cap may differ in
+  its weakest members.
 
 Raw forward-decayed scores depend on each key's landmark (its first event). A
 worker reading several partitions may see another event first: weights decayed

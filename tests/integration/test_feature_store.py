@@ -9,7 +9,7 @@ import pytest
 
 from streamrec.stream.feature_store import RedisFeatureStore
 from streamrec.stream.features import DecodedEvent, SourceEvent, decayed
-from streamrec.stream.keys import FeatureConfig, Keys, marker_windows
+from streamrec.stream.keys import FeatureConfig, Keys, marker_field, marker_windows
 from streamrec.stream.schemas import decode_event
 from streamrec.stream.synthetic import synthetic_stream
 
@@ -85,7 +85,7 @@ def test_an_event_id_is_remembered_in_its_window_and_the_next_one_then_forgotten
     first = store.apply(decoded([ev]))[0]
     now_s = redis.time()[0]
     current, before = marker_windows(store.keys, "u", now_s, ttl)
-    assert redis.hexists(current, "e1")
+    assert redis.hexists(current, marker_field("e1")) and not redis.hexists(current, "e1")
     assert redis.expiretime(current) == (now_s // ttl + 2) * ttl  # gone once no later window reads it
     # A window later, the marker is in the window before the current one: still found.
     redis.rename(current, before)
@@ -96,6 +96,31 @@ def test_an_event_id_is_remembered_in_its_window_and_the_next_one_then_forgotten
     # Two windows later nothing remembers it: the same id is a new event.
     redis.delete(before)
     assert store.apply(decoded([ev], first_offset=20))[0].status == "applied"
+
+
+def test_a_marker_written_before_digests_is_still_honoured(stores, redis):
+    """Markers keyed by the event id itself, with the decision as a word, stay valid through an upgrade."""
+    store = stores("upgrade")
+    ev = {"event_id": "old-1", "type": "click", "user_id": "u", "item_id": "i", "ts": T0}
+    [record] = decoded([ev], first_offset=5)
+    current, _ = marker_windows(store.keys, "u", redis.time()[0], store.config.marker_ttl_s)
+    redis.hset(current, "old-1", "\x1f".join(["applied", record.src, "s123", "a\x1eb", "7"]))
+    replay = store.apply([record])[0]
+    assert (replay.status, replay.first, replay.session_id, replay.neighbours, replay.feature_version) == \
+        ("replay", "applied", "s123", ["a", "b"], 7)
+    assert store.apply(decoded([ev], first_offset=9))[0].status == "dup"
+    assert not redis.exists(store.keys.user("u"))  # the user phase ran for neither
+
+
+def test_one_batch_leaves_the_state_that_event_by_event_batches_leave(stores, redis):
+    """The scripts read each hash once and write it once per call: a user's many events in one call must
+    end in the same state as the same events one call each."""
+    batch = decoded([r.event for r in synthetic_stream(600, users=6, items=40, seed=3, malformed_rate=0)])
+    whole, single = stores("whole"), stores("single")
+    statuses = [o.status for o in whole.apply(batch)]
+    assert statuses == [single.apply([d])[0].status for d in batch]
+    assert {"applied", "dup"} <= set(statuses)
+    assert dump(redis, whole.keys.prefix) == dump(redis, single.keys.prefix)
 
 
 def test_decay_does_not_depend_on_arrival_order(stores, redis):
@@ -116,6 +141,26 @@ def test_decay_does_not_depend_on_arrival_order(stores, redis):
     direct = sum(2 ** (-(now - e["ts"]) / cfg.item_half_life_ms) for e in events)
     assert values[0] == pytest.approx(direct, rel=1e-9)
     assert values[1] == pytest.approx(direct, rel=1e-9)
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_a_landmark_far_behind_is_moved_and_the_decayed_values_kept(stores, redis, one_batch):
+    """Past 40 half-lives the item's decayed counts are rescaled to a new landmark (every `d:` field, also
+    those of types this call does not touch): their value at any time stays the direct sum."""
+    cfg = FeatureConfig()
+    store = stores(f"rescale{one_batch}")
+    day = 24 * 3600_000
+    events = [{"event_id": f"r{i}", "type": kind, "user_id": f"u{i}", "item_id": "x", "ts": T0 + i * 25 * day}
+              for i, kind in enumerate(["add_to_cart", "view", "view"])]  # 50 days: 50 item half-lives
+    batches = [decoded(events)] if one_batch else [decoded([e], first_offset=i) for i, e in enumerate(events)]
+    for batch in batches:
+        store.apply(batch)
+    stats = {k.decode(): float(v) for k, v in redis.hgetall(store.keys.item_stats("x")).items()}
+    now = T0 + 60 * day
+    assert stats["_L"] > T0
+    for kind in ("add_to_cart", "view"):
+        direct = sum(2 ** (-(now - e["ts"]) / cfg.item_half_life_ms) for e in events if e["type"] == kind)
+        assert decayed(stats[f"d:{kind}"], stats["_L"], now, cfg.item_half_life_ms) == pytest.approx(direct, rel=1e-9)
 
 
 def test_sessions_follow_event_time_gaps_and_late_events_join_their_session(stores, redis):
