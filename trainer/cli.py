@@ -93,6 +93,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     # 0.5, RecBole's SASRec default: Amazon Toys NDCG@10 0.0600 against 0.0573 at 0.2 (seed 0); ML-100K within
     # its seeds' spread (BENCHMARKS.md, "Recommendation quality on public data").
     g.add_argument("--dropout", type=float, default=0.5, help="sequence model dropout (default 0.5)")
+    g.add_argument("--refit-epochs", type=int, default=0, metavar="N",
+                   help="after the best epoch, N more epochs that also learn each user's validation item (default 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same models")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
@@ -135,7 +137,8 @@ def _config(args):
 
     ranker = {} if args.item_buckets == "auto" else dict(item_buckets=args.item_buckets)
     cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout,
-                               item_buckets=args.item_buckets), ranker=ranker).with_seed(args.seed)
+                               item_buckets=args.item_buckets), ranker=ranker,
+                      seq_refit_epochs=args.refit_epochs).with_seed(args.seed)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     seq_fit, ranker_fit = cfg.seq_fit, cfg.ranker_fit
     if args.epochs:

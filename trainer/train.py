@@ -41,6 +41,9 @@ class TrainConfig:
     seq_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=32, lr=2e-3, patience=5))
     ranker_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=15, batch_size=256, lr=2e-3,
                                                                      patience=2))
+    seq_refit_epochs: int = 0
+    """After the best epoch is chosen, epochs of training that also learn each user's validation item (the
+    newest transition before the test item, which is never trained on), at a quarter of the learning rate."""
     seq_select: str = "ndcg"
     """What picks the sequence model's best epoch: ``ndcg`` (validation NDCG@10, full ranking, as the
     test is scored) or ``loss`` (validation cross-entropy)."""
@@ -108,7 +111,24 @@ def train_sequence_model(inter: Interactions, cfg: TrainConfig) -> tuple[SASRec,
         score = partial(validation_ndcg, histories=split.val_history, targets=split.val_target, catalog=catalog,
                         categories=inter.categories)
     result = fit(model, train, val, cfg.seq_fit, label="sasrec", val_score=score)
+    if cfg.seq_refit_epochs:
+        _refit_with_validation_items(model, split, inter, index, cfg, result)
     return model, split, result, catalog
+
+
+def _refit_with_validation_items(model: SASRec, split: LeaveOneOut, inter: Interactions, index: dict[str, int],
+                                 cfg: TrainConfig, result: FitResult) -> None:
+    """Train on every transition before the test items, the validation items included: in a time-ordered
+    split they are the newest behaviour the model may learn from. Its time counts as training time."""
+    histories = [h + [t] for h, t in zip(split.val_history, split.val_target)]
+    histories += split.train[len(split.users):]  # the short sequences, already whole
+    full = model.training_data([s for s in histories if len(s) >= 2], inter.categories, index, all_windows=True)
+    refit_cfg = replace(cfg.seq_fit, epochs=cfg.seq_refit_epochs, lr=cfg.seq_fit.lr / 4, checkpoint=None,
+                        resume=False, patience=cfg.seq_refit_epochs)
+    refit = fit(model, full, None, refit_cfg, label="sasrec refit")
+    result.seconds += refit.seconds
+    result.epoch_seconds += refit.epoch_seconds
+    result.samples += refit.samples
 
 
 def validation_ndcg(model: SASRec, histories: list[list[str]], targets: list[str], catalog: list[str],
