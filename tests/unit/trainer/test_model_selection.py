@@ -30,3 +30,25 @@ def test_the_default_selection_records_the_validation_ndcg_of_every_epoch(small_
     assert abs(ndcg - result.val_score[result.best_epoch]) < 1e-9
     by_loss = train_sequence_model(small_interactions, replace(cfg, seq_select="loss"))[2]
     assert by_loss.val_score == []
+
+
+def test_a_refit_learns_the_validation_items_after_the_best_epoch(small_interactions):
+    """`seq_refit_epochs`: after selection, training that includes each user's validation item, so the model
+    puts it higher than the selected weights did; its time counts as training time."""
+    import numpy as np
+
+    from streamrec.trainer.train import sasrec_scorer
+
+    cfg = TrainConfig.tiny(epochs=2)
+    selected, split, plain, catalog = train_sequence_model(small_interactions, cfg)
+    refitted, _, result, _ = train_sequence_model(small_interactions, replace(cfg, seq_refit_epochs=3))
+    assert len(result.epoch_seconds) == len(plain.epoch_seconds) + 3
+    assert result.seconds > plain.seconds
+    index = {item: j for j, item in enumerate(catalog)}
+    rows = np.arange(len(split.val_target))
+    targets = [index[t] for t in split.val_target]
+
+    def target_score(model) -> float:
+        scores = sasrec_scorer(model, small_interactions.categories)(split.val_history)
+        return float(np.mean(scores[rows, targets] - scores.mean(axis=1)))
+    assert target_score(refitted) > target_score(selected)
