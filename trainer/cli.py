@@ -93,8 +93,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     # 0.5, RecBole's SASRec default: Amazon Toys NDCG@10 0.0600 against 0.0573 at 0.2 (seed 0); ML-100K within
     # its seeds' spread (BENCHMARKS.md, "Recommendation quality on public data").
     g.add_argument("--dropout", type=float, default=0.5, help="sequence model dropout (default 0.5)")
-    g.add_argument("--refit-epochs", type=int, default=0, metavar="N",
-                   help="after the best epoch, N more epochs that also learn each user's validation item (default 0)")
+    g.add_argument("--refit-epochs", type=int, default=2, metavar="N",
+                   help="after the best epoch, N more epochs that also learn each user's validation item, the newest "
+                        "behaviour before the test item (default 2; 0 = off)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same models")
     g.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch here")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --checkpoint-dir")
