@@ -103,8 +103,8 @@ def user_calls(batch: list[DecodedEvent], keys: Keys) -> list[tuple[str, str, li
     calls = []
     for user, idx in by_user.items():
         events = [{
-            "id": batch[i].event.event_id, "k": marker_field(batch[i].event.event_id), "type": batch[i].event.type, "ts": batch[i].event.ts_ms,
-            "item": _item_of(batch[i].event), "sid": batch[i].event.session_id or "",
+            "id": batch[i].event.event_id, "k": marker_field(batch[i].event.event_id),
+            "type": batch[i].event.type, "ts": batch[i].event.ts_ms, "item": _item_of(batch[i].event), "sid": batch[i].event.session_id or "",
             "cat": batch[i].category, "w": TYPE_WEIGHTS[batch[i].event.type], "src": batch[i].src,
         } for i in idx]
         calls.append((keys.user_base(user), json.dumps(events), idx))

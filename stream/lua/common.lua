@@ -9,27 +9,6 @@ local function fmt(n) return string.format('%.0f', n) end
 local function fwd(w, t, L, hl) return w * math.pow(2, (t - L) / hl) end
 local RESCALE_HALF_LIVES = 40
 
--- Hash with decayed fields prefixed `prefix` and landmark field `_L`.
-local function hash_decay_add(key, field, w, t, hl)
-  local L = tonumber(redis.call('HGET', key, '_L'))
-  if not L then
-    L = t
-    redis.call('HSET', key, '_L', fmt(L))
-  elseif (t - L) / hl > RESCALE_HALF_LIVES then
-    local all = redis.call('HGETALL', key)
-    local f = math.pow(2, -(t - L) / hl)
-    for i = 1, #all, 2 do
-      local name = all[i]
-      if string.sub(name, 1, 2) == 'd:' or string.sub(name, 1, 2) == 'a:' then
-        redis.call('HSET', key, name, tostring(tonumber(all[i + 1]) * f))
-      end
-    end
-    L = t
-    redis.call('HSET', key, '_L', fmt(L))
-  end
-  return redis.call('HINCRBYFLOAT', key, field, fwd(w, t, L, hl)), L
-end
-
 -- A command whose arguments end in a long flat list (field/value or score/member pairs), in as few
 -- calls as the Lua stack allows: `prefix` = {'ZADD', key, 'GT'}, `flat` = {score, member, ...}.
 local function call_chunked(prefix, flat)
@@ -80,6 +59,11 @@ local function flush_hash(h)
   for _, f in ipairs(h.order) do flat[#flat + 1] = f; flat[#flat + 1] = h.v[f] end
   call_chunked({'HSET', h.key}, flat)
   h.dirty, h.order = {}, {}
+end
+
+-- A counter field of a loaded hash, plus one.
+local function counted(h, field)
+  set_field(h, field, fmt((tonumber(h.v[field]) or 0) + 1))
 end
 
 -- Floats written by the scripts keep a double's 17 significant digits (as HINCRBYFLOAT did).

@@ -16,7 +16,7 @@ local function apply_item(B, req)
     local ST = load_hash(B .. ':stats', stats_fields)
     for _, e in ipairs(req.stats) do
       if first_time(HW, 's:' .. fmt(e.p), e.o) then
-        set_field(ST, 'n:' .. e.type, fmt((tonumber(ST.v['n:' .. e.type]) or 0) + 1))
+        counted(ST, 'n:' .. e.type)
         local L = decay_add_loaded(ST, 'd:' .. e.type, 1, e.ts, cfg.item_hl)
         local last = tonumber(ST.v.last_ts)
         if not last or e.ts > last then set_field(ST, 'last_ts', fmt(e.ts)) end

@@ -65,10 +65,6 @@ local function find_marker(MK, MK_BEFORE, written, e)
   return before[1] or before[2]
 end
 
-local function counted(h, field)
-  set_field(h, field, fmt((tonumber(h.v[field]) or 0) + 1))
-end
-
 -- Neighbours: the session's previous distinct items (event time <= t), newest first.
 local function neighbours(SEQ, e, t)
   local nb = {}
@@ -112,7 +108,7 @@ end
 
 -- What is written once per call: markers, the user and session hashes, recent and bought items, the
 -- caps and the TTLs. `newest` is the latest event time applied (nil: nothing applied).
-local function finish_user(B, SK, U, sessions, marks, recent, bought, newest, MK, MK_EXPIRES)
+local function finish_user(B, SK, U, aff, sessions, marks, recent, bought, newest, MK, MK_EXPIRES)
   if #marks > 0 then
     call_chunked({'HSET', MK}, marks)
     redis.call('EXPIREAT', MK, MK_EXPIRES)
@@ -130,6 +126,7 @@ local function finish_user(B, SK, U, sessions, marks, recent, bought, newest, MK
   -- index grows by one entry per session for as long as the user stays active.
   redis.call('ZREMRANGEBYSCORE', SK, '-inf', '(' .. fmt(newest - cfg.session_ttl * 1000))
   flush_hash(U)
+  if aff then flush_hash(aff) end
   for key, added in pairs({[B .. ':recent'] = recent, [B .. ':bought'] = bought}) do
     if #added > 0 then
       call_chunked({'ZADD', key, 'GT'}, added)
@@ -148,6 +145,10 @@ local function apply_user(B, events)
   local fields = {'first_ts', 'last_ts', 'max_ts', 'fv'}  -- the user's and the sessions' (`n:TYPE` added)
   for _, e in ipairs(events) do fields[#fields + 1] = 'n:' .. e.type end
   local sessions = {by_id = {}, fields = fields}
+  local aff, aff_fields = nil, {'_L'}  -- category affinities: loaded when an event first needs them
+  for _, e in ipairs(events) do
+    if e.cat ~= '' then aff_fields[#aff_fields + 1] = 'a:' .. e.cat end
+  end
   local U = load_hash(B .. ':user', fields)
   local MK, MK_BEFORE, MK_EXPIRES = marker_windows(B)
   local forgotten = tonumber(redis.call('GET', B .. ':forgotten') or '0')
@@ -195,7 +196,8 @@ local function apply_user(B, events)
         if e.w > 0 and e.item ~= '' then
           recent[#recent + 1] = t; recent[#recent + 1] = e.item
           if e.cat ~= '' then
-            hash_decay_add(B .. ':aff', 'a:' .. e.cat, e.w, t, cfg.aff_hl)
+            aff = aff or load_hash(B .. ':aff', aff_fields)
+            decay_add_loaded(aff, 'a:' .. e.cat, e.w, t, cfg.aff_hl)
           end
         end
         marker = 'a\031' .. e.src .. '\031' .. sid .. '\031' .. table.concat(nb, '\030') .. '\031' .. fv
@@ -205,6 +207,6 @@ local function apply_user(B, events)
       marks[#marks + 1] = e.k; marks[#marks + 1] = marker
     end
   end
-  finish_user(B, SK, U, sessions, marks, recent, bought, newest, MK, MK_EXPIRES)
+  finish_user(B, SK, U, aff, sessions, marks, recent, bought, newest, MK, MK_EXPIRES)
   return out
 end
