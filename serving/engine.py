@@ -12,6 +12,9 @@ stages per batch, each a method with a typed output:
    nearest the session's recent items, new catalog items included; without a
    content model, items nearest the trigger item for cold users),
    co-visitation and trending, merged and de-duplicated, seen items left out;
+   from here on items are integers of the engine's `ItemCatalog` and every
+   stage works on arrays over the whole batch (strings again only for the
+   items read from Redis and those served);
 3. item features (`BatchStats`): statistics and categories of the batch's
    unique candidates, removed items dropped (round trip 3);
 4. ranking (`BatchRanking`): every (request, candidate) pair of an arm in one
@@ -35,17 +38,17 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from streamrec.serving import ab, metrics
-from streamrec.serving.candidates import (CONTENT, GRAPH, SEQ, TRENDING, Candidates, ClickAttribution, CovisTable,
-                                          Source, covisitation, merge, proposers)
+from streamrec.serving.candidates import (CONTENT, COVISIT, GRAPH, SEQ, TRENDING, Candidates, ClickAttribution, CovisTable,
+                                          IdSource, MergedBatch, ReasonTable, Source, merge, merge_batch)
+from streamrec.serving.catalog import ItemCatalog
 from streamrec.serving.config import Arm, ScorerConfig
 from streamrec.serving.content import ContentIndex, ContentModel, content_similar, session_profiles
-from streamrec.serving.exploration import choose
+from streamrec.serving.exploration import Pick, choose, choose_all
 from streamrec.serving.explain import RankedInputs, explain_slates
 from streamrec.serving.features import FeatureReader, ItemStats, RequestContext, dense_matrix
 from streamrec.serving.models import ModelStore
@@ -70,16 +73,18 @@ class BatchContext:
     models: dict[str, tuple]
     """(sequence model, ranker) per arm; None where the arm has none."""
     covis: CovisTable
+    catalog: ItemCatalog
+    """Item ids as integers, for this batch (a full catalog is replaced between batches)."""
+    reasons: ReasonTable = field(default_factory=ReasonTable)
 
 
 @dataclass
 class BatchCandidates:
-    """Stage 2: each request's candidate sources, and their merge (what the ranker orders)."""
+    """Stage 2: each request's candidate sources (catalog ids), and their merge (what the ranker orders)."""
 
-    sources: list[list[Source]]
-    merged: list[Candidates] = field(default_factory=list)
-    covis_weights: list[dict[str, float]] = field(default_factory=list)
-    """Co-visitation weight per candidate, per request: the ranker's ``covis_score`` input."""
+    sources: list[list[IdSource]]
+    merged: MergedBatch | None = None
+    """Every request's candidates with their reasons and co-visitation weights (the ranker's ``covis_score``)."""
     user_vecs: dict[int, np.ndarray] = field(default_factory=dict)
     """The sequence model's user vector per request index: the ranker's ``seq_score`` input."""
     graphs: dict[str, str] = field(default_factory=dict)
@@ -94,6 +99,8 @@ class BatchStats:
 
     unique: list[str]
     stats: ItemStats
+    row_of: np.ndarray
+    """The row in ``stats`` of each catalog id (-1 for ids that are not candidates)."""
     rankers: dict[str, tuple]
     """(ranker or None, whether it ranks) per arm: a trending arm's ranker only logs its inputs."""
     profiles: np.ndarray | None = None
@@ -113,14 +120,20 @@ class BatchRanking:
 class _Pairs:
     """An arm's (request, candidate) pairs, flat: one row per pair, in request order."""
 
-    def __init__(self, idx: list[int], sizes: list[int], cands: BatchCandidates, stats: BatchStats):
+    def __init__(self, idx: list[int], merged: MergedBatch, stats: BatchStats):
         self.idx = idx
+        sizes = merged.sizes()[idx]
         self.owner = np.repeat(np.arange(len(idx)), sizes)
         """The position in ``idx`` of each pair's request."""
-        self.items = list(chain.from_iterable(cands.merged[i].items for i in idx))
-        self.rows = np.fromiter(map(stats.stats.index.__getitem__, self.items), dtype=np.int64, count=len(self.items))
+        if len(idx) == len(merged):  # one arm: the batch's arrays as they are
+            self.items, self.covis = merged.items, merged.covis
+        else:
+            spans = [merged.span(i) for i in idx]
+            self.items = np.concatenate([merged.items[sp] for sp in spans])
+            self.covis = np.concatenate([merged.covis[sp] for sp in spans])
+        self.rows = stats.row_of[self.items]
         """Each pair's item row in the batch's statistics."""
-        self.bounds = np.cumsum([0] + sizes)
+        self.bounds = np.concatenate([[0], np.cumsum(sizes)])
 
     def rows_of(self, array: np.ndarray, k: int) -> np.ndarray:
         """The rows of ``array`` that belong to the arm's ``k``-th request."""
@@ -140,6 +153,7 @@ class Engine:
         self.redis_ok = True
         self._redis_retry_at = 0.0
         self.clicks = ClickAttribution(config.click_memory)
+        self.catalog = ItemCatalog()
         self.content_index = ContentIndex(config.content_max_items)
         """Content vectors of the catalog, kept current by the scorer's `CatalogFollower`."""
 
@@ -187,9 +201,14 @@ class Engine:
         t3 = _stage("redis_read", t2)
         ranking = self._rank(ctx, cands, stats, explain, log_features)  # the ranker, one ONNX run per arm
         t4 = _stage("ranking", t3)
-        out = [self._answer(ctx, cands, ranking, i) for i in range(len(requests))]
+        cfg = self.config
+        picks = choose_all(ranking.scores, cfg.top_n, cfg.exploration, epsilon=cfg.epsilon,
+                           temperature=cfg.temperature, rng=self.rng)
+        out = [self._answer(ctx, cands, ranking, picks[i], i) for i in range(len(requests))]
         if explain:
-            explain_slates(out, cands.merged, ranking.inputs, ctx.contexts, self.reader.categories,
+            merged = cands.merged
+            candidates = [Candidates(ctx.catalog.names_of(merged.items[merged.span(i)])) for i in range(len(out))]
+            explain_slates(out, candidates, ranking.inputs, ctx.contexts, self.reader.categories,
                            self.config.explain_top)
             _stage("explain", t4)
         return out
@@ -213,29 +232,36 @@ class Engine:
         recent = list(dict.fromkeys(i for c, a in zip(contexts, arms) if not a.trending
                                     for i in c.recent(cfg.recent_items)))
         sequence_items = [i for c in contexts for i in c.sequence] if any_seq or explain else ()
-        covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms, sequence_items))
-        return BatchContext(requests, now_ms, contexts, trending, arms, groups, models, covis)
+        if self.catalog.full:  # bounded memory: batches in flight keep the catalog they started with
+            self.catalog = ItemCatalog(self.catalog.cap)
+        catalog = self.catalog
+        covis = CovisTable(self.reader.covisitation(recent, cfg.covis_candidates, now_ms, sequence_items), catalog)
+        return BatchContext(requests, now_ms, contexts, trending, arms, groups, models, covis, catalog)
 
     # -- stage 2: candidates ------------------------------------------------- #
     def _candidates(self, ctx: BatchContext) -> BatchCandidates:
         """Every source's candidates per request, merged in priority order: the session's own co-visitation,
         then the models, then the crowd. A trending arm (the popularity baseline) gets the crowd only."""
-        cfg = self.config
-        cands = BatchCandidates(sources=[[] for _ in ctx.requests], covis_weights=[{} for _ in ctx.requests])
+        cfg, catalog, reasons = self.config, ctx.catalog, ctx.reasons
+        cands = BatchCandidates(sources=[[] for _ in ctx.requests])
         self._sequence_sources(ctx, cands)
-        cands.graphs = self._graph_sources(ctx.contexts, ctx.groups, ctx.arms, cands.sources) \
-            if cfg.graph_candidates else {}
+        cands.graphs = self._graph_sources(ctx, cands.sources) if cfg.graph_candidates else {}
         self._content_sources(ctx, cands)
-        trend_src = Source(TRENDING, [i for i, _ in ctx.trending], [s for _, s in ctx.trending])
+        trend_src = IdSource(reasons.code(TRENDING), catalog.ids([i for i, _ in ctx.trending]))
+        exclude = []
+        covis, via = ctx.covis.summed([[] if a.trending else c.recent(cfg.recent_items)
+                                       for c, a in zip(ctx.contexts, ctx.arms)], cfg.covis_candidates)
+        via_codes = reasons.covisit_codes(via)
         for i, c in enumerate(ctx.contexts):
             if ctx.arms[i].trending:
                 sources = [trend_src]
             else:
-                cv = covisitation(ctx.covis, c.recent(cfg.recent_items), cfg.covis_candidates)
-                cands.covis_weights[i] = dict(zip(cv.items, cv.scores))
+                ids, weights, origin = covis[i]
+                cv = IdSource(reasons.code(COVISIT), ids, via_codes[origin], weights)
                 sources = [cv, *cands.sources[i], trend_src]
             cands.sources[i] = sources
-            cands.merged.append(merge(sources, c.seen | {c.request.item_id}, cfg.max_candidates))
+            exclude.append(catalog.ids([*c.seen, c.request.item_id]))
+        cands.merged = merge_batch(cands.sources, exclude, cfg.max_candidates, len(catalog))
         return cands
 
     def _sequence_sources(self, ctx: BatchContext, cands: BatchCandidates) -> None:
@@ -250,17 +276,19 @@ class Engine:
             vecs = seq.user_vectors(seqs, cats)
             self.models.samples["sasrec"] = (seqs[:64], cats)
             top, _ = seq.retrieve(vecs, cfg.seq_candidates + max(len(ctx.contexts[i].seen) for i in idx))
+            top = ctx.catalog.of_model(seq)[top]
             for j, i in enumerate(idx):
                 cands.user_vecs[i] = vecs[j]
-                cands.sources[i].append(Source(SEQ, seq.item_array[top[j]].tolist()))
+                cands.sources[i].append(IdSource(ctx.reasons.code(SEQ), top[j]))
             cold = [i for i in idx if ctx.requests[i].item_id
                     and (not ctx.contexts[i].known or len(ctx.contexts[i].session_items) <= 1)]
             if cold and cfg.content_candidates and not len(self.content_index):
                 trigger = [ctx.requests[i].item_id for i in cold]
                 near, _ = seq.index.search(seq.item_vectors(trigger, [cats.get(t, "") for t in trigger]),
                                            cfg.content_candidates + 1)
+                near = ctx.catalog.of_model(seq)[near]
                 for j, i in enumerate(cold):
-                    cands.sources[i].append(Source(CONTENT, seq.item_array[near[j]].tolist()))
+                    cands.sources[i].append(IdSource(ctx.reasons.code(CONTENT), near[j]))
 
     def _content_sources(self, ctx: BatchContext, cands: BatchCandidates) -> None:
         """Items whose content vectors are nearest each session's recent items, new catalog items included."""
@@ -270,18 +298,18 @@ class Engine:
             return
         similar = content_similar(self.content_index, [c.recent(cfg.content_profile_items) for c in ctx.contexts],
                                   [cfg.content_candidates + len(c.seen) for c in ctx.contexts])
-        for i, (items, sims) in enumerate(similar):
+        for i, (items, _sims) in enumerate(similar):
             if items and not ctx.arms[i].trending:
-                cands.sources[i].append(Source(CONTENT, items, sims))
+                cands.sources[i].append(IdSource(ctx.reasons.code(CONTENT), ctx.catalog.ids(items)))
                 cands.content_used.add(i)
 
-    def _graph_sources(self, contexts, groups: dict[str, list[int]], arms, sources) -> dict[str, str]:
+    def _graph_sources(self, ctx: BatchContext, sources: list[list[IdSource]]) -> dict[str, str]:
         """Append the graph model's candidates (folded-in session vector, top-K) to each request's sources;
         returns the graph model's name per arm that has one."""
-        cfg = self.config
+        cfg, contexts = self.config, ctx.contexts
         used = {}
-        for arm_name, idx in groups.items():
-            graph = self.models.graph_for(next(a for a in arms if a.name == arm_name))
+        for arm_name, idx in ctx.groups.items():
+            graph = self.models.graph_for(ctx.arms[idx[0]])
             if graph is None:
                 continue
             used[arm_name] = graph.name
@@ -290,10 +318,10 @@ class Engine:
             vecs = graph.user_vectors(seqs)
             extra = max(len(contexts[i].seen) for i in idx)
             top, _scores = graph.retrieve(vecs, cfg.graph_candidates + extra)
-            ids = graph.item_array
+            top = ctx.catalog.of_model(graph)[top]
             for j, i in enumerate(idx):
                 if vecs[j].any():  # no item of the session is in the graph: nothing to propose
-                    sources[i].append(Source(GRAPH, ids[top[j]].tolist()))
+                    sources[i].append(IdSource(ctx.reasons.code(GRAPH), top[j]))
         return used
 
     # -- stage 3: item features ---------------------------------------------- #
@@ -302,35 +330,41 @@ class Engine:
         catalog leave every candidate list. Also settles each arm's ranker: a trending arm ranks nothing,
         but with feature logging on its candidates get the live ranker's inputs (logged only), so the online
         trainer never has to read them back from Redis after the user reacted."""
-        unique = list(dict.fromkeys(chain.from_iterable(c.items for c in cands.merged)))
+        n_ids = len(ctx.catalog)
+        is_candidate = np.zeros(n_ids, dtype=bool)
+        is_candidate[cands.merged.items] = True
+        unique_ids = np.flatnonzero(is_candidate)
+        unique = ctx.catalog.names_of(unique_ids)
         log_only = self.models.live.get(self.models.config.ranker_model) if log_features else None
         rankers = {arm.name: (log_only, False) if arm.trending else (ctx.models[arm.name][1], True)
                    for arm in ctx.arms}
         stats = self.reader.item_stats(unique, with_stats=any(r is not None for r, _ in rankers.values()))
         if stats.removed.any():
-            gone = {unique[j] for j in np.flatnonzero(stats.removed)}
-            cands.merged = [_drop(c, gone) for c in cands.merged]
-        return BatchStats(unique, stats, rankers)
+            gone = np.zeros(n_ids, dtype=bool)
+            gone[unique_ids[stats.removed]] = True
+            cands.merged = cands.merged.keep(~gone[cands.merged.items])
+        row_of = np.full(n_ids, -1, dtype=np.int64)
+        row_of[unique_ids] = np.arange(len(unique_ids))
+        return BatchStats(unique, stats, row_of, rankers)
 
     # -- stage 4: ranking ---------------------------------------------------- #
     def _rank(self, ctx: BatchContext, cands: BatchCandidates, stats: BatchStats, explain: bool,
               log_features: bool) -> BatchRanking:
         """The ranker's probability for every (request, candidate) pair, one ONNX run per arm; without a
         ranker the merge order is the ranking."""
-        n = len(ctx.requests)
-        ranking = BatchRanking([_source_scores(c) for c in cands.merged], [None] * n, [None] * n)
+        n, sizes = len(ctx.requests), cands.merged.sizes()
+        ranking = BatchRanking([_source_scores(int(m)) for m in sizes], [None] * n, [None] * n)
         for arm_name, idx in ctx.groups.items():
             ranker, rank = stats.rankers[arm_name]
-            sizes = [len(cands.merged[i]) for i in idx]
             if ranker is None:
                 continue
-            if not sum(sizes):  # empty slates (a world's first view: its one trending item is the one seen)
+            if not sizes[idx].sum():  # empty slates (a world's first view: its one trending item is the one seen)
                 if log_features or not rank:  # log no rows, so no one reads their features back late
                     empty = np.zeros((0, len(ranker.dense_features)), dtype=np.float32)
                     for i in idx:
                         ranking.served[i] = (ranker.dense_features, empty)
                 continue
-            pairs = _Pairs(idx, sizes, cands, stats)
+            pairs = _Pairs(idx, cands.merged, stats)
             dense = self._dense_inputs(ctx, cands, stats, ranker, ctx.models[arm_name][0], pairs)
             for k, i in enumerate(idx):
                 if log_features or not rank:
@@ -356,8 +390,8 @@ class Engine:
                                                                        for c in ctx.contexts])
                 stats.unique_vecs = self.content_index.vectors_of(stats.unique)[0]
             content_sim = np.einsum("nd,nd->n", stats.profiles[np.asarray(idx)][owner], stats.unique_vecs[rows])
-        if "covis_score" in ranker.dense_features:  # pairs are in request order: one lookup run per request
-            covis_score = np.concatenate([_weights_of(cands.covis_weights[i], cands.merged[i].items) for i in idx])
+        if "covis_score" in ranker.dense_features:
+            covis_score = pairs.covis
         return dense_matrix(ranker.dense_features, stats.stats, rows, [ctx.contexts[i] for i in idx], owner,
                             seq_score, content_sim, covis_score)
 
@@ -369,7 +403,7 @@ class Engine:
         sparse = np.concatenate([ranker.users(users)[owner], ranker.items(stats.unique)[rows],
                                  ranker.cats(cats)[rows]], axis=1)
         prob = ranker.score(sparse, dense)
-        self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], pairs.items[:256],
+        self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], ctx.catalog.names_of(pairs.items[:256]),
                                       [cats[r] for r in rows[:256].tolist()], dense[:256])
         for k, i in enumerate(pairs.idx):
             ranking.scores[i] = pairs.rows_of(prob, k)
@@ -379,8 +413,10 @@ class Engine:
                                                  [cats[r] for r in rows[b:e].tolist()])
 
     # -- stage 5: slate ------------------------------------------------------ #
-    def _answer(self, ctx: BatchContext, cands: BatchCandidates, ranking: BatchRanking, i: int) -> Recommendation:
-        """Request ``i``'s recommendation: its slate, the models that made it, its degraded modes counted."""
+    def _answer(self, ctx: BatchContext, cands: BatchCandidates, ranking: BatchRanking, pick: Pick,
+                i: int) -> Recommendation:
+        """Request ``i``'s recommendation: its slate (``pick``), the models that made it, its degraded modes
+        counted."""
         seq, ranker = ctx.models[ctx.arms[i].name]
         used = [m.name for m in (seq, ranker) if m is not None]
         if ctx.arms[i].name in cands.graphs:
@@ -391,13 +427,19 @@ class Engine:
             metrics.degraded.labels("no_model").inc()
         if not ctx.contexts[i].known:
             metrics.degraded.labels("cold_start").inc()
+        merged, span = cands.merged, cands.merged.span(i)
         if i % 8 == 0:  # a sample describes the distribution; counting every request costs throughput
-            for source, n in cands.merged[i].counts().items():
+            for source, n in merged.counts(i, ctx.reasons).items():
                 metrics.candidates.labels(source).observe(n)
-        rec = self._slate(ctx.requests[i], cands.merged[i], ranking.scores[i], used, ctx.arms[i].name, ctx.now_ms,
-                          degraded=False, segment=ctx.contexts[i].segment, served=ranking.served[i],
-                          context=ctx.contexts[i])
-        self.clicks.remember(rec.rec_id, proposers(cands.sources[i], [it.item_id for it in rec.items]))
+        items, reasons = merged.items[span], merged.reasons[span]
+        rec = self._slate(ctx.requests[i], ranking.scores[i], pick,
+                          lambda chosen: (ctx.catalog.names_of(items[chosen]),
+                                          [ctx.reasons.names[c] for c in reasons[chosen].tolist()]),
+                          used, ctx.arms[i].name, ctx.now_ms, degraded=False, segment=ctx.contexts[i].segment,
+                          served=ranking.served[i], context=ctx.contexts[i])
+        served_ids = ctx.catalog.ids([it.item_id for it in rec.items])
+        self.clicks.remember(rec.rec_id, dict(zip((it.item_id for it in rec.items),
+                                                  merged.proposers(i, served_ids, ctx.reasons))))
         return rec
 
     def _attribute_clicks(self, requests: Sequence[ScoreRequest]) -> None:
@@ -414,28 +456,33 @@ class Engine:
 
     def _degraded(self, requests: Sequence[ScoreRequest], now_ms: int, mode: str) -> list[Recommendation]:
         """Redis is down (or scoring failed): the last trending snapshot, minus the trigger item."""
+        cfg = self.config
         src = Source(TRENDING, [i for i, _ in self.snapshot], [s for _, s in self.snapshot])
         out = []
         for r in requests:
-            c = merge([src], {r.item_id}, self.config.max_candidates)
+            c = merge([src], {r.item_id}, cfg.max_candidates)
             metrics.degraded.labels(mode).inc()
-            arm = ab.arm_of(r.user_id, self.config.arms, self.config.ab_salt)
-            out.append(self._slate(r, c, _source_scores(c), [], arm.name, now_ms, degraded=True))
+            arm = ab.arm_of(r.user_id, cfg.arms, cfg.ab_salt)
+            scores = _source_scores(len(c))
+            pick = choose(scores, cfg.top_n, cfg.exploration, epsilon=cfg.epsilon, temperature=cfg.temperature,
+                          rng=self.rng)
+            out.append(self._slate(r, scores, pick, c.chosen, [], arm.name, now_ms, degraded=True))
         return out
 
-    def _slate(self, r: ScoreRequest, c: Candidates, scores: np.ndarray, models: list[str], variant: str,
+    def _slate(self, r: ScoreRequest, scores: np.ndarray, pick: Pick,
+               candidates: Callable[[np.ndarray], tuple[list[str], list[str]]], models: list[str], variant: str,
                now_ms: int, degraded: bool, segment: int | None = None,
                served: tuple[list[str], np.ndarray] | None = None, context: RequestContext | None = None
                ) -> Recommendation:
-        """The answer: the top of ``scores`` (or a sample of it when exploring); ``served``: the ranker's
-        dense feature names and rows of the candidates, logged for the chosen items with the sequence model's
-        input items from ``context``."""
-        cfg = self.config
-        idx, prop, explored = choose(scores, cfg.top_n, cfg.exploration, epsilon=cfg.epsilon,
-                                     temperature=cfg.temperature, rng=self.rng)
-        items = [RecommendedItem(item_id=c.items[j], score=float(scores[j]), propensity=float(p),
-                                 reason="explore" if e else c.reasons[j])
-                 for j, p, e in zip(idx.tolist(), prop.tolist(), explored.tolist())]
+        """The answer: ``pick``, the top of ``scores`` (or a sample of it when exploring); ``candidates``: the
+        item ids and reasons of the chosen positions (only the served ones become strings); ``served``: the
+        ranker's dense feature names and rows of the candidates, logged for the chosen items with the sequence
+        model's input items from ``context``."""
+        idx, prop, explored = pick
+        ids, reasons = candidates(idx)
+        items = [RecommendedItem(item_id=item, score=float(scores[j]), propensity=float(p),
+                                 reason="explore" if e else why)
+                 for item, why, j, p, e in zip(ids, reasons, idx.tolist(), prop.tolist(), explored.tolist())]
         features = None
         if served is not None:
             names, rows = served
@@ -456,19 +503,9 @@ def _stage(name: str, since: float) -> float:
     return now
 
 
-def _drop(c: Candidates, gone: set[str]) -> Candidates:
-    keep = [j for j, it in enumerate(c.items) if it not in gone]
-    return Candidates([c.items[j] for j in keep], [c.reasons[j] for j in keep])
-
-
-def _weights_of(weights: dict[str, float], items: list[str]) -> np.ndarray:
-    """``weights[item]`` of each item, 0 where it has none (the lookups run in C: no Python per item)."""
-    return np.fromiter(map(weights.get, items, repeat(0.0)), dtype=np.float64, count=len(items))
-
-
-def _source_scores(c: Candidates) -> np.ndarray:
+def _source_scores(n: int) -> np.ndarray:
     """Without a ranker: the merge order is the ranking (1, 1/2, 1/3, ...)."""
-    return 1.0 / np.arange(1, len(c) + 1, dtype=np.float64)
+    return 1.0 / np.arange(1, n + 1, dtype=np.float64)
 
 
 def _is_redis_error(exc: Exception) -> bool:

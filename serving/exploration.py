@@ -21,9 +21,48 @@ exactly the probability the sampler used.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 Mode = str  # "off" | "epsilon" | "softmax"
+Pick = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""A slate: indices into the scores, each item's propensity, whether it was explored."""
+
+
+def choose_all(scores: Sequence[np.ndarray], n: int, mode: Mode = "off", *, epsilon: float = 0.1,
+               temperature: float = 1.0, rng: np.random.Generator | None = None) -> list[Pick]:
+    """`choose` for each of a batch's score arrays, in order. Greedy slates are picked for the whole batch
+    at once (`greedy_slates`); exploring ones draw from ``rng`` request by request, as `choose` does.
+
+    >>> [idx.tolist() for idx, _, _ in choose_all([np.array([0.1, 0.9, 0.5]), np.array([2.0])], 2)]
+    [[1, 2], [0]]
+    """
+    if mode != "off":
+        return [choose(s, n, mode, epsilon=epsilon, temperature=temperature, rng=rng) for s in scores]
+    return [(idx, np.ones(len(idx)), np.zeros(len(idx), bool)) for idx in greedy_slates(scores, n)]
+
+
+def greedy_slates(scores: Sequence[np.ndarray], n: int) -> list[np.ndarray]:
+    """Per score array, the indices of its ``n`` best scores, best first, ties in index order: exactly
+    ``np.argsort(-s, kind="stable")[:n]``, for the whole batch in a few numpy calls (a full sort per
+    request costs more than the rest of its slate)."""
+    sizes = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+    width = int(sizes.max(initial=0))
+    k = min(n, width)
+    if k <= 0:
+        return [np.zeros(0, np.int64) for _ in scores]
+    table = np.full((len(scores), width), -np.inf)
+    table[np.arange(width) < sizes[:, None]] = np.concatenate(scores)
+    if np.isnan(table).any():  # NaN sorts last in argsort, but compares false: the reference handles it
+        return [np.argsort(-np.asarray(s, dtype=np.float64), kind="stable")[:n] for s in scores]
+    part = np.argpartition(-table, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(table, part, axis=1).min(axis=1)  # each row's k-th best score
+    rows, cols = np.nonzero(table >= kth[:, None])  # the k best and every tie with the k-th, in index order
+    order = np.lexsort((cols, -table[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(len(scores)))
+    return [cols[b:b + m] for b, m in zip(starts.tolist(), np.minimum(sizes, n).tolist())]
 
 
 def choose(scores: np.ndarray, n: int, mode: Mode = "off", *, epsilon: float = 0.1, temperature: float = 1.0,
