@@ -400,8 +400,11 @@ class Engine:
         """One ONNX run over the arm's pairs; each request's slice of the probabilities becomes its scores."""
         owner, rows, cats = pairs.owner, pairs.rows, stats.stats.categories
         users = [ctx.requests[i].user_id for i in pairs.idx]
-        sparse = np.concatenate([ranker.users(users)[owner], ranker.items(stats.unique)[rows],
-                                 ranker.cats(cats)[rows]], axis=1)
+        per_item = np.concatenate([ranker.items(stats.unique), ranker.cats(cats)], axis=1)  # once per unique item
+        per_user = ranker.users(users)
+        sparse = np.empty((len(rows), per_user.shape[1] + per_item.shape[1]), dtype=np.int64)
+        sparse[:, :per_user.shape[1]] = per_user[owner]
+        sparse[:, per_user.shape[1]:] = per_item[rows]
         prob = ranker.score(sparse, dense)
         self.models.samples["dcn"] = ([users[o] for o in owner[:256].tolist()], ctx.catalog.names_of(pairs.items[:256]),
                                       [cats[r] for r in rows[:256].tolist()], dense[:256])
