@@ -93,6 +93,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     # 0.5, RecBole's SASRec default: Amazon Toys NDCG@10 0.0600 against 0.0573 at 0.2 (seed 0); ML-100K within
     # its seeds' spread (BENCHMARKS.md, "Recommendation quality on public data").
     g.add_argument("--dropout", type=float, default=0.5, help="sequence model dropout (default 0.5)")
+    g.add_argument("--ff-mult", type=int, default=2, metavar="N",
+                   help="sequence model feed-forward width, in multiples of --dim (default 2)")
     g.add_argument("--refit-epochs", type=int, default=2, metavar="N",
                    help="after the best epoch, N more epochs that also learn each user's validation item, the newest "
                         "behaviour before the test item (default 2; 0 = off)")
@@ -137,7 +139,7 @@ def _config(args):
     from streamrec.trainer.train import TrainConfig
 
     ranker = {} if args.item_buckets == "auto" else dict(item_buckets=args.item_buckets)
-    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout,
+    cfg = TrainConfig(seq=dict(dim=args.dim, max_len=args.max_len, dropout=args.dropout, ff_mult=args.ff_mult,
                                item_buckets=args.item_buckets), ranker=ranker,
                       seq_refit_epochs=args.refit_epochs).with_seed(args.seed)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None

@@ -31,13 +31,14 @@ _NEG = -1e9  # finite "minus infinity": an all-padding row stays finite (uniform
 class _Block(nn.Module):
     """Pre-norm transformer block with an explicit causal + padding mask (exports to plain ONNX ops)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, ff_mult: int = 2):
         super().__init__()
         self.heads = heads
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(ff_mult * dim, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -58,10 +59,10 @@ class SASRec(RecModel):
     kind = "sasrec"
 
     def __init__(self, item_buckets: int = 50_000, cat_buckets: int = 1_000, dim: int = 64, layers: int = 2,
-                 heads: int = 2, max_len: int = 50, dropout: float = 0.2):
+                 heads: int = 2, max_len: int = 50, dropout: float = 0.2, ff_mult: int = 2):
         super().__init__()
         self.config = dict(item_buckets=item_buckets, cat_buckets=cat_buckets, dim=dim, layers=layers,
-                           heads=heads, max_len=max_len, dropout=dropout)
+                           heads=heads, max_len=max_len, dropout=dropout, ff_mult=ff_mult)
         self.max_len = max_len
         self.item_hasher = IdHasher(item_buckets, "item")
         self.cat_hasher = IdHasher(cat_buckets, "cat")
@@ -70,7 +71,7 @@ class SASRec(RecModel):
         self.items = nn.Embedding(item_buckets, dim, padding_idx=0, sparse=True)
         self.cats = nn.Embedding(cat_buckets, dim, padding_idx=0, sparse=True)
         self.pos = nn.Embedding(max_len, dim)
-        self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(_Block(dim, heads, dropout, ff_mult) for _ in range(layers))
         self.ln = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         for emb in (self.items, self.cats):
