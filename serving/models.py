@@ -40,26 +40,30 @@ from streamrec.settings import Settings
 from streamrec.stream import topics
 
 log = logging.getLogger(__name__)
-LOAD_NICE = 10
-"""Added to the nice value of the thread that reads and hashes version files: +10 gets it about a tenth of a
-busy core against a nice 0 thread."""
 KINDS = {"sasrec": SeqModel, "dcn": Ranker, GraphModel.kind: GraphModel, ContentModel.kind: ContentModel}
 
 
-def _lower_priority(nice: int = LOAD_NICE) -> None:
-    """Lower the calling thread's CPU priority for the rest of its life (Linux: its own nice value; elsewhere,
-    or where refused, nothing changes).
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` for the rest of its life (Linux: its own nice value;
+    elsewhere, or where refused, nothing changes).
 
-    Only the thread that reads and hashes version files runs lowered: that work releases the GIL (file reads,
-    hashlib), so the scoring thread never waits on a descheduled low-priority thread that holds the GIL.
-    Lowering the whole loading thread did exactly that (measured with `streamrec bench swap-stall`: p99 while
-    loading 1.9-2.4x steady against 1.5-1.7x at normal priority), since building models and warming them up
-    hold the GIL in 5 ms slices. Sessions are not built in the lowered thread either: ONNX Runtime starts a
-    session's intra-op threads inside `InferenceSession(...)`, a Linux thread inherits its creator's nice
-    value, and the session would score at low priority for as long as it is live. Raising a nice value back
-    needs CAP_SYS_NICE, which a non-root scorer lacks, so no thread here ever raises one.
+    Only the thread that reads and hashes version files runs lowered (`Settings.model_load_nice`), because
+    that work mostly runs without the GIL (file reads, hashlib). A lowered thread that needs the GIL stalls
+    the scoring thread: when it asks for the GIL, the scoring thread drops it at the next switch interval and
+    waits until the lowered thread, descheduled behind busier threads, has taken it. Lowering the whole
+    loading thread, which builds models and warms them up with the GIL held in 5 ms slices, did that
+    (`streamrec bench swap-stall` on 2 busy cores: p99 while loading 1.9-2.4x steady, against 1.5-1.7x at
+    normal priority). Sessions are not built in a lowered thread either: ONNX Runtime starts a session's
+    intra-op threads inside `InferenceSession(...)`, a Linux thread inherits its creator's nice value, and the
+    session would score at low priority for as long as it is live. Raising a nice value back needs
+    CAP_SYS_NICE, which a non-root scorer lacks, so no thread here ever raises one.
+
+    Even the reading thread takes the GIL a few times per file, and on 2 cores busy with another job it
+    showed: `streamrec bench swap-stall --load-nice 10 0` gave p99 while loading 1.66-1.97x steady at +10
+    against 1.48-1.79x at 0 (1.71-1.89x for the code before), and loads 3x longer. Where tails matter more
+    than the CPU a load takes from neighbours, STREAMREC_MODEL_LOAD_NICE=0.
     """
-    if not sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS of a thread id is not that thread
+    if nice <= 0 or not sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS of a thread id is not that thread
         return
     tid = threading.get_native_id()
     try:
@@ -94,7 +98,8 @@ class ModelStore:
         self._thread: threading.Thread | None = None
         self.caught_up = threading.Event()
         # One thread, started on the first load, reads and hashes version files at lower priority.
-        self._files = ThreadPoolExecutor(1, thread_name_prefix="model-files", initializer=_lower_priority)
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="model-files", initializer=_lower_priority,
+                                         initargs=(settings.model_load_nice,))
 
     # -- loading ------------------------------------------------------------- #
     def load(self, ann: Announcement):

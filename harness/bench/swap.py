@@ -37,7 +37,7 @@ DRAIN_S = 0.1
 
 # -- the child: one measurement on whichever streamrec is importable --------------------------------------- #
 def measure(registry: str, base: list[dict], rounds: list[list[dict]], candidates: int, batch: int,
-            steady_s: float, gap_s: float) -> dict:
+            steady_s: float, gap_s: float, settings: dict | None = None) -> dict:
     import streamrec
     from streamrec.harness.bench.core import MemoryFeatures, bench_config
     from streamrec.registry import Announcement
@@ -47,7 +47,7 @@ def measure(registry: str, base: list[dict], rounds: list[list[dict]], candidate
     from streamrec.stream.schemas import ScoreRequest
 
     cfg = bench_config(candidates, batch)
-    store = ModelStore(Settings(registry_uri=registry), cfg)
+    store = ModelStore(Settings(registry_uri=registry, **(settings or {})), cfg)
     for ann in base:
         if not store.offer(Announcement(**ann)):
             raise RuntimeError(f"refused: {store.refused}")
@@ -113,8 +113,8 @@ def _percentiles(values: list[float]) -> dict:
     import numpy as np
 
     v = np.array(values) if values else np.array([np.nan])
-    return {"n": len(values), **{f"p{q}_ms": round(float(np.percentile(v, q)), 2) for q in (50, 99)},
-            "max_ms": round(float(v.max()), 2)}
+    return {"n": len(values), "mean_ms": round(float(v.mean()), 2),
+            **{f"p{q}_ms": round(float(np.percentile(v, q)), 2) for q in (50, 99)}, "max_ms": round(float(v.max()), 2)}
 
 
 # -- the parent: models, children, summary ------------------------------------------------------------------ #
@@ -162,9 +162,11 @@ def run_child(site: Path | None, config: dict) -> dict:
 
 
 def swap_stall(registry: str | None, rounds: int, runs: int, baseline: str | None, candidates: int, batch: int,
-               items: int, steady_s: float, gap_s: float, say=print, baseline_root: Path | None = None) -> dict:
+               items: int, steady_s: float, gap_s: float, say=print, baseline_root: Path | None = None,
+               load_nice: list[int] | None = None) -> dict:
     """``runs`` measurements of this code (and of commit ``baseline``, alternated), each loading ``rounds``
-    rounds of fresh versions of the registry's current sequence model and ranker."""
+    rounds of fresh versions of the registry's current sequence model and ranker. ``load_nice``: one
+    measurement of this code per value of `Settings.model_load_nice` in each run (default: the settings')."""
     from streamrec.harness.bench.baseline import DEFAULT_ROOT, materialise
     from streamrec.harness.bench.serve import fresh_versions
     from streamrec.registry import Registry
@@ -182,25 +184,26 @@ def swap_stall(registry: str | None, rounds: int, runs: int, baseline: str | Non
         config = {"registry": str(Path(tmp, "fresh")), "base": [_ann(a) for a in fresh[0]],
                   "rounds": [[_ann(a) for a in rnd] for rnd in fresh[1:]], "candidates": candidates,
                   "batch": batch, "steady_s": steady_s, "gap_s": gap_s}
-        out: dict = {"registry": registry, "rounds": rounds, "baseline": baseline,
-                     "runs": {"current": [], "baseline": []}}
+        codes = [(baseline, site, {})] if site else []
+        codes += [(f"current, load nice {n}", None, {"model_load_nice": n}) for n in load_nice] \
+            if load_nice else [("current", None, {})]
+        out: dict = {"registry": registry, "rounds": rounds, "baseline": baseline, "runs": {c[0]: [] for c in codes}}
         for k in range(runs):
-            for label, where in (("baseline", site), ("current", None)) if site else (("current", None),):
-                result = run_child(where, config)
+            for label, where, settings in codes:
+                result = run_child(where, {**config, "settings": settings})
                 out["runs"][label].append(result)
-                say(f"run {k + 1}/{runs} {baseline if label == 'baseline' else 'current'}: p99 "
+                say(f"run {k + 1}/{runs} {label}: p99 "
                     f"{result['loading']['p99_ms']} ms while loading against {result['steady']['p99_ms']} ms steady "
                     f"(x{result['p99_ratio']}), max {result['loading']['max_ms']} against "
                     f"{result['steady']['max_ms']} ms; batch {result['batch_ms_median']} ms every "
                     f"{result['interval_ms']} ms; loads {result['load_s']} s")
-    out["summary"] = summary = {label: _summary(rs) for label, rs in out["runs"].items() if rs}
-    if "baseline" in summary:
-        cur, base = summary["current"], summary["baseline"]
-        summary["current_over_baseline"] = {
-            "loading_p99": round(cur["loading_p99_ms"] / base["loading_p99_ms"], 2),
-            "loading_max": round(cur["loading_max_ms"] / base["loading_max_ms"], 2),
-            "steady_p99": round(cur["steady_p99_ms"] / base["steady_p99_ms"], 2),
-            "load_s": round(cur["load_s"] / base["load_s"], 2)}
+    out["summary"] = summary = {label: _summary(rs) for label, rs in out["runs"].items()}
+    if site:
+        base = summary[baseline]
+        for label, cur in summary.items():
+            if label != baseline:
+                cur["over_baseline"] = {key: round(cur[key] / base[key], 2) for key in
+                                        ("p99_ratio", "loading_p99_ms", "loading_max_ms", "steady_p99_ms", "load_s")}
     return out
 
 
@@ -225,14 +228,13 @@ def run(args) -> int:
     console = make_console(stderr=True)
     out, started = output_folder(args), run_started()
     result = swap_stall(args.registry, args.rounds, args.runs, args.baseline, args.candidates, args.batch,
-                        args.items, args.steady_seconds, args.gap_seconds, say=console.print)
+                        args.items, args.steady_seconds, args.gap_seconds, say=console.print,
+                        load_nice=args.load_nice)
     for label, s in result["summary"].items():
-        if label != "current_over_baseline":
-            console.print(f"{result['baseline'] if label == 'baseline' else 'current'}: p99 while loading / "
-                          f"steady p99 x{s['p99_ratio']} (runs {s['p99_ratios']}), max x{s['max_ratio']}; "
-                          f"p99 while loading {s['loading_p99_ms']} ms, load {s['load_s']} s")
-    if "current_over_baseline" in result["summary"]:
-        console.print(f"current / {result['baseline']}: {result['summary']['current_over_baseline']}")
+        console.print(f"{label}: p99 while loading / steady p99 x{s['p99_ratio']} (runs {s['p99_ratios']}), "
+                      f"max x{s['max_ratio']}; p99 while loading {s['loading_p99_ms']} ms, steady "
+                      f"{s['steady_p99_ms']} ms; load {s['load_s']} s"
+                      + (f"; against {result['baseline']}: {s['over_baseline']}" if "over_baseline" in s else ""))
     write_report(out, "swap-stall.json", result, started)
     console.print(f"wrote {out / 'swap-stall.json'}")
     return 0
@@ -244,6 +246,9 @@ def register_bench(bench) -> None:
     p.add_argument("--rounds", type=int, default=6, help="rounds of fresh versions of both models per run (default 6)")
     p.add_argument("--runs", type=int, default=2, help="runs of each code, alternated (default 2)")
     p.add_argument("--baseline", metavar="REF", help="also run commit REF's code (from git archive), alternated")
+    p.add_argument("--load-nice", type=int, nargs="+", metavar="N",
+                   help="run this code once per value of STREAMREC_MODEL_LOAD_NICE in each run, e.g. 10 0 "
+                        "(default: the setting's default)")
     p.add_argument("--candidates", type=int, default=200, help="candidates ranked per request (default 200)")
     p.add_argument("--batch", type=int, default=4, help="requests per batch (default 4)")
     p.add_argument("--items", type=int, default=5000, help="catalog of the scratch models (default 5000)")
@@ -259,4 +264,4 @@ def register_bench(bench) -> None:
 if __name__ == "__main__":
     c = json.loads(sys.argv[1])
     print("RESULT", json.dumps(measure(c["registry"], c["base"], c["rounds"], c["candidates"], c["batch"],
-                                       c["steady_s"], c["gap_s"])))
+                                       c["steady_s"], c["gap_s"], c.get("settings"))))

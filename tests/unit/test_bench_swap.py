@@ -27,11 +27,12 @@ def test_swap_stall_measures_batches_inside_and_outside_load_windows_for_both_co
         reg.publish(name, exported.files, kind=model.kind, version="v0", signatures=exported.signatures,
                     hashing=hashing, extra=exported.extra)
     out = swap_stall(str(tmp_path / "reg"), rounds=2, runs=1, baseline="HEAD", candidates=20, batch=2,
-                     items=0, steady_s=0.3, gap_s=0.2, say=lambda _: None, baseline_root=tmp_path / "base")
-    for label in ("current", "baseline"):
-        (run,) = out["runs"][label]
+                     items=0, steady_s=0.3, gap_s=0.2, say=lambda _: None, baseline_root=tmp_path / "base",
+                     load_nice=[10, 0])
+    assert list(out["runs"]) == ["HEAD", "current, load nice 10", "current, load nice 0"]
+    for label, (run,) in out["runs"].items():
         assert len(run["load_s"]) == 2 and run["loading"]["n"] > 0 and run["steady"]["n"] > 0
         assert run["p99_ratio"] == pytest.approx(run["loading"]["p99_ms"] / run["steady"]["p99_ms"], abs=0.01)
-    assert out["runs"]["baseline"][0]["code"].startswith(str(tmp_path / "base"))
-    assert not out["runs"]["current"][0]["code"].startswith(str(tmp_path))
-    assert set(out["summary"]["current_over_baseline"]) == {"loading_p99", "loading_max", "steady_p99", "load_s"}
+    assert out["runs"]["HEAD"][0]["code"].startswith(str(tmp_path / "base"))
+    assert not out["runs"]["current, load nice 0"][0]["code"].startswith(str(tmp_path))
+    assert "over_baseline" in out["summary"]["current, load nice 0"] and "over_baseline" not in out["summary"]["HEAD"]

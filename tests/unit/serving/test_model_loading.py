@@ -224,3 +224,12 @@ def test_files_are_read_and_hashed_at_lower_priority_and_sessions_keep_the_norma
     store.swap_pending()
     seq = store.live["sasrec"]
     assert np.isfinite(seq.user_vectors([ITEMS[:3]], CATEGORIES)).all()
+    # STREAMREC_MODEL_LOAD_NICE=0: the reading thread keeps the scorer's priority.
+    same = ModelStore(store.settings.replace(model_load_nice=0), store.config)
+    try:
+        assert same.offer(publish(reg, tmp_path, "ranker", "v2"))
+        (reader,) = [t.native_id for t in threading.enumerate() if t.name.startswith("model-files")
+                     and t.native_id != readers[0]]
+        assert _nice_of_threads()[reader] == base
+    finally:
+        same.stop()
