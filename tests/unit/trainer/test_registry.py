@@ -157,6 +157,7 @@ def test_fsspec_backend_writes_meta_last_and_verifies(files):
     reg = Registry("memory://streamrec-test-registry")
     reg.publish("seq", files, kind="sasrec", version="v1")
     assert reg.versions("seq") == ["v1"] and reg.verify("seq", "v1").kind == "sasrec"
+    assert reg.open_version("seq", "v1").read("model.onnx") == b"A" * 1000  # the scorer's reads, no local copy
     fs = fsspec.filesystem("memory")
     fs.pipe("/streamrec-test-registry/seq/v2/model.onnx", b"half-written")  # a writer that died before meta.json
     assert reg.versions("seq") == ["v1"]
