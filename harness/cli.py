@@ -1,5 +1,5 @@
 """The harness's subcommands: `streamrec simulate` and the benchmarks whose modules are heavy to import
-(`bench features`, `serve`, `gpu`, `train`, `explain`, `online`, `scale`).
+(`bench features`, `serve`, `gpu`, `train`, `explain`, `online`, `scale`, `swap-stall`).
 
 Arguments only: each benchmark's imports (onnxruntime, torch, faust) load when it runs, so every other
 `streamrec` command starts without them. The lighter harness modules (`demo`, `soak`, `faults`, `bench.ope`)
@@ -196,6 +196,13 @@ def _register_bench_train(bench) -> None:
     train.register_explain(bench)
 
 
+def _register_bench_swap_stall(bench) -> None:
+    from streamrec.harness.bench import swap  # arguments only: its imports load when it runs
+
+    swap.register_bench(bench)
+
+
 BENCHES = {"features": _register_bench_features, "serve": _register_bench_serve, "gpu": _register_bench_gpu,
-           "train": _register_bench_train, "online": _register_bench_online, "scale": _register_bench_scale}
+           "train": _register_bench_train, "online": _register_bench_online, "scale": _register_bench_scale,
+           "swap-stall": _register_bench_swap_stall}
 """Each benchmark's arguments, in the order `streamrec bench --help` lists them."""

@@ -29,9 +29,9 @@ from typing import Sequence
 
 import numpy as np
 
-from streamrec.registry import ModelMeta
+from streamrec.registry import ModelMeta, VersionFiles
 from streamrec.serving.candidates import top_k
-from streamrec.serving.ranking import Graph, ModelError, _hasher
+from streamrec.serving.ranking import Graph, ModelError, _hasher, load_array, version_files
 
 log = logging.getLogger(__name__)
 KIND = "content"
@@ -85,11 +85,12 @@ def tower_inputs(tokenizer, cat_hasher, tag_hasher, max_tags: int, metas: Sequen
     return {"input_ids": ids, "attention_mask": mask, "category": cats, "tags": tags}
 
 
-def load_tokenizer(path: str | Path, max_tokens: int = MAX_TOKENS):
-    """MiniLM's tokenizer (``tokenizer.json``) truncating at ``max_tokens``; padding is done by `tower_inputs`."""
+def load_tokenizer(path: str | Path | bytes, max_tokens: int = MAX_TOKENS):
+    """MiniLM's tokenizer (``tokenizer.json``, a path or its bytes) truncating at ``max_tokens``; padding is
+    done by `tower_inputs`."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_str(path.decode()) if isinstance(path, bytes) else Tokenizer.from_file(str(path))
     tok.no_padding()
     tok.enable_truncation(max_tokens)
     return tok
@@ -100,18 +101,19 @@ class ContentModel:
 
     kind = KIND
 
-    def __init__(self, folder: str | Path, meta: ModelMeta, device: str = "auto", io_binding: bool | None = None):
-        folder = Path(folder)
+    def __init__(self, folder: str | Path | VersionFiles, meta: ModelMeta, device: str = "auto",
+                 io_binding: bool | None = None):
+        files = version_files(folder)
         self.meta = meta
         self.name = f"{meta.name}@{meta.version}"
-        self.graph = Graph(folder / "model.onnx", device, io_binding)
-        self.tokenizer = load_tokenizer(folder / "tokenizer.json", int(meta.extra.get("max_tokens", MAX_TOKENS)))
+        self.graph = Graph.of(files, "model.onnx", meta, device, io_binding)
+        self.tokenizer = load_tokenizer(files.read("tokenizer.json"), int(meta.extra.get("max_tokens", MAX_TOKENS)))
         self.max_tags = int(meta.extra.get("max_tags", MAX_TAGS))
         self.cat_hasher = _hasher(meta, "cat")
         self.tag_hasher = _hasher(meta, "tag")
-        self.vectors = np.load(folder / "item_vectors.npy", allow_pickle=False).astype(np.float32)
-        self.item_ids = [str(x) for x in np.load(folder / "item_ids.npy", allow_pickle=False)]
-        self.item_keys = [str(x) for x in np.load(folder / "item_keys.npy", allow_pickle=False)]
+        self.vectors = load_array(files, "item_vectors.npy").astype(np.float32)
+        self.item_ids = [str(x) for x in load_array(files, "item_ids.npy")]
+        self.item_keys = [str(x) for x in load_array(files, "item_keys.npy")]
         if not (self.vectors.shape[0] == len(self.item_ids) == len(self.item_keys)):
             raise ModelError(f"{self.name}: {self.vectors.shape[0]} vectors, {len(self.item_ids)} ids, "
                              f"{len(self.item_keys)} fingerprints")

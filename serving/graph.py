@@ -31,9 +31,9 @@ from typing import Sequence
 
 import numpy as np
 
-from streamrec.registry import ModelMeta
+from streamrec.registry import ModelMeta, VersionFiles
 from streamrec.serving.candidates import top_k
-from streamrec.serving.ranking import ModelError
+from streamrec.serving.ranking import ModelError, load_array, version_files
 
 KIND = "lightgcn"
 
@@ -57,13 +57,14 @@ class GraphModel:
 
     kind = KIND
 
-    def __init__(self, folder: str | Path, meta: ModelMeta, device: str = "cpu", io_binding: bool | None = None):
-        folder = Path(folder)
+    def __init__(self, folder: str | Path | VersionFiles, meta: ModelMeta, device: str = "cpu",
+                 io_binding: bool | None = None):
+        files = version_files(folder)
         self.meta = meta
         self.name = f"{meta.name}@{meta.version}"
-        self.vectors = np.ascontiguousarray(np.load(folder / "item_vectors.npy", allow_pickle=False), np.float32)
-        self.fold = np.ascontiguousarray(np.load(folder / "fold_vectors.npy", allow_pickle=False), np.float32)
-        self.item_ids = [str(x) for x in np.load(folder / "item_ids.npy", allow_pickle=False)]
+        self.vectors = np.ascontiguousarray(load_array(files, "item_vectors.npy"), np.float32)
+        self.fold = np.ascontiguousarray(load_array(files, "fold_vectors.npy"), np.float32)
+        self.item_ids = [str(x) for x in load_array(files, "item_ids.npy")]
         if not (self.vectors.shape == self.fold.shape and self.vectors.shape[0] == len(self.item_ids)):
             raise ModelError(f"{self.name}: item_vectors {self.vectors.shape}, fold_vectors {self.fold.shape} "
                              f"and {len(self.item_ids)} item ids do not match")

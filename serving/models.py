@@ -1,25 +1,31 @@
 """Live model versions and hot-swap, driven by the `model-versions` topic.
 
 A watcher thread follows `model-versions` (compacted, one partition) from
-the beginning. For each announcement of a model the scorer uses it fetches
-the version, verifies it (`Registry.verify`: every file's size and sha256,
-the graphs' declared inputs and outputs; and the announced digest of
-``meta.json``), opens the ONNX sessions, and warms them up on the last real
-batch the scorer served (or a synthetic one before any). Only then is the
-version *staged*; the scoring loop calls `ModelStore.swap_pending` between
-batches, so a batch never sees two versions of a model and no request is
-dropped. The replaced version stays loaded as ``previous``: a rollback
-announcement of it swaps back without loading anything. A version that fails
-any step is refused, logged and counted; the live one keeps serving.
+the beginning. For each announcement of a model the scorer uses it opens the
+version (`Registry.open_version`: ``meta.json`` read once, its digest checked
+against the announced one), then builds the model from the files it opens,
+each read once and checked against meta.json's size and sha256 before its
+bytes are used: the ONNX sessions are built from those bytes and check the
+graphs' declared inputs and outputs on themselves; files the scorer does not
+open, such as the torch weights, are not read. Reading and hashing run on a
+thread of lower CPU priority (see `_lower_priority`). The version is warmed up
+on the last real batch the scorer served (or a synthetic one before any).
+Only then is the version *staged*; the scoring loop calls
+`ModelStore.swap_pending` between batches, so a batch never sees two versions
+of a model and no request is dropped. The replaced version stays loaded as
+``previous``: a rollback announcement of it swaps back without loading
+anything. A version that fails any step is refused, logged and counted; the
+live one keeps serving.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
+import os
+import sys
 import threading
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -35,6 +41,35 @@ from streamrec.stream import topics
 
 log = logging.getLogger(__name__)
 KINDS = {"sasrec": SeqModel, "dcn": Ranker, GraphModel.kind: GraphModel, ContentModel.kind: ContentModel}
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` for the rest of its life (Linux: its own nice value;
+    elsewhere, or where refused, nothing changes).
+
+    Only the thread that reads and hashes version files runs lowered (`Settings.model_load_nice`), because
+    that work mostly runs without the GIL (file reads, hashlib). A lowered thread that needs the GIL stalls
+    the scoring thread: when it asks for the GIL, the scoring thread drops it at the next switch interval and
+    waits until the lowered thread, descheduled behind busier threads, has taken it. Lowering the whole
+    loading thread, which builds models and warms them up with the GIL held in 5 ms slices, did that
+    (`streamrec bench swap-stall` on 2 busy cores: p99 while loading 1.9-2.4x steady, against 1.5-1.7x at
+    normal priority). Sessions are not built in a lowered thread either: ONNX Runtime starts a session's
+    intra-op threads inside `InferenceSession(...)`, a Linux thread inherits its creator's nice value, and the
+    session would score at low priority for as long as it is live. Raising a nice value back needs
+    CAP_SYS_NICE, which a non-root scorer lacks, so no thread here ever raises one.
+
+    Even the reading thread takes the GIL a few times per file, and on 2 cores busy with another job it
+    showed: `streamrec bench swap-stall --load-nice 10 0` gave p99 while loading 1.66-1.97x steady at +10
+    against 1.48-1.79x at 0 (1.71-1.89x for the code before), and loads 3x longer. Where tails matter more
+    than the CPU a load takes from neighbours, STREAMREC_MODEL_LOAD_NICE=0.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS of a thread id is not that thread
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:  # lowering one's own priority is allowed to anyone; a sandbox may still refuse it
+        log.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)
 
 
 def registry_of(uri: str) -> tuple[Registry, str]:
@@ -62,19 +97,22 @@ class ModelStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.caught_up = threading.Event()
-        self._tmp = tempfile.TemporaryDirectory(prefix="streamrec-models-")
+        # One thread, started on the first load, reads and hashes version files at lower priority.
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="model-files", initializer=_lower_priority,
+                                         initargs=(settings.model_load_nice,))
 
     # -- loading ------------------------------------------------------------- #
     def load(self, ann: Announcement):
-        """Fetch, verify, open and warm up one announced version; raise ModelError/RegistryError."""
+        """Open, check, load and warm up one announced version; raise ModelError/RegistryError."""
         registry, folder = registry_of(ann.uri)
         # security: the folder loaded must be the one verified, ROOT/NAME/VERSION of the announced
         # (validated) name and version, so a crafted uri cannot swap in another folder.
         if folder.rstrip("/").split("/")[-2:] != [check_name(ann.name), check_version(ann.version)]:
             raise ModelError(f"{ann.name}/{ann.version}: announced uri {ann.uri!r} is not the folder "
                              f"REGISTRY/{ann.name}/{ann.version}; republish with `streamrec models promote`")
-        meta = registry.verify(ann.name, ann.version, max_bytes=self.settings.model_max_bytes)
-        digest = registry.digest(ann.name, ann.version)
+        version = registry.open_version(ann.name, ann.version, max_bytes=self.settings.model_max_bytes,
+                                        reader=self._files)
+        meta, digest = version.meta, version.digest
         if digest != ann.sha256:
             raise ModelError(f"{ann.name}/{ann.version}: meta.json digest {digest[:12]}... differs from the "
                              f"announced {ann.sha256[:12]}...; the version changed after it was announced")
@@ -88,11 +126,8 @@ class ModelStore:
         if expected and expected != meta.kind:
             raise ModelError(f"{ann.name}/{ann.version} is a {meta.kind!r} model, but {ann.name!r} is the "
                              f"scorer's {expected} model")
-        if not registry.local:  # ONNX Runtime opens local files: copy the version first
-            local = Path(self._tmp.name, ann.name, ann.version)
-            registry.fs.get(folder.rstrip("/") + "/", str(local), recursive=True)
-            folder = str(local)
-        model = cls(folder, meta, self.settings.device, self.io_binding)
+        # Each file the model opens is read here, once, and checked before use (local or object storage alike).
+        model = cls(version, meta, self.settings.device, self.io_binding)
         model.warm_up()
         self._warm_on_samples(model)
         return model
@@ -248,4 +283,4 @@ class ModelStore:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
-        self._tmp.cleanup()
+        self._files.shutdown(wait=False)

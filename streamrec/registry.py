@@ -15,6 +15,12 @@ where there is no rename, ``meta.json`` is uploaded last and a version
 without it is reported as incomplete. ``meta.json`` holds the sha256 and size
 of every other file, so a reader detects any corrupt or truncated file.
 
+Two ways to check a version: `Registry.verify` reads every file (the CLI, the
+trainer before it announces); `Registry.open_version` is the scorer's: it reads
+``meta.json`` once, then each file the model opens once, when the model asks
+for it, and hands out the very bytes it hashed (`LoadedVersion.read`), so what
+was checked is what is served, and files the scorer does not use are not read.
+
 >>> import tempfile, pathlib
 >>> root = tempfile.mkdtemp()
 >>> reg = Registry(root)
@@ -36,9 +42,10 @@ import re
 import shutil
 import time
 import uuid
+from concurrent.futures import Executor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -144,13 +151,33 @@ def new_version() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:4]
 
 
+def _chunks(f) -> Iterator[bytes]:
+    while chunk := f.read(_CHUNK):
+        yield chunk
+
+
+def _sha256(chunks: Iterable[bytes]) -> tuple[str, int]:
+    """Hex sha256 and length of a file's bytes, given in one or more chunks (hashlib releases the GIL)."""
+    h, n = hashlib.sha256(), 0
+    for chunk in chunks:
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _check_file(where: str, fname: str, entry: FileEntry, sha: str | None, size: int) -> None:
+    """Refuse a file whose size or sha256 is not the one meta.json lists (``sha`` None: not read, the size
+    already differs). The one check of both readers, `Registry.verify` and `LoadedVersion.read`."""
+    if size != entry.bytes or sha != entry.sha256:
+        found = f"sha256 {sha[:12]}..., " if sha is not None else ""
+        raise RegistryError(f"{where}: {fname} is corrupt ({found}{size} bytes; meta.json says "
+                            f"{entry.sha256[:12]}..., {entry.bytes} bytes); republish it")
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a local file."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return _sha256(_chunks(f))[0]
 
 
 def meta_digest(meta_bytes: bytes) -> str:
@@ -205,15 +232,27 @@ class Registry:
     def _size(self, path: str) -> int:
         return Path(path).stat().st_size if self.local else int(self.fs.size(path))
 
+    def _open(self, path: str):
+        return open(path, "rb") if self.local else self.fs.open(path, "rb")
+
     def _sha_and_size(self, path: str) -> tuple[str, int]:
-        if self.local:
-            return sha256_file(path), Path(path).stat().st_size
-        h, n = hashlib.sha256(), 0
-        with self.fs.open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                n += len(chunk)
-        return h.hexdigest(), n
+        with self._open(path) as f:
+            return _sha256(_chunks(f))
+
+    def _read_file(self, path: str, where: str, fname: str, entry: FileEntry) -> bytes:
+        """The bytes of one file of a version, read once and checked against its meta.json ``entry``.
+
+        The size is checked on the open file before anything is read (a file larger than meta.json says
+        is refused without reading it, so STREAMREC_MODEL_MAX_BYTES holds), then exactly the listed number
+        of bytes is read and hashed. The caller uses those bytes, never the file again.
+        """
+        with self._open(path) as f:
+            size = os.fstat(f.fileno()).st_size if self.local else int(getattr(f, "size", None) or self._size(path))
+            if size != entry.bytes:
+                _check_file(where, fname, entry, None, size)
+            data = f.read(entry.bytes)
+        _check_file(where, fname, entry, *_sha256([data]))
+        return data
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         if self.local:
@@ -286,25 +325,22 @@ class Registry:
 
     def meta(self, name: str, version: str) -> ModelMeta:
         """Read meta.json without verifying the files (for listing)."""
+        return self._meta(name, version)[0]
+
+    def _meta(self, name: str, version: str) -> tuple[ModelMeta, str]:
+        """meta.json, read once: the meta and its digest (of the same bytes)."""
         path = self._join(check_name(name), check_version(version), META)
         if not self._exists(path):
             raise RegistryError(f"{name}/{version} is incomplete or missing: "
                                 f"no {META} in {self.location(name, version)}")
+        raw = self._read(path)
         try:
-            return _meta_decoder.decode(self._read(path))
+            return _meta_decoder.decode(raw), meta_digest(raw)
         except msgspec.DecodeError as exc:
             raise RegistryError(f"{name}/{version}: {META} is corrupt ({exc}); republish the version") from None
 
-    def verify(self, name: str, version: str, expected: Mapping[str, Signature] | None = None,
-               max_bytes: int | None = None) -> ModelMeta:
-        """Check every file's size and sha256 and the ONNX signatures; return the meta or raise.
-
-        ``expected`` ({onnx file: Signature}) lets a reader refuse a version
-        whose graphs do not have the inputs and outputs it was built for.
-        ``max_bytes`` refuses a version whose files (declared or on disk) add up to more,
-        before any of them is read.
-        """
-        meta = self.meta(name, version)
+    def _check_meta(self, meta: ModelMeta, name: str, version: str, max_bytes: int | None) -> None:
+        """What both readers check before reading any file: the folder, the files present, the size limit."""
         where = f"{name}/{version}"
         if meta.name != name or meta.version != version:
             raise RegistryError(f"{where}: meta.json says {meta.name}/{meta.version}; "
@@ -319,19 +355,47 @@ class Registry:
             if max(declared, on_disk) > max_bytes:
                 raise RegistryError(f"{where} is {max(declared, on_disk):,} bytes, larger than the limit of "
                                     f"{max_bytes:,} (STREAMREC_MODEL_MAX_BYTES); raise the limit or shrink the model")
+
+    @staticmethod
+    def _check_signed_files(meta: ModelMeta, where: str) -> None:
+        for fname in meta.signatures:
+            if fname not in meta.files:  # security: only files pinned by a sha256 are ever opened
+                raise RegistryError(f"{where}: meta.json declares a signature for {fname!r}, which is not one "
+                                    "of its files; republish the version")
+
+    def open_version(self, name: str, version: str, max_bytes: int | None = None,
+                     reader: Executor | None = None) -> "LoadedVersion":
+        """One version as the scorer loads it: meta.json read once and checked as `verify` checks it
+        (``max_bytes`` included), no other file read yet. Each file is read when the model opens it,
+        once, and checked before its bytes are handed out (`LoadedVersion.read`), in ``reader`` when
+        given (the scorer's: a thread of lower priority); the graphs' declared inputs and outputs are
+        checked by whoever opens them (the scorer: on its ONNX Runtime session)."""
+        meta, digest = self._meta(name, version)
+        self._check_meta(meta, name, version, max_bytes)
+        self._check_signed_files(meta, f"{name}/{version}")
+        return LoadedVersion(self, meta, digest, reader)
+
+    def verify(self, name: str, version: str, expected: Mapping[str, Signature] | None = None,
+               max_bytes: int | None = None) -> ModelMeta:
+        """Check every file's size and sha256 and the ONNX signatures; return the meta or raise.
+
+        ``expected`` ({onnx file: Signature}) lets a reader refuse a version
+        whose graphs do not have the inputs and outputs it was built for.
+        ``max_bytes`` refuses a version whose files (declared or on disk) add up to more,
+        before any of them is read.
+        """
+        meta = self.meta(name, version)
+        where = f"{name}/{version}"
+        self._check_meta(meta, name, version, max_bytes)
         for fname, entry in meta.files.items():
             sha, size = self._sha_and_size(self._join(name, version, fname))
-            if size != entry.bytes or sha != entry.sha256:
-                raise RegistryError(f"{where}: {fname} is corrupt (sha256 {sha[:12]}..., {size} bytes; "
-                                    f"meta.json says {entry.sha256[:12]}..., {entry.bytes} bytes); republish it")
+            _check_file(where, fname, entry, sha, size)
         for fname, sig in (expected or {}).items():
             if meta.signatures.get(fname) != sig:
                 raise RegistryError(f"{where}: {fname} has signature {meta.signatures.get(fname)}, "
                                     f"but this reader expects {sig}; use a compatible version")
+        self._check_signed_files(meta, where)
         for fname, sig in meta.signatures.items():
-            if fname not in meta.files:  # security: only files pinned by a sha256 are ever opened
-                raise RegistryError(f"{where}: meta.json declares a signature for {fname!r}, which is not one "
-                                    "of its files; republish the version")
             self._check_graph(where, fname, sig)
         return meta
 
@@ -416,3 +480,60 @@ class Registry:
                 out.append(Announcement(name=name, version=version, uri=self.location(name, version),
                                         sha256=self.digest(name, version), metrics=self.meta(name, version).metrics))
         return out
+
+
+class VersionFiles:
+    """The files of one model version, by name, as a model class opens them (`has`, `read`)."""
+
+    def has(self, fname: str) -> bool:
+        raise NotImplementedError
+
+    def read(self, fname: str) -> bytes:
+        raise NotImplementedError
+
+    def label(self, fname: str) -> str:
+        """Where ``fname`` is, for messages."""
+        raise NotImplementedError
+
+
+class Folder(VersionFiles):
+    """The files of a local folder as they are, unchecked: for a caller that verified the folder itself or
+    needs no check (tools, tests). The scorer loads through `Registry.open_version` instead."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def has(self, fname: str) -> bool:
+        return (self.path / fname).exists()
+
+    def read(self, fname: str) -> bytes:
+        return (self.path / fname).read_bytes()
+
+    def label(self, fname: str) -> str:
+        return str(self.path / fname)
+
+
+class LoadedVersion(VersionFiles):
+    """A registry version being loaded (`Registry.open_version`): its meta, the digest of that meta.json,
+    and its files, each read once when asked for and checked against meta.json before its bytes are
+    handed out. Only files meta.json lists (pinned by a sha256) exist for it."""
+
+    def __init__(self, registry: Registry, meta: ModelMeta, digest: str, reader: Executor | None = None):
+        self.registry, self.meta, self.digest, self.reader = registry, meta, digest, reader
+        self.where = f"{meta.name}/{meta.version}"
+
+    def has(self, fname: str) -> bool:
+        return fname in self.meta.files
+
+    def read(self, fname: str) -> bytes:
+        entry = self.meta.files.get(fname)
+        if entry is None:
+            raise RegistryError(f"{self.where} has no {fname} in meta.json's files, and the scorer opens only "
+                                "files pinned by a sha256; republish the version with it")
+        args = (self.registry._join(self.meta.name, self.meta.version, fname), self.where, fname, entry)
+        if self.reader is None:
+            return self.registry._read_file(*args)
+        return self.reader.submit(self.registry._read_file, *args).result()
+
+    def label(self, fname: str) -> str:
+        return f"{self.registry.location(self.meta.name, self.meta.version)}/{fname}"

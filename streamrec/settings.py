@@ -257,6 +257,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # fault suite: a model version larger than this is refused before it is read
     model_max_bytes: int = 2 << 30
     """Largest model version (all its files) the scorer loads, in bytes; bigger ones are refused."""
+    model_load_nice: int = 10
+    """Added to the nice value of the scorer's thread that reads and hashes model files (Linux); 0: no lower."""
     fault_events: int = 50_000
     """Events per case of the fault suite (`pytest -m faults`; `streamrec bench faults --events`)."""
 

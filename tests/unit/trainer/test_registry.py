@@ -157,6 +157,7 @@ def test_fsspec_backend_writes_meta_last_and_verifies(files):
     reg = Registry("memory://streamrec-test-registry")
     reg.publish("seq", files, kind="sasrec", version="v1")
     assert reg.versions("seq") == ["v1"] and reg.verify("seq", "v1").kind == "sasrec"
+    assert reg.open_version("seq", "v1").read("model.onnx") == b"A" * 1000  # the scorer's reads, no local copy
     fs = fsspec.filesystem("memory")
     fs.pipe("/streamrec-test-registry/seq/v2/model.onnx", b"half-written")  # a writer that died before meta.json
     assert reg.versions("seq") == ["v1"]
@@ -188,6 +189,41 @@ def test_a_version_over_the_size_limit_is_refused_before_it_is_read(reg, files):
     assert reg.verify("ranker", "v1", max_bytes=1010).version == "v1"
     with pytest.raises(RegistryError, match="1,010 bytes, larger than the limit of 1,000.*STREAMREC_MODEL_MAX_BYTES"):
         reg.verify("ranker", "v1", max_bytes=1000)
+
+
+def test_open_version_reads_meta_json_only_and_each_file_when_asked_checked_before_use(reg, files):
+    meta = reg.publish("ranker", files, kind="dcn", version="v1", signatures={"model.onnx": SIG})
+    folder = Path(reg.location("ranker", "v1"))
+    (folder / "vectors.npy").write_bytes(b"C" * 10)  # same size, other bytes
+    version = reg.open_version("ranker", "v1", max_bytes=1010)  # no file read yet: the damage is not seen
+    assert version.meta == meta and version.digest == reg.digest("ranker", "v1")
+    assert version.has("model.onnx") and not version.has("weights.pt")
+    assert version.read("model.onnx") == b"A" * 1000
+    with pytest.raises(RegistryError, match=r"ranker/v1: vectors.npy is corrupt \(sha256 .*, 10 bytes; meta.json says"):
+        version.read("vectors.npy")
+    (folder / "model.onnx").write_bytes(b"A" * 2000)  # larger than listed: refused from its size, not read
+    with pytest.raises(RegistryError, match=r"model.onnx is corrupt \(2000 bytes; meta.json says .*, 1000 bytes"):
+        version.read("model.onnx")
+    (folder / "extra.bin").write_bytes(b"x")  # in the folder, not pinned by meta.json: never handed out
+    with pytest.raises(RegistryError, match="has no extra.bin in meta.json's files"):
+        version.read("extra.bin")
+    with pytest.raises(RegistryError, match="STREAMREC_MODEL_MAX_BYTES"):
+        reg.open_version("ranker", "v1", max_bytes=1000)
+    (folder / "vectors.npy").unlink()
+    with pytest.raises(RegistryError, match="incomplete: missing vectors.npy"):
+        reg.open_version("ranker", "v1")
+
+
+def test_open_version_reads_through_the_given_executor(reg, files):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg.publish("ranker", files, kind="dcn", version="v1")
+    threads = []
+    read_file = reg._read_file
+    reg._read_file = lambda *args: threads.append(threading.current_thread().name) or read_file(*args)
+    with ThreadPoolExecutor(1, thread_name_prefix="files") as pool:
+        assert reg.open_version("ranker", "v1", reader=pool).read("vectors.npy") == b"B" * 10
+    assert [t.startswith("files") for t in threads] == [True]
 
 
 def test_a_publish_that_cannot_write_is_a_registry_error_and_leaves_nothing(reg, files, monkeypatch):
