@@ -22,6 +22,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from streamrec.runtime import tune_gc
 from streamrec.serving import metrics
 from streamrec.serving.config import TRENDING_ARM, ScorerConfig
 from streamrec.serving.content import CatalogFollower
@@ -95,6 +96,7 @@ class Scorer:
     def run(self, install_signals: bool = True) -> int:
         """Serve until `stop()` (or SIGTERM/SIGINT); returns the exit code."""
         security.check_services(self.settings)  # a refused login or certificate stops here, clearly
+        tune_gc(self.settings.gc_gen0)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())

@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from streamrec.health import HealthServer
+from streamrec.runtime import tune_gc
 from streamrec.security import check_services, faust_credentials
 from streamrec.settings import Settings
 from streamrec.stream import topics
@@ -90,6 +91,7 @@ class WorkerService:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         check_services(self.settings)  # a refused login or certificate stops here, with the setting to fix
         check_partitions(self.settings)
+        tune_gc(self.settings.gc_gen0)
         metrics.initialise()
         metrics.stall_restarts.set(restarts_so_far())
         metrics.redis_up.set(1 if self.processor.store.ping() else 0)

@@ -263,6 +263,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Events per case of the fault suite (`pytest -m faults`; `streamrec bench faults --events`)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    gc_gen0: int = 50_000
+    """Allocations between two young-generation garbage collections in the worker and the scorer (Python's
+    default: 700; fewer passes, fewer full ones in the latency tail); 0 keeps Python's default."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -57,6 +57,7 @@ from streamrec.harness.bench.baseline import materialise, run_core
 from streamrec.harness.bench.core import bench_config, core
 from streamrec.harness.bench.report import output_folder, run_started, write_report
 from streamrec.registry import Announcement, Registry
+from streamrec.runtime import tune_gc
 from streamrec.serving.config import ScorerConfig
 from streamrec.settings import Settings
 from streamrec.stream import topics
@@ -363,6 +364,7 @@ def through_kafka(settings: Settings, registry_uri: str, cfg: ScorerConfig, even
     import psutil
 
     sys.setswitchinterval(0.0005)  # the paced producer and the reader share this process
+    tune_gc(settings.gc_gen0)  # the reader's own collector pauses would count as the scorer's latency
     s = fresh_namespace(settings, "sbench")
     proc = None
     try:
