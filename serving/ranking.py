@@ -86,8 +86,11 @@ class Graph:
             return
         declared_in, declared_out = [t.name for t in signature.inputs], [t.name for t in signature.outputs]
         if self.input_names != declared_in or self.output_names != declared_out:
-            raise ModelError(f"{self.path} has inputs {self.input_names} and outputs {self.output_names}, but "
-                             f"meta.json declares {declared_in} -> {declared_out}; republish the version")
+            # What is wrong and the fix first, the location last: a refusal is shown cut to 200 characters
+            # (`/readyz`), and a registry path alone can be longer.
+            raise ModelError(f"{Path(self.path).name}: meta.json declares {declared_in} -> {declared_out}, but the "
+                             f"graph has inputs {self.input_names} and outputs {self.output_names}; republish the "
+                             f"version ({self.path})")
 
     def _open(self, providers: list[str]) -> None:
         opts = ort.SessionOptions()
