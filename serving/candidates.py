@@ -248,33 +248,45 @@ def merge_batch(sources: Sequence[Sequence[IdSource]], exclude: Sequence[np.ndar
     """
     first = np.empty(n_ids, dtype=np.int64)  # scratch: the first position of an id in a request's sources
     weight = np.zeros(n_ids)  # scratch: co-visitation weight by id, cleared after each request
-    longest = max((sum(len(s.ids) for s in srcs) for srcs in sources), default=0)
-    positions = np.arange(longest)
-    items, reasons, covis, sizes, proposals = [], [], [], [], []
+    positions = np.arange(max((sum(len(s.ids) for s in srcs) for srcs in sources), default=0))
+    items, reasons, covis, proposals = [], [], [], []
     for srcs, excl in zip(sources, exclude):
         srcs = [s for s in srcs if len(s.ids)]
         ids = np.concatenate([s.ids for s in srcs]) if srcs else positions[:0]
+        codes = np.concatenate([s.reasons if s.reasons is not None else np.full(len(s.ids), s.reason)
+                                for s in srcs]) if srcs else positions[:0]
+        keep = _first_occurrences(ids, excl, first, positions)[:limit]
+        items.append(ids[keep])
+        reasons.append(codes[keep])
+        covis.append(_covis_weights([s for s in srcs if s.weights is not None], ids[keep], weight))
         proposals.append((ids, np.cumsum([0] + [len(s.ids) for s in srcs[:-1]]), [s.reason for s in srcs]))
-        pos = positions[:len(ids)]
-        first[ids] = longest
-        np.minimum.at(first, ids, pos)  # ufunc.at: defined for repeated ids, unlike fancy assignment
-        first[excl] = -1
-        keep = np.flatnonzero(first[ids] == pos)[:limit]
-        kept = ids[keep]
-        items.append(kept)
-        reasons.append(np.concatenate([s.reasons if s.reasons is not None else np.full(len(s.ids), s.reason)
-                                       for s in srcs])[keep] if srcs else positions[:0])
-        cv = [s for s in srcs if s.weights is not None]
-        for s in cv:
-            weight[s.ids] += s.weights
-        covis.append(weight[kept])
-        for s in cv:
-            weight[s.ids] = 0.0
-        sizes.append(len(kept))
-    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    flat = (lambda parts, dtype: np.concatenate(parts).astype(dtype, copy=False) if parts
-            else np.zeros(0, dtype))
-    return MergedBatch(flat(items, np.int64), flat(reasons, np.int64), flat(covis, np.float64), bounds, proposals)
+    bounds = np.concatenate([[0], np.cumsum([len(k) for k in items])]).astype(np.int64)
+    return MergedBatch(_flat(items, np.int64), _flat(reasons, np.int64), _flat(covis, np.float64), bounds,
+                       proposals)
+
+
+def _first_occurrences(ids: np.ndarray, exclude: np.ndarray, first: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Positions in ``ids`` of each id's first occurrence, excluded ids left out, in order (``first``: a
+    scratch table indexed by id)."""
+    pos = positions[:len(ids)]
+    first[ids] = len(positions)
+    np.minimum.at(first, ids, pos)  # ufunc.at: defined for repeated ids, unlike fancy assignment
+    first[exclude] = -1
+    return np.flatnonzero(first[ids] == pos)
+
+
+def _covis_weights(covis: list[IdSource], kept: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The co-visitation weight of each of ``kept`` (``weight``: a zeroed scratch table, zeroed again)."""
+    for s in covis:
+        weight[s.ids] += s.weights
+    out = weight[kept]
+    for s in covis:
+        weight[s.ids] = 0.0
+    return out
+
+
+def _flat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -440,9 +440,8 @@ class Engine:
                                           [ctx.reasons.names[c] for c in reasons[chosen].tolist()]),
                           used, ctx.arms[i].name, ctx.now_ms, degraded=False, segment=ctx.contexts[i].segment,
                           served=ranking.served[i], context=ctx.contexts[i])
-        served_ids = ctx.catalog.ids([it.item_id for it in rec.items])
         self.clicks.remember(rec.rec_id, dict(zip((it.item_id for it in rec.items),
-                                                  merged.proposers(i, served_ids, ctx.reasons))))
+                                                  merged.proposers(i, items[pick[0]], ctx.reasons))))
         return rec
 
     def _attribute_clicks(self, requests: Sequence[ScoreRequest]) -> None:

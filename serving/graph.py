@@ -69,7 +69,6 @@ class GraphModel:
             raise ModelError(f"{self.name}: item_vectors {self.vectors.shape}, fold_vectors {self.fold.shape} "
                              f"and {len(self.item_ids)} item ids do not match")
         self.row_of = {item: i for i, item in enumerate(self.item_ids)}
-        self.item_array = np.array(self.item_ids, dtype=object)
         self.history = int(meta.extra.get("history", 20))
         self.decay = float(meta.extra.get("decay", 1.0))
         self.provider = "numpy"

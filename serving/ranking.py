@@ -203,7 +203,6 @@ class SeqModel:
         self.vectors = np.ascontiguousarray(load_array(files, "item_vectors.npy"), dtype=np.float32)
         self.item_ids = [str(x) for x in load_array(files, "item_ids.npy")]
         self.row_of = {item: i for i, item in enumerate(self.item_ids)}
-        self.item_array = np.array(self.item_ids, dtype=object)  # fancy-indexed by retrieval results
         if self.vectors.shape[0] != len(self.item_ids):
             raise ModelError(f"{self.name}: {self.vectors.shape[0]} item vectors for {len(self.item_ids)} ids")
         self.max_len = int(meta.extra.get("max_len", 50))
